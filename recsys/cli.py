@@ -1,0 +1,77 @@
+"""The `recsys` console script: one parser, one sub-command per module in recsys.commands.
+
+Each command module exposes ``register(subparsers)`` which adds its parser and sets
+``func=run``. User errors (`RecsysError`) end in one line on stderr and exit code 2; a
+traceback is shown only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+from recsys import __version__
+from recsys.errors import RecsysError
+
+# Command modules, in the order `recsys --help` lists them. A module that does not exist yet is
+# skipped, so commands can land one at a time.
+COMMAND_MODULES = [
+    "recsys.commands.quickstart",
+    "recsys.commands.data",
+    "recsys.commands.train",
+    "recsys.commands.evaluate",
+    "recsys.commands.recommend",
+    "recsys.commands.predict",
+    "recsys.commands.compare",
+    "recsys.commands.ui",
+]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own errors: one line, exit 2
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="recsys", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"recsys {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # implicit asks for single-threaded BLAS (it parallelises itself); set before numpy loads it.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("RECSYS_DEBUG") == "1"
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
+        return int(args.func(args) or 0)
+    except RecsysError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

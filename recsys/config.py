@@ -1,0 +1,91 @@
+"""Validated configuration.
+
+Every model has one pydantic config class (``extra="forbid"``): an unknown key is an error that
+names the key and suggests the closest valid one. Configs round-trip to plain dicts (and YAML).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from recsys.errors import RecsysError, closest
+
+
+class StrictConfig(BaseModel):
+    """Base for all configs: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class TrainConfig(StrictConfig):
+    """What the shared training engine (recsys.training) reads; neural model configs extend it."""
+
+    epochs: int = Field(100, ge=1)
+    batch_size: int = Field(500, ge=1)
+    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float | None = Field(None, gt=0)
+    lr_schedule: Literal["none", "cosine", "step", "plateau"] = "none"
+    lr_step_size: int = Field(30, ge=1)
+    lr_gamma: float = Field(0.5, gt=0)
+    eval_every: int = Field(1, ge=1)
+    patience: int | None = Field(20, ge=1)
+    metric: str = "ndcg@100"
+    checkpoint_every: int = Field(1, ge=1)
+    device: str = "auto"
+    seed: int = 0
+    deterministic: bool = False
+    bf16: bool = False
+
+
+C = TypeVar("C", bound=StrictConfig)
+
+
+def validate_config(cls: type[C], params: dict[str, Any], where: str = "config") -> C:
+    """Build ``cls`` from ``params``; turn pydantic's report into one clear line."""
+    try:
+        return cls(**params)
+    except ValidationError as exc:
+        raise RecsysError(_one_line(cls, exc, where)) from None
+
+
+def _one_line(cls: type[StrictConfig], exc: ValidationError, where: str) -> str:
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"]) or "?"
+    if err["type"] == "extra_forbidden":
+        return f"{where}: unknown key '{key}'{closest(key, cls.model_fields)}"
+    return f"{where}: invalid value for '{key}': {err['msg']} (got {err.get('input')!r})"
+
+
+def parse_set_options(items: list[str] | None) -> dict[str, Any]:
+    """``--set key=value`` pairs; values are parsed as YAML scalars (numbers, bools, lists)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise RecsysError(f"--set {item!r}: expected key=value")
+        key, _, raw = item.partition("=")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise RecsysError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise RecsysError(f"{path}{where}: not valid YAML") from None
+    if not isinstance(data, dict):
+        raise RecsysError(f"{path}: expected a mapping of config keys at the top level")
+    return data

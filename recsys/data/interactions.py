@@ -1,0 +1,267 @@
+"""The data model: id vocabularies, interaction matrices and prepared datasets.
+
+An `Interactions` is a users x items CSR matrix (ratings, or 1.0 for implicit data) with the
+vocabularies that map internal row/column indices back to the original (external) ids. A
+`Dataset` is a prepared split: several named parts that share one vocabulary, saved as
+CSR ``.npz`` files + Parquet vocabularies + ``metadata.json``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from recsys.data.io import atomic_dir, read_json, write_json
+from recsys.errors import RecsysError
+
+FORMAT_VERSION = 1
+
+# Parts in the order they become known. The history a model sees when a part is evaluated is the
+# sum of every part before it (see `Dataset.history`).
+PART_ORDER = ("train", "valid_history", "valid", "test_history", "test")
+
+
+class Vocabulary:
+    """External ids <-> internal indices (0..n-1). Ids are int64 when all integral, else str."""
+
+    def __init__(self, ids: Any) -> None:
+        ids = np.asarray(ids)
+        if ids.dtype.kind in "iu":
+            ids = ids.astype(np.int64)
+        elif ids.dtype.kind != "O" or not all(isinstance(x, str) for x in ids):
+            ids = ids.astype(str).astype(object)
+        self.ids: np.ndarray = ids
+        self._index = pd.Index(ids)
+        if not self._index.is_unique:
+            raise ValueError("vocabulary ids must be unique")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Vocabulary) and np.array_equal(self.ids, other.ids)
+
+    @property
+    def is_integer(self) -> bool:
+        return self.ids.dtype.kind == "i"
+
+    def coerce(self, values: Any) -> np.ndarray:
+        """Cast raw values (e.g. read from a CSV) to this vocabulary's id type, where possible."""
+        values = np.asarray(values)
+        if self.is_integer and values.dtype.kind not in "iu":
+            numeric = pd.to_numeric(pd.Series(values), errors="coerce")
+            ok = numeric.notna() & (numeric == numeric.round())
+            out = np.full(len(values), np.iinfo(np.int64).min, dtype=np.int64)
+            out[ok.to_numpy()] = numeric[ok].astype(np.int64).to_numpy()
+            return out
+        if not self.is_integer:
+            return values.astype(str).astype(object)
+        return values.astype(np.int64)
+
+    def index(self, values: Any) -> np.ndarray:
+        """Internal indices of external ids; -1 where an id is unknown."""
+        return self._index.get_indexer(self.coerce(values)).astype(np.int64)
+
+    def lookup(self, indices: np.ndarray) -> np.ndarray:
+        return self.ids[np.asarray(indices)]
+
+    def to_frame(self, name: str) -> pd.DataFrame:
+        return pd.DataFrame({name: self.ids})
+
+
+@dataclass
+class Interactions:
+    """A users x items CSR matrix with its vocabularies (and timestamps aligned with ``.data``)."""
+
+    matrix: sp.csr_matrix
+    users: Vocabulary
+    items: Vocabulary
+    timestamps: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.matrix.shape != (len(self.users), len(self.items)):
+            raise ValueError(
+                f"matrix shape {self.matrix.shape} != vocabularies "
+                f"({len(self.users)}, {len(self.items)})"
+            )
+
+    @property
+    def n_users(self) -> int:
+        return self.matrix.shape[0]
+
+    @property
+    def n_items(self) -> int:
+        return self.matrix.shape[1]
+
+    @property
+    def nnz(self) -> int:
+        return int(self.matrix.nnz)
+
+    def binary(self) -> sp.csr_matrix:
+        """The 0/1 matrix of observed interactions (float32)."""
+        out = self.matrix.copy().astype(np.float32)
+        out.data[:] = 1.0
+        return out
+
+    def active_users(self) -> np.ndarray:
+        """Internal ids of users with at least one interaction."""
+        return np.flatnonzero(np.diff(self.matrix.indptr))
+
+    def to_frame(self) -> pd.DataFrame:
+        """Long format with internal indices: user, item, rating[, timestamp]."""
+        coo = self.matrix.tocoo()
+        frame = pd.DataFrame({"user": coo.row.astype(np.int64), "item": coo.col.astype(np.int64),
+                              "rating": coo.data.astype(np.float32)})
+        if self.timestamps is not None:
+            frame["timestamp"] = self.timestamps
+        return frame
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, users: Vocabulary, items: Vocabulary) -> Interactions:
+        """Build from long format with *internal* indices (columns user, item, rating[, timestamp]).
+
+        Duplicated (user, item) pairs must have been resolved before (see preprocessing).
+        """
+        order = np.lexsort((frame["item"].to_numpy(), frame["user"].to_numpy()))
+        frame = frame.iloc[order]
+        rows = frame["user"].to_numpy(np.int64)
+        cols = frame["item"].to_numpy(np.int64)
+        if "rating" in frame:
+            values = frame["rating"].to_numpy(np.float32)
+        else:
+            values = np.ones(len(frame), np.float32)
+        indptr = np.zeros(len(users) + 1, dtype=np.int64)
+        np.cumsum(np.bincount(rows, minlength=len(users)), out=indptr[1:])
+        matrix = sp.csr_matrix((values, cols.astype(np.int32), indptr),
+                               shape=(len(users), len(items)))
+        timestamps = frame["timestamp"].to_numpy(np.int64) if "timestamp" in frame else None
+        return cls(matrix, users, items, timestamps)
+
+    def with_matrix(self, matrix: sp.csr_matrix, timestamps: np.ndarray | None = None
+                    ) -> Interactions:
+        return Interactions(matrix.tocsr(), self.users, self.items, timestamps)
+
+
+@dataclass
+class EvalSplit:
+    """What evaluation of one part needs: the history the model sees (and that is masked before
+    ranking) and the held-out target interactions, over the same users x items space."""
+
+    history: sp.csr_matrix
+    target: sp.csr_matrix
+    users: np.ndarray  # internal ids of the users that have at least one target interaction
+    skipped_users: int = 0  # users with target interactions but no history at all
+
+
+@dataclass
+class Dataset:
+    """A prepared dataset: named parts over one shared users x items vocabulary."""
+
+    parts: dict[str, Interactions]
+    meta: dict[str, Any] = field(default_factory=dict)
+    item_info: pd.DataFrame | None = None  # external item id + title/genres where known
+
+    @property
+    def train(self) -> Interactions:
+        return self.parts["train"]
+
+    @property
+    def users(self) -> Vocabulary:
+        return self.train.users
+
+    @property
+    def items(self) -> Vocabulary:
+        return self.train.items
+
+    @property
+    def implicit(self) -> bool:
+        return bool(self.meta.get("implicit", False))
+
+    @property
+    def rating_scale(self) -> tuple[float, float] | None:
+        scale = self.meta.get("rating_scale")
+        return (float(scale[0]), float(scale[1])) if scale else None
+
+    def has(self, part: str) -> bool:
+        return part in self.parts
+
+    def history(self, part: str) -> sp.csr_matrix:
+        """Everything known before ``part``: the input a model scores from, masked in ranking."""
+        if part not in PART_ORDER:
+            raise RecsysError(f"unknown part '{part}'; expected one of {', '.join(PART_ORDER)}")
+        before = PART_ORDER[: PART_ORDER.index(part)]
+        total = sp.csr_matrix(self.train.matrix.shape, dtype=np.float32)
+        for name in before:
+            if name in self.parts:
+                total = total + self.parts[name].matrix
+        return total.tocsr()
+
+    def eval_split(self, part: str) -> EvalSplit:
+        if part not in self.parts:
+            raise RecsysError(f"the prepared data has no '{part}' part (it has: "
+                              f"{', '.join(self.parts)})")
+        history = self.history(part)
+        target = self.parts[part].matrix
+        has_target = np.diff(target.indptr) > 0
+        has_history = np.diff(history.indptr) > 0
+        users = np.flatnonzero(has_target & has_history)
+        return EvalSplit(history, target, users, int((has_target & ~has_history).sum()))
+
+    # -- persistence -------------------------------------------------------------------------
+
+    def save(self, directory: str | Path) -> None:
+        """Write atomically: the directory appears complete or not at all."""
+        with atomic_dir(directory) as tmp:
+            self.users.to_frame("user").to_parquet(tmp / "users.parquet", index=False)
+            self.items.to_frame("item").to_parquet(tmp / "items.parquet", index=False)
+            if self.item_info is not None:
+                self.item_info.to_parquet(tmp / "item_info.parquet", index=False)
+            for name, part in self.parts.items():
+                m = part.matrix.tocsr()
+                arrays = {"data": m.data.astype(np.float32), "indices": m.indices,
+                          "indptr": m.indptr, "shape": np.asarray(m.shape)}
+                if part.timestamps is not None:
+                    arrays["timestamps"] = part.timestamps
+                np.savez_compressed(tmp / f"{name}.npz", **arrays)
+            meta = dict(self.meta)
+            meta["format_version"] = FORMAT_VERSION
+            meta["parts"] = {name: {"users": int(len(p.active_users())), "interactions": p.nnz}
+                             for name, p in self.parts.items()}
+            meta["n_users"], meta["n_items"] = len(self.users), len(self.items)
+            write_json(tmp / "metadata.json", meta)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Dataset:
+        directory = Path(directory)
+        meta_path = directory / "metadata.json"
+        if not meta_path.is_file():
+            raise RecsysError(f"{directory} is not a prepared dataset (no metadata.json); "
+                              "create one with `recsys prepare`")
+        try:
+            meta = read_json(meta_path)
+            users = Vocabulary(pd.read_parquet(directory / "users.parquet")["user"].to_numpy())
+            items = Vocabulary(pd.read_parquet(directory / "items.parquet")["item"].to_numpy())
+            parts = {}
+            for name in PART_ORDER:
+                path = directory / f"{name}.npz"
+                if not path.exists():
+                    continue
+                with np.load(path, allow_pickle=False) as z:
+                    matrix = sp.csr_matrix((z["data"], z["indices"], z["indptr"]),
+                                           shape=tuple(z["shape"]))
+                    ts = z["timestamps"] if "timestamps" in z else None
+                parts[name] = Interactions(matrix, users, items, ts)
+            info_path = directory / "item_info.parquet"
+            item_info = pd.read_parquet(info_path) if info_path.exists() else None
+        except RecsysError:
+            raise
+        except Exception as exc:  # a corrupt or partial directory: say which, not a traceback
+            raise RecsysError(f"{directory}: cannot read prepared dataset ({exc})") from exc
+        if "train" not in parts:
+            raise RecsysError(f"{directory}: prepared dataset has no train.npz")
+        return cls(parts, meta, item_info)

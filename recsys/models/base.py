@@ -1,0 +1,169 @@
+"""The `Recommender` protocol shared by every model (baselines and neural models alike).
+
+One small, sharp API (after implicit and LensKit):
+
+- ``fit(train, valid=None, ctx=None)``: learn from a training `Interactions`; ``valid`` (an
+  `EvalSplit`) is only for early stopping / tuning, never the test part.
+- ``score(users, history)``: scores of a batch of users over the whole catalogue, as a float32
+  tensor ``(len(users), n_items)``. ``users`` are internal ids (``-1`` for a user unknown to the
+  model) and ``history`` is the CSR of those users' known interactions (rows aligned with
+  ``users``). Models that read the history (autoencoders, EASE, ItemKNN) fold in new users for
+  free; factor models use their learned user factors. Seen items are masked by the caller.
+- ``predict(users, items)``: rating predictions, for explicit models only.
+- ``save(dir)`` / ``load(dir)``: a JSON config + a dict of tensors loaded with
+  ``torch.load(weights_only=True)``; nothing is ever unpickled.
+- ``get_params`` / ``set_params``: scikit-learn's estimator conventions, so ``ParameterGrid``
+  and ``sklearn.base.clone`` work.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from recsys.config import StrictConfig, validate_config
+from recsys.data.interactions import EvalSplit, Interactions
+from recsys.data.io import atomic_path, write_json
+from recsys.errors import RecsysError
+from recsys.tracking.base import Tracker
+
+WEIGHTS_FILE = "weights.pt"
+MODEL_FILE = "model.json"
+
+
+@dataclass
+class FitContext:
+    """Run-level options a model's ``fit`` may use (the training engine reads them)."""
+
+    run_dir: Path | None = None
+    tracker: Tracker = field(default_factory=Tracker)
+    resume: bool = False
+    quiet: bool = True
+    # Everything the model needs to know about the data beyond the matrix (implicit flag,
+    # rating scale), taken from the prepared dataset's metadata.
+    data_meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Recommender:
+    """Base class: subclasses set ``name`` and ``Config`` and implement fit/score/state."""
+
+    name: ClassVar[str] = "base"
+    Config: ClassVar[type[StrictConfig]] = StrictConfig
+    family: ClassVar[str] = "baseline"  # for tags: baseline | autoencoder | vae | gan
+    explicit: ClassVar[bool] = False  # predicts ratings (rmse/mae) rather than only ranking
+
+    def __init__(self, **params: Any) -> None:
+        self.config = validate_config(self.Config, params, where=f"{self.name} config")
+        self.n_users = 0
+        self.n_items = 0
+        # Training history (per-epoch metrics) for learning curves; filled by fit.
+        self.history_: list[dict[str, float]] = []
+
+    # -- scikit-learn estimator conventions ----------------------------------------------------
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return self.config.model_dump()
+
+    def set_params(self, **params: Any) -> Self:
+        merged = {**self.config.model_dump(), **params}
+        self.config = validate_config(self.Config, merged, where=f"{self.name} config")
+        return self
+
+    def __repr__(self) -> str:
+        changed = {k: v for k, v in self.config.model_dump().items()
+                   if v != self.Config.model_fields[k].default}
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
+
+    # -- the protocol ---------------------------------------------------------------------------
+
+    def fit(self, train: Interactions, valid: EvalSplit | None = None,
+            ctx: FitContext | None = None) -> Self:
+        raise NotImplementedError
+
+    def score(self, users: np.ndarray, history: sp.csr_matrix) -> torch.Tensor:
+        raise NotImplementedError
+
+    def predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        raise RecsysError(f"model '{self.name}' does not predict ratings; "
+                          "use `recsys recommend` for top-K lists")
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything learned, as tensors (CPU)."""
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        raise NotImplementedError
+
+    # -- persistence ----------------------------------------------------------------------------
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
+        with atomic_path(directory / WEIGHTS_FILE) as tmp:
+            torch.save(state, tmp)
+        write_json(directory / MODEL_FILE, {"model": self.name, "config": self.get_params(),
+                                            "n_users": self.n_users, "n_items": self.n_items})
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Recommender:
+        """Load any saved model (the class is found from model.json through the registry)."""
+        from recsys.models.registry import get_model_class
+
+        directory = Path(directory)
+        meta_path = directory / MODEL_FILE
+        if not meta_path.is_file():
+            raise RecsysError(f"{directory} holds no saved model ({MODEL_FILE} missing)")
+        meta = json.loads(meta_path.read_text())
+        model_cls = get_model_class(meta["model"])
+        model = model_cls(**meta["config"])
+        model.n_users, model.n_items = int(meta["n_users"]), int(meta["n_items"])
+        try:
+            state = torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise RecsysError(f"{directory / WEIGHTS_FILE}: cannot load weights ({exc})") from exc
+        model.load_state_dict(state)
+        return model
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; an explicit name must be available."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise RecsysError(f"unknown device '{name}' (use auto, cpu, cuda, cuda:N or mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RecsysError(f"device '{name}' requested but CUDA is not available")
+    return device
+
+
+def csr_to_dense(rows: sp.csr_matrix, device: torch.device | str = "cpu",
+                 binary: bool = False) -> torch.Tensor:
+    """Densify a CSR batch as a float32 tensor on ``device`` (built there, no dense host copy)."""
+    rows = rows.tocsr()
+    n, m = rows.shape
+    device = torch.device(device)
+    indptr = torch.from_numpy(rows.indptr.astype(np.int64))
+    indices = torch.from_numpy(rows.indices.astype(np.int64))
+    values = torch.from_numpy(rows.data.astype(np.float32))
+    if binary:
+        values = torch.ones_like(values)
+    if device.type == "cuda":
+        indptr, indices, values = (t.pin_memory().to(device, non_blocking=True)
+                                   for t in (indptr, indices, values))
+    row_ids = torch.repeat_interleave(torch.arange(n, device=device), indptr[1:] - indptr[:-1])
+    out = torch.zeros(n, m, dtype=torch.float32, device=device)
+    out[row_ids, indices] = values
+    return out
