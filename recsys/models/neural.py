@@ -5,7 +5,9 @@ optimiser, validation, early stopping, checkpoints, devices) and knows nothing m
 
 A subclass implements:
 
-- ``build(train)``: create ``self.network`` (an ``nn.Module``) for the training data.
+- ``build(n_users, n_items)``: create ``self.network`` (an ``nn.Module``) of the right shape.
+  Statistics learned from the data (means, ...) live in the network's buffers, so that
+  ``load_state_dict`` can rebuild the model from its config and shape alone.
 - ``training_matrix(train)``: the CSR whose *rows* are batched (users x items by default;
   item-based models return the transpose).
 - ``training_step(batch, step)``: compute the loss for one batch and return a dict with at
@@ -53,7 +55,7 @@ class NeuralRecommender(Recommender):
 
     # -- to implement ---------------------------------------------------------------------------
 
-    def build(self, train: Interactions) -> None:
+    def build(self, n_users: int, n_items: int) -> None:
         raise NotImplementedError
 
     def training_matrix(self, train: Interactions) -> sp.csr_matrix:
@@ -80,3 +82,7 @@ class NeuralRecommender(Recommender):
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return dict(self.network.state_dict())
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.build(self.n_users, self.n_items)
+        self.network.load_state_dict(state)
