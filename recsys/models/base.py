@@ -75,6 +75,11 @@ class Recommender:
         self.config = validate_config(self.Config, merged, where=f"{self.name} config")
         return self
 
+    def __sklearn_clone__(self) -> Self:
+        # sklearn's default clone insists that get_params returns the very objects passed to
+        # __init__; validated configs copy lists (hidden_dims), so clone through the config.
+        return type(self)(**self.config.model_dump())
+
     def __repr__(self) -> str:
         changed = {k: v for k, v in self.config.model_dump().items()
                    if v != self.Config.model_fields[k].default}

@@ -1,40 +1,64 @@
 """Base class for neural recommenders trained by the shared engine (recsys.training).
 
 The model owns its network, its loss and its training step; the trainer owns the loop (batches,
-optimiser, validation, early stopping, checkpoints, devices) and knows nothing model-specific.
+optimiser, LR schedule, gradient clipping, bf16 autocast, validation, early stopping with the best
+weights restored, checkpoints and resume, seeds, devices, progress, NaN guard, tracker) and knows
+nothing model-specific. ``NeuralRecommender.fit`` simply calls `recsys.training.fit`.
 
-A subclass implements:
+A subclass sets ``name``, ``Config`` (a subclass of `TrainConfig`, so every engine option is a
+config key) and implements:
 
-- ``build(n_users, n_items)``: create ``self.network`` (an ``nn.Module``) of the right shape.
-  Statistics learned from the data (means, ...) live in the network's buffers, so that
-  ``load_state_dict`` can rebuild the model from its config and shape alone.
+- ``build(n_users, n_items)``: create ``self.network`` (an ``nn.Module``) of the right shape,
+  on the CPU (the trainer moves it to ``self.device``). Statistics learned from the data (means,
+  rating scale, ...) live in the network's buffers, so ``load_state_dict`` can rebuild the model
+  from its config and shape alone. Called again by ``load_state_dict``: keep it deterministic
+  given the torch seed and free of data access.
+- ``setup(train, ctx)`` (optional): called once per fit after ``build`` and before training, with
+  the training `Interactions` and the `FitContext`: check the data suits the model (raise
+  `RecsysError` with one line), fill data-derived buffers (``ctx.data_meta`` holds the dataset's
+  metadata, e.g. ``rating_scale`` and ``implicit``).
 - ``training_matrix(train)``: the CSR whose *rows* are batched (users x items by default;
-  item-based models return the transpose).
-- ``training_step(batch, step)``: compute the loss for one batch and return a dict with at
-  least ``"loss"`` (a scalar tensor the trainer back-propagates) and any other parts to log
-  (floats or scalar tensors, e.g. ``"kl"``, ``"beta"``). Schedules such as KL annealing are
-  plain functions of ``step`` (the global step), never hidden counters. Models with several
-  optimisers (GANs) set ``manual_optimization = True``, create them in ``configure_optimizers``
-  and step them inside ``training_step``; the trainer then only reads the returned dict.
-- ``forward_scores(history, users)``: scores from a dense history batch (eval mode; the
-  trainer/scorer wraps it in ``torch.no_grad()``).
+  item-based models return the transpose). Rows without any entry are skipped unless
+  ``train_on_empty_rows = True``.
+- ``training_step(batch, step)``: the loss for one `Batch` (``batch.rows``: dense float32 rows of
+  the training matrix on the device; ``batch.index``: their row ids). Return a dict with at least
+  ``"loss"`` (a scalar tensor the trainer back-propagates and checks for NaN/Inf) and any other
+  parts to log (floats or scalar tensors, e.g. ``"kl"``, ``"beta"``); the trainer logs per-epoch
+  means of every key. ``step`` is the global step (batches since the start, resume-safe):
+  schedules such as KL annealing are plain functions of it, never hidden counters.
+- Models with several optimisers (GANs) set ``manual_optimization = True``, create them in
+  ``configure_optimizers`` (from ``self.config``: ``lr``, ``weight_decay``, ``grad_clip``) and
+  zero/backward/clip/step them inside ``training_step``; the trainer then only reads the returned
+  dict (``"loss"`` still required: a detached scalar it checks and logs). The trainer
+  checkpoints and schedules every optimiser returned.
+- ``forward_scores(history, users)``: scores ``(batch, n_items)`` from a dense users x items
+  history batch on ``self.device``; called in eval mode under ``torch.no_grad()``.
 
-The trainer fills ``self.device``; ``score`` (the `Recommender` protocol) densifies the CSR
-history on that device and calls ``forward_scores``.
+The trainer fills ``self.device``, ``self.n_users``/``self.n_items``, ``self.history_`` (one dict
+per epoch: ``epoch``, ``loss`` and the other step outputs, ``lr``, ``seconds``,
+``valid_<metric>`` on validated epochs) and ``self.train_result_`` (a `TrainResult`).
+``score`` (the `Recommender` protocol) densifies the CSR history on the device and calls
+``forward_scores``; ``to(device)`` moves the model (evaluation and scoring call it; override it,
+calling ``super().to``, if the model keeps other tensors on the device). Randomness inside a step (dropout, noise, sampling) must come from torch's
+global RNG (or ``torch.randn(..., device=...)`` and friends): the trainer seeds and checkpoints it,
+which is what makes a resumed run equal an uninterrupted one.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
 from recsys.config import TrainConfig
-from recsys.data.interactions import Interactions
-from recsys.models.base import Recommender, csr_to_dense
+from recsys.data.interactions import EvalSplit, Interactions
+from recsys.models.base import FitContext, Recommender, csr_to_dense
+
+if TYPE_CHECKING:
+    from recsys.training.trainer import TrainResult
 
 
 @dataclass
@@ -49,14 +73,19 @@ class NeuralRecommender(Recommender):
     Config: ClassVar[type[TrainConfig]] = TrainConfig
     family: ClassVar[str] = "autoencoder"
     manual_optimization: ClassVar[bool] = False
+    train_on_empty_rows: ClassVar[bool] = False
 
     network: torch.nn.Module
     device: torch.device = torch.device("cpu")
+    train_result_: TrainResult
 
     # -- to implement ---------------------------------------------------------------------------
 
     def build(self, n_users: int, n_items: int) -> None:
         raise NotImplementedError
+
+    def setup(self, train: Interactions, ctx: FitContext) -> None:
+        """Check the data and fill data-derived buffers (after ``build``, before training)."""
 
     def training_matrix(self, train: Interactions) -> sp.csr_matrix:
         return train.matrix
@@ -73,6 +102,13 @@ class NeuralRecommender(Recommender):
 
     # -- shared behaviour -----------------------------------------------------------------------
 
+    def fit(self, train: Interactions, valid: EvalSplit | None = None,
+            ctx: FitContext | None = None) -> Self:
+        from recsys.training import fit
+
+        fit(self, train, valid, ctx)
+        return self
+
     def score(self, users: np.ndarray, history: sp.csr_matrix) -> torch.Tensor:
         self.network.eval()
         with torch.no_grad():
@@ -80,9 +116,17 @@ class NeuralRecommender(Recommender):
             ids = torch.as_tensor(np.asarray(users, dtype=np.int64), device=self.device)
             return self.forward_scores(dense, ids).float()
 
+    def to(self, device: torch.device | str) -> Self:
+        """Move the network (and anything else the model keeps on the device) to ``device``."""
+        self.device = torch.device(device)
+        self.network.to(self.device)
+        return self
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         return dict(self.network.state_dict())
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.build(self.n_users, self.n_items)
         self.network.load_state_dict(state)
+        self.network.to(self.device)
+        self.network.eval()

@@ -1,0 +1,281 @@
+"""Full-ranking evaluation speed: ML-20M-shaped synthetic data, ml-100k and ml-latest-small.
+
+Evaluates every user (full catalogue, history masked, the default metric set of `recsys
+evaluate`) with a dot-product scorer, so the time is the harness's, on CPU and on the GPU when
+there is one; beside it, RecBole's evaluator (its full-sort collector + Recall/NDCG metrics) on
+the same scores when recbole is importable (pip install recbole==1.2.1; not a dependency).
+
+    python benchmarks/bench_eval.py                 # ML-20M shape: 136,677 x 20,108, ~10M
+    python benchmarks/bench_eval.py --scale 0.1     # a tenth of the users (quick check)
+    python benchmarks/bench_eval.py --only small    # ml-100k + ml-latest-small only
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from recsys.data.interactions import EvalSplit  # noqa: E402
+
+ML20M_EVAL_SHAPE = (136_677, 20_108, 10_000_000)  # users, items, interactions (PROTOCOLS.md)
+
+
+def synthetic_matrix(n_users: int, n_items: int, n_interactions: int, seed: int = 0
+                     ) -> sp.csr_matrix:
+    """Power-law item popularity and log-normal user activity (recsys.data.synthetic)."""
+    from recsys.data.synthetic import synthetic_ratings
+
+    r = synthetic_ratings(n_users, n_items, n_interactions, min_per_user=5, seed=seed)
+    data = np.ones(len(r), dtype=np.float32)
+    return sp.csr_matrix((data, (r.user - 1, r.item - 1)), shape=(n_users, n_items))
+
+
+def holdout(matrix: sp.csr_matrix, fraction: float = 0.2, seed: int = 0) -> EvalSplit:
+    """Per-interaction random holdout: history (80%) and target (20%) over the same users."""
+    coo = matrix.tocoo()
+    test = np.random.default_rng(seed).random(coo.nnz) < fraction
+    shape = matrix.shape
+    history = sp.csr_matrix((coo.data[~test], (coo.row[~test], coo.col[~test])), shape=shape)
+    target = sp.csr_matrix((coo.data[test], (coo.row[test], coo.col[test])), shape=shape)
+    has_t, has_h = np.diff(target.indptr) > 0, np.diff(history.indptr) > 0
+    return EvalSplit(history, target, np.flatnonzero(has_t & has_h), int((has_t & ~has_h).sum()))
+
+
+class DotScorer:
+    """score(users) = U[users] @ V.T: the cheapest realistic model, so the harness dominates."""
+
+    name = "dot"
+    explicit = False
+
+    def __init__(self, n_users: int, n_items: int, factors: int = 64, seed: int = 0,
+                 user_factors: np.ndarray | None = None, item_factors: np.ndarray | None = None
+                 ) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.user_factors = (torch.as_tensor(user_factors) if user_factors is not None
+                             else torch.randn(n_users, factors, generator=g))
+        self.item_factors = (torch.as_tensor(item_factors) if item_factors is not None
+                             else torch.randn(n_items, factors, generator=g))
+        self.n_users, self.n_items = n_users, n_items
+        self.device = torch.device("cpu")
+
+    def to(self, device: torch.device) -> DotScorer:
+        self.device = torch.device(device)
+        self.user_factors = self.user_factors.float().to(self.device)
+        self.item_factors = self.item_factors.float().to(self.device)
+        return self
+
+    def score(self, users: np.ndarray, history: sp.csr_matrix) -> torch.Tensor:
+        idx = torch.from_numpy(np.asarray(users, dtype=np.int64)).to(self.device)
+        return self.user_factors[idx] @ self.item_factors.T
+
+
+def svd_scorer(history: sp.csr_matrix, factors: int = 64) -> DotScorer:
+    """Truncated SVD of the history: a scorer whose metrics are meaningful (not random)."""
+    from scipy.sparse.linalg import svds
+
+    u, s, vt = svds(history.astype(np.float64), k=factors, random_state=0)
+    return DotScorer(*history.shape, user_factors=(u * s).astype(np.float32),
+                     item_factors=vt.T.astype(np.float32).copy())
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (VmHWM: unlike getrusage's maxrss, it is not
+    inherited from the parent across fork/exec)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def devices(requested: str) -> list[torch.device]:
+    names = [d.strip() for d in requested.split(",") if d.strip()]
+    if requested == "auto":
+        names = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    return [torch.device(n) for n in names]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device) -> tuple[float, object]:
+    sync(device)
+    start = time.perf_counter()
+    out = fn()
+    sync(device)
+    return time.perf_counter() - start, out
+
+
+def threads_note() -> str:
+    return (f"torch threads {torch.get_num_threads()}, cpu count {os.cpu_count()}, "
+            f"torch {torch.__version__}")
+
+
+# -- small real data -----------------------------------------------------------------------------
+
+
+def movielens_split(name: str) -> EvalSplit | None:
+    """ratings >= 4 as positives, users with >= 5 of them, per-interaction random 80/20."""
+    import pandas as pd
+
+    if name == "ml-latest-small":
+        path = REPO / "data" / "ml-latest-small" / "ratings.csv"
+        frame = pd.read_csv(path) if path.exists() else None
+        cols = ("userId", "movieId", "rating")
+    else:
+        mirror = Path(os.environ.get("RECSYS_MIRROR", REPO.parent / "shared" / "datasets"))
+        path = mirror / "ml-100k" / "u.data"
+        frame = (pd.read_csv(path, sep="\t", names=["u", "i", "r", "t"]) if path.exists()
+                 else None)
+        cols = ("u", "i", "r")
+    if frame is None:
+        return None
+    frame = frame[frame[cols[2]] >= 4]
+    frame = frame[frame.groupby(cols[0])[cols[0]].transform("size") >= 5]
+    users = pd.factorize(frame[cols[0]])[0]
+    items = pd.factorize(frame[cols[1]])[0]
+    matrix = sp.csr_matrix((np.ones(len(users), np.float32), (users, items)),
+                           shape=(users.max() + 1, items.max() + 1))
+    return holdout(matrix)
+
+
+# -- RecBole's evaluator on the same scores --------------------------------------------------------
+
+
+def recbole_evaluate(model: DotScorer, split: EvalSplit, device: torch.device, batch_size: int
+                     ) -> dict[str, float] | None:
+    """RecBole 1.2.1's full-sort path: -inf on history, topk, positive matrix, DataStruct,
+    then its Recall and NDCG metric classes. None when recbole is not importable."""
+    try:
+        from recbole.evaluator.collector import DataStruct
+        from recbole.evaluator.metrics import NDCG, Recall
+    except ImportError:
+        return None
+    config = {"topk": [20, 100], "metric_decimal_place": 6}
+    struct = DataStruct()
+    history, target = split.history, split.target
+    for start in range(0, len(split.users), batch_size):
+        users = split.users[start:start + batch_size]
+        scores = model.score(users, history[users])
+        h = history[users].tocoo()
+        scores[torch.from_numpy(h.row).long().to(device),
+               torch.from_numpy(h.col).long().to(device)] = float("-inf")
+        t = target[users].tocoo()
+        _, topk_idx = torch.topk(scores, 100, dim=-1)
+        pos_matrix = torch.zeros_like(scores, dtype=torch.int)
+        pos_matrix[torch.from_numpy(t.row).long().to(device),
+                   torch.from_numpy(t.col).long().to(device)] = 1
+        pos_len = pos_matrix.sum(dim=1, keepdim=True)
+        pos_idx = torch.gather(pos_matrix, dim=1, index=topk_idx)
+        struct.update_tensor("rec.topk", torch.cat((pos_idx, pos_len), dim=1))
+    out = {}
+    for metric in (Recall(config), NDCG(config)):
+        out.update(metric.calculate_metric(struct))
+    return out
+
+
+# -- the benchmark -------------------------------------------------------------------------------
+
+
+def run_one(label: str, model: DotScorer, split: EvalSplit, device: torch.device,
+            batch_size: int, metrics: str, rows: list[dict], repeat: int = 3) -> None:
+    from recsys.evaluation.evaluate import evaluate
+
+    model.to(device)
+    # warm-up on a few users (CUDA context, kernels, allocator) outside the timing
+    warm = EvalSplit(split.history, split.target, split.users[: min(256, len(split.users))])
+    evaluate(model, warm, metrics, batch_size=batch_size, device=device)
+    times = []
+    for _ in range(repeat):
+        seconds, result = timed(lambda: evaluate(model, split, metrics, batch_size=batch_size,
+                                                 device=device), device)
+        times.append(seconds)
+    # The median: this machine's cores are shared, single runs are noisy.
+    seconds = float(np.median(times))
+    rows.append({"data": label, "engine": "recsys", "device": device.type,
+                 "users": result.n_users, "seconds": round(seconds, 3),
+                 "users_per_s": round(result.n_users / seconds),
+                 "ndcg@100": round(result.summary.get("ndcg@100", float("nan")), 4),
+                 "recall@20": round(result.summary.get("recall@20", float("nan")), 4)})
+    print(rows[-1], flush=True)
+    rb_seconds, rb = timed(lambda: recbole_evaluate(model, split, device, batch_size), device)
+    if rb is not None:
+        rows.append({"data": label, "engine": "recbole", "device": device.type,
+                     "users": len(split.users), "seconds": round(rb_seconds, 3),
+                     "users_per_s": round(len(split.users) / rb_seconds),
+                     "ndcg@100": round(rb.get("ndcg@100", float("nan")), 4),
+                     "recall@20": round(rb.get("recall@20", float("nan")), 4)})
+        print(rows[-1], flush=True)
+
+
+def main() -> None:
+    import argparse
+    import json
+
+    from recsys.commands.evaluate import RANKING_DEFAULT
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--scale", type=float, default=1.0, help="fraction of ML-20M's users")
+    p.add_argument("--devices", default="auto", help="auto (cpu + cuda if present) or a list")
+    p.add_argument("--batch-size", type=int, default=2048)
+    p.add_argument("--factors", type=int, default=64)
+    p.add_argument("--metrics", default=RANKING_DEFAULT)
+    p.add_argument("--only", choices=("all", "small", "large"), default="all")
+    p.add_argument("--repeat", type=int, default=3, help="timed runs (the median is shown)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--json", default=None, help="write the result rows here")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows: list[dict] = []
+    print(threads_note(), flush=True)
+    if args.only in ("all", "small"):
+        for name in ("ml-100k", "ml-latest-small"):
+            split = movielens_split(name)
+            if split is None:
+                print(f"skip {name}: files not found", flush=True)
+                continue
+            model = svd_scorer(split.history, factors=32)
+            for device in devices(args.devices):
+                run_one(name, model, split, device, args.batch_size, args.metrics, rows,
+                        args.repeat)
+    if args.only in ("all", "large"):
+        n_users = max(1000, int(ML20M_EVAL_SHAPE[0] * args.scale))
+        n_inter = int(ML20M_EVAL_SHAPE[2] * n_users / ML20M_EVAL_SHAPE[0])
+        t0 = time.perf_counter()
+        split = holdout(synthetic_matrix(n_users, ML20M_EVAL_SHAPE[1], n_inter))
+        print(f"synthetic {n_users} x {ML20M_EVAL_SHAPE[1]}, "
+              f"{split.history.nnz + split.target.nnz} interactions "
+              f"({time.perf_counter() - t0:.1f} s to build)", flush=True)
+        model = DotScorer(n_users, ML20M_EVAL_SHAPE[1], factors=args.factors)
+        label = f"ml20m-shape x{args.scale:g}"
+        for device in devices(args.devices):
+            run_one(label, model, split, device, args.batch_size, args.metrics, rows,
+                    args.repeat)
+    print()
+    print("| data | engine | device | users | seconds | users/s | ndcg@100 | recall@20 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['data']} | {r['engine']} | {r['device']} | {r['users']:,} | {r['seconds']} "
+              f"| {r['users_per_s']:,} | {r['ndcg@100']} | {r['recall@20']} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

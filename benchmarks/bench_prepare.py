@@ -1,0 +1,181 @@
+"""`recsys prepare` at ML-20M shape: wall seconds and peak memory against the final arrays.
+
+Writes an ML-20M-format ratings.csv drawn by `recsys.data.synthetic` (20,000,263 rows over
+138,493 users x 26,744 items by default; ``--rows`` scales users with it), then times, in a
+fresh subprocess, the command a user would run:
+
+    recsys prepare ml-20m --path DIR --split random --implicit-threshold 4 \
+        --min-user-interactions 5 --out DIR          (and the same with --input ratings.csv)
+
+(parse, threshold, filter, CSR, per-user random 80/20 split with a 10% validation carve-out,
+save). Peak memory is the child's own maximum RSS (``os.wait4``). It is set against the bytes of
+the final CSR arrays (data + indices + indptr of every part; the aligned timestamps are counted
+separately), both as is and after subtracting the RSS the same process has after its imports
+(measured by running `recsys datasets`), since the interpreter, numpy, pandas, pyarrow and the
+other commands' imports are a fixed cost that does not grow with the data.
+
+RecBole 1.2.1's dataset build on the same file is timed beside it when recbole is installed
+(the optional ``bench`` extra); otherwise it is skipped with a note.
+
+    python benchmarks/bench_prepare.py              # 20M rows (needs ~3 GB RAM)
+    python benchmarks/bench_prepare.py --rows 2000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from recsys.data.interactions import Dataset
+from recsys.data.synthetic import ML20M_SHAPE, synthetic_ratings, write_ml20m_csv
+
+# Ratings > 3.5 are positives as in Liang et al.'s ML-20M protocol (on half stars: >= 4).
+PREPARE_ARGS = ["--split", "random", "--implicit-threshold", "4", "--min-user-interactions",
+                "5", "--test-fraction", "0.2", "--valid-fraction", "0.1", "--seed", "0"]
+
+
+def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS MB, stdout) of one child process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    # wait4 gives this child's own rusage (RUSAGE_CHILDREN would mix in earlier children).
+    out = proc.stdout.read().decode() if proc.stdout else ""
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.perf_counter() - start
+    if proc.returncode:
+        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{err}")
+    return seconds, usage.ru_maxrss / 1024, out  # ru_maxrss is in KiB on Linux
+
+
+def array_bytes(ds: Dataset) -> tuple[int, int]:
+    csr = ts = 0
+    for part in ds.parts.values():
+        m = part.matrix
+        csr += m.data.nbytes + m.indices.nbytes + m.indptr.nbytes
+        ts += 0 if part.timestamps is None else part.timestamps.nbytes
+    return csr, ts
+
+
+def recbole_build(csv: Path, workdir: Path) -> dict | None:
+    """RecBole 1.2.1's dataset build on the same ratings (only if recbole is installed)."""
+    try:
+        import recbole  # noqa: F401
+    except ImportError:
+        return None
+    import pandas as pd
+
+    data_dir = workdir / "recbole" / "synthetic"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    frame = pd.read_csv(csv)
+    frame.columns = ["user_id:token", "item_id:token", "rating:float", "timestamp:float"]
+    frame.to_csv(data_dir / "synthetic.inter", sep="\t", index=False)
+    del frame
+    script = f"""
+import numpy as np
+for name, value in (("float", float), ("int", int), ("bool", bool), ("float_", np.float64),
+                    ("complex_", np.complex128), ("unicode_", np.str_)):
+    if not hasattr(np, name):
+        setattr(np, name, value)  # NumPy-2 shim: RecBole 1.2.1 still uses these aliases
+from recbole.config import Config
+from recbole.data import create_dataset, data_preparation
+config = Config(model="MultiVAE", dataset="synthetic", config_dict={{
+    "data_path": {str(workdir / "recbole")!r}, "load_col": {{"inter": ["user_id", "item_id",
+    "rating", "timestamp"]}}, "val_interval": {{"rating": "[4,inf)"}},
+    "user_inter_num_interval": "[5,inf)", "eval_args": {{"split": {{"RS": [0.7, 0.1, 0.2]}},
+    "group_by": "user", "order": "RO", "mode": "full"}}, "show_progress": False}})
+dataset = create_dataset(config)
+data_preparation(config, dataset)
+"""
+    seconds, peak, _ = run_measured([sys.executable, "-c", script])
+    return {"seconds": seconds, "peak_mb": peak}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", type=int, default=ML20M_SHAPE[2])
+    p.add_argument("--items", type=int, default=ML20M_SHAPE[1])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workdir", help="where to write the CSV and the prepared data "
+                                     "(default: a temporary folder, removed afterwards)")
+    p.add_argument("--json", help="also write the results here")
+    args = p.parse_args()
+
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench-prepare-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        users = max(1, round(ML20M_SHAPE[0] * args.rows / ML20M_SHAPE[2]))
+        t = time.perf_counter()
+        data = synthetic_ratings(users, args.items, args.rows, seed=args.seed)
+        csv = write_ml20m_csv(workdir / "ratings.csv", data)
+        n_rows = len(data)
+        del data
+        print(f"synthetic ratings.csv: {n_rows:,} rows, {users:,} users x {args.items:,} items, "
+              f"{csv.stat().st_size / 2**20:.0f} MB, written in {time.perf_counter() - t:.1f} s")
+
+        recsys = [sys.executable, "-m", "recsys.cli"]
+        env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+        _, base_mb, _ = run_measured([*recsys, "datasets"], env)
+        print(f"baseline: `recsys datasets` (interpreter + imports) peaks at {base_mb:.0f} MB")
+        result: dict = {"rows": n_rows, "baseline_rss_mb": round(base_mb, 1), "runs": {}}
+        # The same file read two ways: as ML-20M (MovieLens has one rating per user and movie,
+        # so ratings below the threshold are skipped while parsing) and as a generic rating
+        # log (every row kept until duplicates are resolved).
+        for label, source in (("ml-20m --path", ["ml-20m", "--path", str(workdir)]),
+                              ("--input", ["--input", str(csv)])):
+            out = workdir / "prepared"
+            shutil.rmtree(out, ignore_errors=True)
+            seconds, peak_mb, _ = run_measured(
+                [*recsys, "prepare", *source, *PREPARE_ARGS, "--out", str(out), "--quiet"], env)
+            ds = Dataset.load(out)
+            csr, ts = array_bytes(ds)
+            nnz = sum(part.nnz for part in ds.parts.values())
+            run = {
+                "users": len(ds.users), "items": len(ds.items), "nnz": nnz,
+                "seconds": round(seconds, 2), "peak_rss_mb": round(peak_mb, 1),
+                "csr_mb": round(csr / 2**20, 1), "timestamps_mb": round(ts / 2**20, 1),
+                "peak_over_csr": round(peak_mb * 2**20 / csr, 2),
+                "peak_minus_baseline_over_csr": round((peak_mb - base_mb) * 2**20 / csr, 2),
+                "peak_minus_baseline_over_csr_and_timestamps":
+                    round((peak_mb - base_mb) * 2**20 / (csr + ts), 2),
+            }
+            result["runs"][label] = run
+            print(f"\nrecsys prepare {label}: {seconds:.1f} s wall, peak RSS {peak_mb:.0f} MB")
+            print(f"  final arrays: {nnz:,} interactions ({len(ds.users):,} users x "
+                  f"{len(ds.items):,} items) in {len(ds.parts)} parts: CSR {csr / 2**20:.0f} MB"
+                  f" + timestamps {ts / 2**20:.0f} MB")
+            print(f"  peak / CSR = {run['peak_over_csr']:.2f}x; (peak - baseline) / CSR = "
+                  f"{run['peak_minus_baseline_over_csr']:.2f}x; (peak - baseline) / (CSR + "
+                  f"timestamps) = {run['peak_minus_baseline_over_csr_and_timestamps']:.2f}x "
+                  "(target: within 3x)")
+        seconds = result["runs"]["ml-20m --path"]["seconds"]
+        rb = recbole_build(csv, workdir)
+        if rb is None:
+            print("RecBole: not installed, comparison skipped (pip install -e '.[bench]' adds "
+                  "recbole==1.2.1)")
+        else:
+            result["recbole"] = rb
+            print(f"RecBole 1.2.1 dataset build: {rb['seconds']:.1f} s, peak RSS "
+                  f"{rb['peak_mb']:.0f} MB -> recsys is {rb['seconds'] / seconds:.1f}x faster")
+        result["python"] = sys.version.split()[0]
+        result["numpy"] = np.__version__
+        result["cpus"] = os.cpu_count()
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    finally:
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

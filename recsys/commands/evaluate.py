@@ -1,0 +1,112 @@
+"""`recsys evaluate RUN_DIR --data DIR`: full-catalogue metrics of a trained run.
+
+Prints a table (with bootstrap 95% intervals), optionally writes the metrics as JSON (metric name
+-> number) and the per-user table, and records the metrics in the run directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from recsys.data.interactions import Dataset
+from recsys.data.io import atomic_path, write_json
+from recsys.errors import RecsysError
+
+RANKING_DEFAULT = ("recall@20,recall@50,ndcg@20,ndcg@100,precision@20,hit@20,mrr@20,map@20,"
+                   "coverage@20")
+RATING_DEFAULT = "rmse,mae"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("evaluate", help="full-ranking metrics of a trained run",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by `recsys train`")
+    p.add_argument("--data", required=True, metavar="DIR", help="prepared dataset directory")
+    p.add_argument("--part", choices=("test", "valid"), default="test",
+                   help="held-out part to evaluate (default: test)")
+    p.add_argument("--metrics", default=None, metavar="LIST",
+                   help=f"comma-separated, e.g. ndcg@100,recall@20 (default: {RANKING_DEFAULT}, "
+                        f"plus {RATING_DEFAULT} for rating models)")
+    p.add_argument("--json", default=None, metavar="FILE", help="write {metric: value} as JSON")
+    p.add_argument("--per-user", default=None, metavar="FILE",
+                   help="write the per-user metric table (.csv or .parquet)")
+    p.add_argument("--batch-size", type=int, default=2048, metavar="N",
+                   help="users scored per batch (default: 2048)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--no-ci", action="store_true", help="skip the bootstrap confidence intervals")
+    p.set_defaults(func=run)
+
+
+def default_metrics(explicit: bool) -> str:
+    return f"{RATING_DEFAULT},{RANKING_DEFAULT}" if explicit else RANKING_DEFAULT
+
+
+def check_compatible(model: object, data: Dataset, data_dir: str | Path) -> None:
+    """The run must have been trained on data with this dataset's users x items space."""
+    n_users, n_items = getattr(model, "n_users", 0), getattr(model, "n_items", 0)
+    if n_items and n_items != len(data.items):
+        raise RecsysError(f"{data_dir}: {len(data.items)} items, but the run's model was trained "
+                          f"on {n_items}; use the prepared data the run was trained on")
+    if n_users and n_users != len(data.users):
+        raise RecsysError(f"{data_dir}: {len(data.users)} users, but the run's model was trained "
+                          f"on {n_users}; use the prepared data the run was trained on")
+
+
+def run(args: argparse.Namespace) -> int:
+    from recsys.evaluation.evaluate import evaluate, format_table
+    from recsys.evaluation.metrics import parse_metrics
+    from recsys.evaluation.stats import bootstrap_ci
+    from recsys.run import load_run, read_run, update_run
+
+    if args.batch_size < 1:
+        raise RecsysError(f"--batch-size must be at least 1 (got {args.batch_size})")
+    read_run(args.run_dir)  # not a run: one line, before anything slow
+    for flag, path in (("--json", args.json), ("--per-user", args.per_user)):
+        if path and Path(path).is_dir():
+            raise RecsysError(f"{flag} {path} is a directory; give a file name")
+    if args.per_user and Path(args.per_user).suffix.lower() not in (".csv", ".parquet"):
+        raise RecsysError(f"--per-user {args.per_user}: use a .csv or .parquet file name")
+    if args.metrics is not None:
+        names = parse_metrics(args.metrics)
+    model, info = load_run(args.run_dir)
+    explicit = bool(getattr(model, "explicit", False))
+    if args.metrics is None:
+        names = parse_metrics(default_metrics(explicit))
+    data = Dataset.load(args.data)
+    check_compatible(model, data, args.data)
+    split = data.eval_split(args.part)
+
+    result = evaluate(model, split, names, batch_size=args.batch_size, device=args.device,
+                      rating_scale=data.rating_scale)
+    ci = None if args.no_ci else bootstrap_ci(result.per_user)
+    title = (f"{info.get('model', getattr(model, 'name', '?'))} on {args.data} ({args.part}): "
+             f"{result.n_users} users evaluated, {result.skipped_users} skipped (no history), "
+             f"{result.seconds:.2f} s")
+    print(format_table(result.summary, ci=ci, title=title))
+
+    if args.json:
+        write_json(args.json, result.summary)
+    if args.per_user:
+        table = result.per_user.copy()
+        table["user"] = data.users.lookup(table["user"].to_numpy())
+        with atomic_path(args.per_user) as tmp:
+            if args.per_user.lower().endswith(".parquet"):
+                table.to_parquet(tmp, index=False)
+            else:
+                table.to_csv(tmp, index=False)
+    record = {"metrics" if args.part == "test" else f"metrics_{args.part}": result.summary,
+              f"eval_{args.part}": {"users": result.n_users, "skipped_users": result.skipped_users,
+                                    "data": str(Path(args.data).resolve()),
+                                    "ci95": {k: list(v) for k, v in (ci or {}).items()}}}
+    if args.part == "test":
+        previous = read_run(args.run_dir).get("metrics")
+        if isinstance(previous, dict):  # keep metrics computed earlier under other names
+            record["metrics"] = {**previous, **result.summary}
+        write_json(Path(args.run_dir) / "metrics.json", record["metrics"])
+    update_run(args.run_dir, **record)
+    if result.skipped_users:
+        print(f"note: {result.skipped_users} users with held-out items but no history were "
+              "skipped", file=sys.stderr)
+    return 0

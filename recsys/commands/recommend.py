@@ -1,0 +1,260 @@
+"""`recsys recommend RUN_DIR --data DIR --k N --out FILE`: top-K lists for many users, streamed.
+
+Users are scored in chunks (bounded memory) from everything the prepared data knows about them,
+which is masked; each chunk is committed as it finishes (see recsys.scoring.export), so
+``--resume`` continues an interrupted run. Output columns: user, item (external ids), rank (1 is
+best), score, cold (True where the user had no history and got the most popular items).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from recsys.data.interactions import Dataset, Vocabulary
+from recsys.errors import RecsysError
+
+INT_SENTINEL = np.iinfo(np.int64).min  # what Vocabulary.coerce gives a non-integer id
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("recommend", help="top-K lists for many users (CSV or Parquet)",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by `recsys train`")
+    p.add_argument("--data", required=True, metavar="DIR", help="prepared dataset directory")
+    p.add_argument("--users", default="all", metavar="all|FILE",
+                   help="'all' (default) or a file of user ids (a `user` column, or one per line)")
+    p.add_argument("--histories", default=None, metavar="FILE.csv",
+                   help="user,item rows of new users' histories (external item ids): fold-in")
+    p.add_argument("--k", type=int, required=True, metavar="N", help="list length")
+    p.add_argument("--out", required=True, metavar="FILE", help="output .csv or .parquet")
+    p.add_argument("--chunk-size", type=int, default=10000, metavar="N",
+                   help="users per committed chunk / Parquet row group (default: 10000)")
+    p.add_argument("--batch-size", type=int, default=2048, metavar="N",
+                   help="users per scoring batch (default: 2048)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the chunks an interrupted run with the same inputs committed")
+    p.add_argument("--allow", default=None, metavar="FILE", help="only recommend these item ids")
+    p.add_argument("--deny", default=None, metavar="FILE", help="never recommend these item ids")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.set_defaults(func=run)
+
+
+# -- reading the id files ----------------------------------------------------------------------
+
+
+def _note(message: str) -> None:
+    print(f"note: {message}", file=sys.stderr)
+
+
+def read_id_file(path: str | Path, column: str) -> np.ndarray:
+    """Ids from a CSV with a ``column`` header, or a plain file with one id per line."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecsysError(f"{path}: no such file")
+    try:
+        with open(path, encoding="utf-8") as f:
+            first = f.readline()
+        header = [c.strip().strip('"') for c in first.rstrip("\r\n").split(",")]
+        if column in header:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+            ids = frame[column]
+        elif len(header) > 1:
+            raise RecsysError(f"{path}: expected a '{column}' column (header: {first.strip()}) "
+                              "or one id per line")
+        else:
+            ids = pd.read_csv(path, header=None, names=[column], dtype=str,
+                              keep_default_na=False, skip_blank_lines=True)[column]
+    except RecsysError:
+        raise
+    except (UnicodeDecodeError, pd.errors.ParserError, ValueError) as exc:
+        raise RecsysError(f"{path}: cannot read ids ({exc})") from None
+    ids = ids.astype(str).str.strip()
+    blank = np.flatnonzero((ids == "").to_numpy())
+    if len(blank):
+        raise RecsysError(f"{path}: row {int(blank[0]) + 1}: empty {column} id")
+    return ids.to_numpy(dtype=object)
+
+
+def coerce_ids(raw: np.ndarray, vocab: Vocabulary, path: str | Path, what: str) -> np.ndarray:
+    """Raw string ids cast to the vocabulary's id type; a non-integer id for an integer
+    vocabulary is a malformed file (it could never match)."""
+    ids = vocab.coerce(raw)
+    if vocab.is_integer:
+        bad = np.flatnonzero(ids == INT_SENTINEL)
+        if len(bad):
+            raise RecsysError(f"{path}: row {int(bad[0]) + 1}: {what} id '{raw[bad[0]]}' is not "
+                              f"an integer (this dataset's {what} ids are integers)")
+    return ids
+
+
+def read_items(path: str | Path, vocab: Vocabulary, flag: str, need_one: bool = False
+               ) -> np.ndarray:
+    """Internal ids of the known items listed in an allow/deny file (unknown ones reported)."""
+    raw = read_id_file(path, "item")
+    index = vocab.index(coerce_ids(raw, vocab, path, "item"))
+    if need_one and not (index >= 0).any():
+        raise RecsysError(f"{flag} {path}: none of its items is in the catalogue")
+    unknown = int((index < 0).sum())
+    if unknown:
+        _note(f"{flag} {path}: {unknown} of {len(index)} item ids are not in the catalogue; "
+              "ignored")
+    return np.unique(index[index >= 0])
+
+
+def read_histories(path: str | Path, items: Vocabulary) -> tuple[np.ndarray, sp.csr_matrix]:
+    """New users' histories: (their external ids in order of appearance, binary CSR)."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecsysError(f"{path}: no such file")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (UnicodeDecodeError, pd.errors.ParserError, ValueError) as exc:
+        raise RecsysError(f"{path}: cannot read histories ({exc})") from None
+    missing = [c for c in ("user", "item") if c not in frame.columns]
+    if missing:
+        raise RecsysError(f"{path}: missing column {', '.join(missing)} (expected user,item rows "
+                          f"with external item ids; header: {', '.join(map(str, frame.columns))})")
+    users = frame["user"].astype(str).str.strip().to_numpy(dtype=object)
+    blank = np.flatnonzero(users == "")
+    if len(blank):
+        raise RecsysError(f"{path}: row {int(blank[0]) + 2}: empty user id")
+    item_idx = items.index(coerce_ids(frame["item"].astype(str).str.strip().to_numpy(dtype=object),
+                                      items, path, "item"))
+    codes, uniques = pd.factorize(pd.Series(users), sort=False)
+    ok = item_idx >= 0
+    if not ok.any():
+        raise RecsysError(f"--histories {path}: none of its items is in the catalogue; nothing to "
+                          "score from (are the item ids those of the training data?)")
+    if not ok.all():
+        _note(f"--histories {path}: {int((~ok).sum())} of {len(item_idx)} rows name items not in "
+              "the catalogue; ignored")
+    hist = sp.csr_matrix((np.ones(int(ok.sum()), np.float32), (codes[ok], item_idx[ok])),
+                         shape=(len(uniques), len(items)))
+    hist.sum_duplicates()
+    hist.data[:] = 1.0
+    ext = np.asarray(uniques, dtype=object)
+    as_int = pd.to_numeric(pd.Series(ext), errors="coerce")
+    if as_int.notna().all() and (as_int == as_int.round()).all():
+        ext = as_int.astype(np.int64).to_numpy()
+    return ext, hist
+
+
+def _digest(path: str | Path | None) -> str | None:
+    if path is None:
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+# -- the command -------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> int:
+    from recsys.commands.evaluate import check_compatible
+    from recsys.models.base import resolve_device
+    from recsys.run import load_run, read_run
+    from recsys.scoring.export import ChunkedWriter, lists_schema, lists_table, output_format
+    from recsys.scoring.topk import item_mask, place_model, topk_chunk
+
+    # Everything a user can get wrong is checked before any output exists.
+    if args.k < 1:
+        raise RecsysError(f"--k must be at least 1 (got {args.k})")
+    for flag in ("chunk_size", "batch_size"):
+        if getattr(args, flag) < 1:
+            raise RecsysError(f"--{flag.replace('_', '-')} must be at least 1")
+    output_format(args.out)
+    if Path(args.out).is_dir():
+        raise RecsysError(f"--out {args.out} is a directory; give a .csv or .parquet file name")
+    if args.histories and args.users != "all":
+        raise RecsysError("--histories scores the users in that file; drop --users")
+    run_info = read_run(args.run_dir)
+    data = Dataset.load(args.data)
+    n_items = len(data.items)
+    if args.k > n_items:
+        raise RecsysError(f"--k {args.k} is larger than the catalogue ({n_items} items)")
+    allow = read_items(args.allow, data.items, "--allow", need_one=True) if args.allow else None
+    deny = read_items(args.deny, data.items, "--deny") if args.deny else None
+
+    if args.histories:
+        user_ids, history = read_histories(args.histories, data.items)
+        internal = np.full(len(user_ids), -1, dtype=np.int64)
+        users_spec = _digest(args.histories)
+    else:
+        known = sum((p.matrix for p in data.parts.values()), sp.csr_matrix((len(data.users),
+                                                                             n_items)))
+        # One extra empty row: users unknown to the data index it (and so are cold).
+        history = sp.vstack([known.tocsr(), sp.csr_matrix((1, n_items))]).tocsr()
+        if args.users == "all":
+            internal = np.arange(len(data.users), dtype=np.int64)
+            user_ids = data.users.ids
+            users_spec = "all"
+        else:
+            raw = read_id_file(args.users, "user")
+            ids = pd.unique(pd.Series(coerce_ids(raw, data.users, args.users, "user")))
+            if len(ids) < len(raw):
+                _note(f"--users {args.users}: {len(raw) - len(ids)} duplicated ids scored once")
+            user_ids = np.asarray(ids)
+            internal = data.users.index(user_ids)
+            unknown = int((internal < 0).sum())
+            if unknown:
+                _note(f"--users {args.users}: {unknown} of {len(internal)} users are unknown; "
+                      "scored with popularity (cold=true)")
+            users_spec = _digest(args.users)
+        rows = np.where(internal >= 0, internal, len(data.users))
+
+    model, _ = load_run(args.run_dir)
+    check_compatible(model, data, args.data)
+    device = resolve_device(args.device)
+    place_model(model, device)
+    banned = item_mask(n_items, allow, deny, device)
+    popularity = torch.from_numpy(
+        np.diff(data.train.matrix.tocsc().indptr).astype(np.float32)).to(device)
+
+    # What decides the lists: the trained run (not its later metrics), data, users, options.
+    fingerprint = {"run": {k: run_info.get(k) for k in ("model", "created")},
+                   "data": _digest(Path(args.data) / "metadata.json"),
+                   "users": users_spec, "k": args.k, "chunk_size": args.chunk_size,
+                   "allow": _digest(args.allow), "deny": _digest(args.deny),
+                   "device": device.type}
+    writer = ChunkedWriter(args.out, fingerprint, resume=args.resume)
+    schema = lists_schema(user_ids, data.items.ids)
+    n = len(user_ids)
+    n_chunks = -(-n // args.chunk_size)
+    from tqdm.auto import tqdm
+
+    start = time.perf_counter()
+    rows_written = cold_users = 0
+    with tqdm(total=n, unit="users", unit_scale=True, disable=None, file=sys.stderr,
+              desc="recommend") as bar:
+        for c in range(n_chunks):
+            lo, hi = c * args.chunk_size, min(n, (c + 1) * args.chunk_size)
+            if writer.committed(c):
+                bar.update(hi - lo)
+                continue
+            chunk_rows = history[np.arange(lo, hi)] if args.histories else history[rows[lo:hi]]
+            items, scores, cold = topk_chunk(
+                model, internal[lo:hi], chunk_rows, args.k, device=device, banned=banned,
+                cold_scores=popularity, batch_size=args.batch_size)
+            table = lists_table(user_ids[lo:hi], items, scores, cold, data.items.ids)
+            writer.write(c, table.cast(schema))
+            rows_written += table.num_rows
+            cold_users += int(cold.sum())
+            bar.update(hi - lo)
+    writer.finish(schema)
+    seconds = time.perf_counter() - start
+    print(f"wrote {args.out}: {n} users ({cold_users} cold in this run), {rows_written} rows in "
+          f"{seconds:.1f} s ({n / max(seconds, 1e-9):,.0f} users/s)", file=sys.stderr)
+    return 0
+

@@ -1,0 +1,225 @@
+"""`recsys train MODEL --data DIR --out RUN_DIR`: fit any registered model, save it, evaluate it.
+
+    recsys train ease --data data/ml-100k --out runs/ease --tune
+    recsys train multvae --data data/ml-100k --config configs/multvae.yaml --set epochs=50 \\
+        --out runs/multvae --device cuda --seed 1
+
+The model's config comes from --config (YAML; an optional ``tune:`` section gives the grid for
+--tune) overridden by --set key=value. With --tune the key hyper-parameters are chosen on the
+validation part by --metric (never on the test part) before the final fit on the training part.
+When the data has a test part, the trained model is evaluated on it and metrics.json written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from recsys.errors import RecsysError
+
+DEFAULT_METRIC = "ndcg@100"
+EVAL_BATCH_SIZE = 2048
+# What `recsys train` writes into RUN_DIR (removed first by --overwrite; nothing else is).
+RUN_ENTRIES = ("run.json", "config.yaml", "metrics.json", "model", "checkpoints")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train", help="fit a model (optionally tuned on validation), save and evaluate it",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", metavar="MODEL", help="registry name: pop, itemknn, ease, als, bpr, "
+                                                  "autorec, multvae, multdae, cdae, recvae, cfgan")
+    p.add_argument("--data", required=True, metavar="DIR", help="prepared dataset directory")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write")
+    p.add_argument("--config", metavar="FILE", help="YAML model config (and 'tune:' grid)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key (repeatable), e.g. --set lambda_=300")
+    p.add_argument("--tune", action="store_true",
+                   help="grid-search the key hyper-parameters on the validation part first")
+    p.add_argument("--metric", default=None, metavar="NAME",
+                   help=f"validation metric for --tune and early stopping (default "
+                        f"{DEFAULT_METRIC})")
+    p.add_argument("--metrics", default=None, metavar="LIST",
+                   help="metrics reported on the test part (default: as `recsys evaluate`)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in RUN_DIR from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in RUN_DIR")
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N or mps")
+    p.add_argument("--seed", type=int, default=None, help="random seed (model default if unset)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic algorithms (slower; neural models)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_tracking_args(p)
+    p.set_defaults(func=run)
+
+
+# -- tracking: the spot where MLflow plugs in ---------------------------------------------------
+
+
+def add_tracking_args(parser: argparse.ArgumentParser) -> None:
+    """MLflow flags: --tracking-uri, --experiment, --no-track, --register, --alias,
+    --log-system-metrics (see recsys.tracking.options)."""
+    from recsys.tracking.options import add_tracking_args as add
+
+    add(parser)
+
+
+def make_tracker(args: argparse.Namespace, model: Any = None) -> Any:
+    """The tracker this run reports to: an MLflow run checked reachable before any training
+    (one clear line if not), or the null `Tracker` with --no-track."""
+    from recsys.tracking.options import make_tracker as make
+    from recsys.tracking.options import training_tags
+
+    tags = training_tags(model, args.device) if model is not None else None
+    return make(args, run_name=Path(args.out).name or None, tags=tags)
+
+
+# -- the command ----------------------------------------------------------------------------------
+
+
+def build_params(model_cls: type, args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
+    """Config keys from --config merged with --set and the run options the model's Config has;
+    plus the ``tune:`` grid from --config (``None`` when absent)."""
+    from recsys.config import load_yaml, parse_set_options
+
+    params: dict[str, Any] = load_yaml(args.config) if args.config else {}
+    grid = params.pop("tune", None)
+    params.update(parse_set_options(args.set))
+    fields = model_cls.Config.model_fields
+    # Run options land in the config only where the model has such a key (neural models'
+    # TrainConfig: device, seed, deterministic, metric); a flag left unset keeps the file's value.
+    options = {"device": args.device, "seed": args.seed, "metric": args.metric,
+               "deterministic": True if args.deterministic else None}
+    for key, value in options.items():
+        if value is not None and key in fields:
+            params[key] = value
+    return params, grid
+
+
+def check_out(out: Path, resume: bool, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise RecsysError(f"--out {out}: exists and is not a directory")
+    if not (out / "run.json").exists() and not (out / "checkpoints").exists():
+        return
+    if resume:
+        return
+    if overwrite:
+        for name in RUN_ENTRIES:
+            path = out / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+        return
+    raise RecsysError(f"--out {out} already holds a run; pass --resume to continue it, "
+                      "--overwrite to replace it, or choose another directory")
+
+
+def run(args: argparse.Namespace) -> int:
+    from recsys.commands.evaluate import default_metrics
+    from recsys.config import validate_config
+    from recsys.data.interactions import Dataset
+    from recsys.data.io import sha256_file, write_json
+    from recsys.evaluation.evaluate import evaluate, format_table
+    from recsys.evaluation.metrics import parse_metrics
+    from recsys.models.base import FitContext
+    from recsys.models.registry import get_model_class
+    from recsys.run import save_run, update_run
+    from recsys.tracking.base import flatten
+    from recsys.tracking.options import log_training_end, log_training_start
+
+    # Everything cheap and user-caused is checked before the data is read or anything is fitted.
+    model_cls = get_model_class(args.model)
+    params, grid = build_params(model_cls, args)
+    where = f"{args.model} config" + (f" ({args.config})" if args.config else "")
+    validate_config(model_cls.Config, params, where=where)
+    model = model_cls(**params)
+    metric = parse_metrics(args.metric or DEFAULT_METRIC)[0]
+    explicit = bool(getattr(model, "explicit", False))
+    report = parse_metrics(args.metrics or default_metrics(explicit))
+    if grid is not None and not args.tune:
+        print("note: the config's 'tune:' section is used only with --tune", file=sys.stderr)
+    if args.tune and grid is not None:
+        from recsys.models.tuning import check_grid
+
+        grid = check_grid(model, grid, where=f"{args.config}: tune")
+    out = Path(args.out)
+    check_out(out, args.resume, args.overwrite)
+
+    data_dir = Path(args.data)
+    dataset = Dataset.load(data_dir)
+    if explicit and dataset.implicit:
+        raise RecsysError(f"model '{model.name}' predicts ratings but {data_dir} holds implicit "
+                          "(0/1) data; prepare the data without --implicit-threshold")
+    valid = dataset.eval_split("valid") if dataset.has("valid") else None
+    if args.tune and valid is None:
+        raise RecsysError(f"--tune needs a validation part, and {data_dir} has none; prepare "
+                          "the data with --valid-fraction > 0")
+    device = args.device or "auto"
+    say = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
+
+    tracker = make_tracker(args, model)
+    status = "FAILED"
+    try:
+        ctx = FitContext(run_dir=out, tracker=tracker, resume=args.resume, quiet=args.quiet,
+                         data_meta=dict(dataset.meta))
+        tuned = None
+        tune_seconds = 0.0
+        if args.tune:
+            from recsys.models.tuning import tune
+
+            started = time.perf_counter()
+            result = tune(model, dataset.train, valid, grid, metric=metric, ctx=ctx,
+                          batch_size=EVAL_BATCH_SIZE, device=device, log=say)
+            tune_seconds = time.perf_counter() - started
+            model.set_params(**result.best_params)
+            tuned = result.to_record()
+            tracker.log_table(result.table, "tuning.json")
+            if not args.quiet:
+                print(f"tuning on the validation part ({len(result.table)} candidates, "
+                      f"{tune_seconds:.1f} s):\n{result.format()}")
+            chosen = ", ".join(f"{k}={v}" for k, v in result.best_params.items()) or "(nothing)"
+            print(f"tuned: {chosen} (valid {metric} {result.best_score:.4f})")
+
+        tracker.log_params(flatten({"model": model.name, **model.get_params()}))
+        log_training_start(tracker, model=model, data_dir=data_dir)
+        started = time.perf_counter()
+        model.fit(dataset.train, valid, ctx)
+        fit_seconds = time.perf_counter() - started
+        say(f"fitted {model.name} in {fit_seconds:.2f} s")
+        info = {"data": str(data_dir.resolve()),
+                "data_digest": sha256_file(data_dir / "metadata.json"),
+                "data_name": dataset.meta.get("dataset"),
+                "tuned": tuned, "tune_seconds": tune_seconds, "fit_seconds": fit_seconds,
+                "metric": metric, "seed": args.seed}
+        save_run(out, model, info)
+
+        evaluation = None
+        if dataset.has("test"):
+            evaluation = evaluate(model, dataset.eval_split("test"), report,
+                                  batch_size=EVAL_BATCH_SIZE, device=device,
+                                  rating_scale=dataset.rating_scale)
+            write_json(out / "metrics.json", evaluation.summary)
+            update_run(out, metrics=evaluation.summary,
+                       eval_test={"users": evaluation.n_users,
+                                  "skipped_users": evaluation.skipped_users,
+                                  "data": str(data_dir.resolve())})
+            print(format_table(evaluation.summary, title=(
+                f"{model.name} on {data_dir} (test): {evaluation.n_users} users evaluated, "
+                f"{evaluation.skipped_users} skipped (no history)")))
+        # MLflow: test metrics, learning curve, per-user table, top-K sample, config, pyfunc model
+        # (and --register); each piece logged on its own, a failure never stops the run.
+        log_training_end(tracker, model=model, run_dir=out, data_dir=data_dir, dataset=dataset,
+                         summary=evaluation.summary if evaluation else None,
+                         per_user=evaluation.per_user if evaluation else None,
+                         register=args.register, alias=args.alias)
+        print(f"run written to {out}")
+        status = "FINISHED"
+    finally:
+        tracker.close(status)
+    return 0

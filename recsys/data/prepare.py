@@ -1,0 +1,314 @@
+"""load -> preprocess -> split -> `Dataset`: the library function behind `recsys prepare`.
+
+The metadata of the result records where the data came from (dataset name, SHA-256 of every
+source file) and every parameter that shaped it, so a prepared folder can be traced and rebuilt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from recsys.data import split as S
+from recsys.data.interactions import Dataset, Interactions, Vocabulary
+from recsys.data.preprocess import Encoded, PreprocessOptions, preprocess, preprocess_log
+from recsys.data.readers import RatingLog, read_rating_log
+from recsys.errors import RecsysError
+
+
+@dataclass
+class PrepareOptions:
+    """Every knob of `prepare`; ``to_dict`` is what the metadata records."""
+
+    split: str = "random"
+    test_fraction: float = 0.2
+    valid_fraction: float = 0.1
+    seed: int = 0
+    implicit_threshold: float | None = None
+    min_user_interactions: int = 0
+    min_item_interactions: int = 0
+    kcore: bool = False
+    heldout_users: int | None = None
+    loo_order: str = "last"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def preprocess_options(self) -> PreprocessOptions:
+        return PreprocessOptions(self.implicit_threshold, self.min_user_interactions,
+                                 self.min_item_interactions, self.kcore)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k != "extra"}
+        out.update(self.extra)
+        return out
+
+
+# -- sources ---------------------------------------------------------------------------------
+
+
+def prepare_movielens(name: str, options: PrepareOptions, *, path: str | None = None,
+                      mirror: str | None = None, cache: str | None = None,
+                      progress: bool = True) -> Dataset:
+    """A registry dataset (embedded, cached, mirrored or downloaded) through ``options``."""
+    from recsys.data import movielens
+
+    spec, folder = movielens.resolve(name, path=path, mirror=mirror, cache=cache,
+                                     progress=progress)
+    item_info = movielens.read_item_info(spec, folder)
+    source: dict[str, Any] = {"dataset": name, "source_dir": str(folder)}
+    if options.split.startswith("ml100k-"):
+        if name != "ml-100k":
+            raise RecsysError(f"--split {options.split} is ml-100k's own folds; use it with "
+                              "ml-100k, or pick another split")
+        fold = options.split.removeprefix("ml100k-")
+        names = ["user", "item", "rating", "timestamp"]
+        logs = {"train": read_rating_log(folder / f"{fold}.base", sep="\t", names=names),
+                "test": read_rating_log(folder / f"{fold}.test", sep="\t", names=names)}
+        return _from_parts(logs, options, source, item_info, name)
+    # MovieLens has one rating per (user, movie), so rows below the threshold can be skipped
+    # while reading without changing what the duplicate policy sees.
+    log = movielens.read_ratings(spec, folder, min_rating=options.implicit_threshold)
+    return prepare_log(log, options, source=source, item_info=item_info, name=name, consume=True)
+
+
+def prepare_file(path: str | os.PathLike[str], options: PrepareOptions, *, sep: str | None = None,
+                 columns: dict[str, str] | None = None) -> Dataset:
+    """A user's own rating log (CSV/TSV/Parquet) through ``options``."""
+    if options.split.startswith("ml100k-"):
+        raise RecsysError(f"--split {options.split} needs the ml-100k dataset, not --input")
+    log = read_rating_log(path, sep=sep, columns=columns)
+    return prepare_log(log, options, source={"dataset": Path(path).name}, name=Path(path).name,
+                       consume=True)
+
+
+def prepare_files(train: str | os.PathLike[str], test: str | os.PathLike[str],
+                  valid: str | os.PathLike[str] | None, options: PrepareOptions, *,
+                  sep: str | None = None, columns: dict[str, str] | None = None) -> Dataset:
+    """Bring-your-own split: the user's train/(valid)/test files, ids kept as given."""
+    logs = {"train": read_rating_log(train, sep=sep, columns=columns)}
+    if valid is not None:
+        logs["valid"] = read_rating_log(valid, sep=sep, columns=columns)
+    logs["test"] = read_rating_log(test, sep=sep, columns=columns)
+    options = dataclasses.replace(options, split="given")
+    return _from_parts(logs, options, {"dataset": Path(train).stem}, None, Path(train).stem)
+
+
+# -- the pipeline ----------------------------------------------------------------------------
+
+
+def prepare_log(log: RatingLog, options: PrepareOptions, *, source: dict[str, Any],
+                item_info: pd.DataFrame | None = None, name: str = "", consume: bool = False
+                ) -> Dataset:
+    """One rating log: preprocess, split by ``options.split``, build the parts.
+
+    With ``consume`` the log's columns are handed over and freed as soon as they are encoded
+    (the log is empty afterwards), which lowers peak memory on large files.
+    """
+    pre = options.preprocess_options()
+    if log.threshold_applied is not None:
+        if log.threshold_applied != options.implicit_threshold:
+            raise ValueError("the log was read with another threshold than the options'")
+        if len(log) == 0:
+            raise RecsysError(f"{log.source}: no rating is >= the implicit threshold "
+                              f"{options.implicit_threshold}; lower --implicit-threshold")
+        pre.implicit_threshold = None  # already applied while reading
+    if consume:
+        data, report = preprocess_log(log, pre, source=str(log.source))
+    else:
+        data, report = preprocess(log.user, log.item, log.rating, log.timestamp, pre,
+                                  source=str(log.source))
+    if log.threshold_applied is not None:
+        report["below_threshold_dropped"] = log.below_threshold_dropped
+        report["rating_scale"] = log.rating_range
+        report["rows_in"] = log.rows_read - log.missing_dropped
+    labels, split_info = _split(data, options)
+    meta = _base_meta(name, source, {"ratings": log}, options, report)
+    return _build(data, labels, split_info, meta, item_info)
+
+
+def _from_parts(logs: dict[str, RatingLog], options: PrepareOptions, source: dict[str, Any],
+                item_info: pd.DataFrame | None, name: str) -> Dataset:
+    """Given parts (bring-your-own or canonical folds): one table with a part column."""
+    codes = {"train": S.TRAIN, "valid": S.VALID, "test": S.TEST}
+    train = logs["train"]
+    for part, log in logs.items():
+        if part != "train" and not _shares_ids(log.user, train.user):
+            raise RecsysError(f"{log.source}: none of its users appear in {train.source}; both "
+                              "files must use the same user ids (check the user column, or map "
+                              "it with --columns user=NAME)")
+    with_rating = [log.rating is not None for log in logs.values()]
+    if any(with_rating) and not all(with_rating):
+        missing = next(log.source for log in logs.values() if log.rating is None)
+        raise RecsysError(f"{missing}: no rating column, while the other files have one; give "
+                          "all files a rating column or none")
+    with_time = all(log.timestamp is not None for log in logs.values())
+
+    def cat(get: Any) -> np.ndarray:
+        return np.concatenate([get(log) for log in logs.values()])
+
+    user = _concat_ids([log.user for log in logs.values()])
+    item = _concat_ids([log.item for log in logs.values()])
+    rating = cat(lambda lg: lg.rating) if all(with_rating) else None
+    timestamp = cat(lambda lg: lg.timestamp) if with_time else None
+    part = np.concatenate([np.full(len(log), codes[p], np.int8) for p, log in logs.items()])
+    # Without timestamps "latest" means "later in the input": train, valid, test, in that order.
+    data, report = preprocess(user, item, rating, timestamp, options.preprocess_options(),
+                              extra={"part": part},
+                              source=", ".join(str(log.source) for log in logs.values()))
+    labels = data.extra.pop("part")
+    meta = _base_meta(name, source, logs, options, report)
+    return _build(data, labels, {"given_parts": list(logs)}, meta, item_info,
+                  given_sources={p: str(log.source) for p, log in logs.items()})
+
+
+def _shares_ids(values: np.ndarray, train: np.ndarray) -> bool:
+    if (values.dtype.kind == "i") != (train.dtype.kind == "i"):
+        values, train = values.astype(str), train.astype(str)
+    return bool(pd.Index(values).isin(pd.Index(train)).any())
+
+
+def _concat_ids(arrays: list[np.ndarray]) -> np.ndarray:
+    if all(a.dtype.kind == "i" for a in arrays):
+        return np.concatenate(arrays)
+    return np.concatenate([a.astype(str).astype(object) for a in arrays])
+
+
+def _split(data: Encoded, o: PrepareOptions) -> tuple[np.ndarray, dict[str, Any]]:
+    info: dict[str, Any] = {}
+    if o.split == "random":
+        labels = S.split_random(data.user, data.n_users, o.test_fraction, o.valid_fraction,
+                                o.seed)
+    elif o.split == "temporal-user":
+        labels = S.split_temporal_user(data.user, data.item, data.timestamp, data.n_users,
+                                       o.test_fraction, o.valid_fraction)
+    elif o.split == "temporal-global":
+        labels, info = S.split_temporal_global(data.timestamp, o.test_fraction, o.valid_fraction)
+    elif o.split == "loo":
+        labels = S.split_loo(data.user, data.item, data.timestamp, data.n_users, o.loo_order,
+                             valid=o.valid_fraction > 0, seed=o.seed)
+    elif o.split == "strong":
+        labels, info = S.split_strong(data.user, data.item, data.n_users, data.n_items,
+                                      o.heldout_users, o.test_fraction, o.seed)
+    else:
+        from recsys.errors import closest
+
+        raise RecsysError(f"unknown split '{o.split}'{closest(o.split, S.SPLITS)}; choose from "
+                          f"{', '.join(S.SPLITS)}")
+    return labels, info
+
+
+def _base_meta(name: str, source: dict[str, Any], logs: dict[str, RatingLog],
+               options: PrepareOptions, report: dict[str, Any]) -> dict[str, Any]:
+    notes = [n for log in logs.values() for n in log.notes]
+    return {
+        "dataset": name,
+        **source,
+        "source_files": {str(log.source.name if k == "ratings" else f"{k}:{log.source.name}"):
+                         {"path": str(log.source), "sha256": log.sha256, "rows": log.rows_read}
+                         for k, log in logs.items()},
+        "missing_value_rows_dropped": sum(log.missing_dropped for log in logs.values()),
+        "preprocessing": options.preprocess_options().to_dict(),
+        "split": {k: v for k, v in options.to_dict().items()
+                  if k in ("split", "test_fraction", "valid_fraction", "seed", "heldout_users",
+                           "loo_order")},
+        "options": options.to_dict(),
+        "implicit": options.implicit_threshold is not None,
+        "preprocess_report": report,
+        "notes": notes,
+    }
+
+
+def _build(data: Encoded, labels: np.ndarray, split_info: dict[str, Any], meta: dict[str, Any],
+           item_info: pd.DataFrame | None, given_sources: dict[str, str] | None = None
+           ) -> Dataset:
+    labels, dropped = S.drop_unseen(labels, data.user, data.item, data.n_users, data.n_items)
+    # Strong generalisation drops held-out users' unseen items before their fold-in split.
+    for part, n in split_info.get("unseen_item_interactions_dropped", {}).items():
+        dropped["unseen_items"][part] += n
+    if not (labels == S.TRAIN).any():
+        if given_sources:
+            raise RecsysError(f"{given_sources['train']}: no training interaction is left (every "
+                              "pair is repeated in a later file, and the latest copy wins)")
+        raise RecsysError("the split left no training interactions; lower --test-fraction")
+    eval_codes = [c for c in (S.VALID, S.TEST) if (labels == c).any()]
+    if given_sources and "test" in given_sources and not (labels == S.TEST).any():
+        raise RecsysError(f"{given_sources['test']}: no test interaction is left (its users or "
+                          "items never occur in training); nothing could be evaluated")
+    if not eval_codes:
+        raise RecsysError("the split left nothing to evaluate (no valid or test interactions); "
+                          "raise --test-fraction or lower the filters")
+    rating_scale = [float(data.rating.min()), float(data.rating.max())]
+    raw_scale = meta["preprocess_report"].get("rating_scale")
+    # Vocabularies: users with anything left; items that occur in training (the catalogue).
+    keep = labels >= S.TRAIN
+    used_users = np.bincount(data.user[keep], minlength=data.n_users) > 0
+    used_items = np.bincount(data.item[labels == S.TRAIN], minlength=data.n_items) > 0
+    remap_u = (np.cumsum(used_users) - 1).astype(np.int32)
+    remap_i = (np.cumsum(used_items) - 1).astype(np.int32)
+    users = Vocabulary(data.user_ids[used_users])
+    items = Vocabulary(data.item_ids[used_items])
+    shape = (len(users), len(items))
+    parts: dict[str, Interactions] = {}
+    for name, code in S.PART_LABELS.items():
+        mask = labels == code
+        if not mask.any():
+            continue
+        u = remap_u[data.user[mask]]
+        indptr = np.zeros(shape[0] + 1, dtype=np.int64)
+        np.cumsum(np.bincount(u, minlength=shape[0]), out=indptr[1:])
+        matrix = sp.csr_matrix((data.rating[mask], remap_i[data.item[mask]], indptr),
+                               shape=shape, copy=False)
+        ts = None if data.timestamp is None else data.timestamp[mask]
+        parts[name] = Interactions(matrix, users, items, ts)
+    if item_info is not None:
+        item_info = _align_item_info(item_info, items)
+    meta.update({
+        "implicit": meta["implicit"],
+        "rating_scale": raw_scale or rating_scale,
+        "split_info": split_info,
+        "dropped": {
+            "missing_values": meta["missing_value_rows_dropped"],
+            "duplicates": meta["preprocess_report"]["duplicates_dropped"],
+            "below_threshold": meta["preprocess_report"]["below_threshold_dropped"],
+            "min_counts": meta["preprocess_report"]["min_count_dropped"],
+            "unseen_items": dropped["unseen_items"],
+            "no_history": dropped["no_history"],
+        },
+        "counts": {"users": shape[0], "items": shape[1],
+                   "interactions": {n: p.nnz for n, p in parts.items()}},
+    })
+    if given_sources:
+        meta["given_files"] = given_sources
+    return Dataset(parts, meta, item_info)
+
+
+def _align_item_info(info: pd.DataFrame, items: Vocabulary) -> pd.DataFrame:
+    info = info.drop_duplicates("item", keep="last")
+    idx = items.index(info["item"].to_numpy())
+    info = info.loc[idx >= 0].copy()
+    info["_pos"] = idx[idx >= 0]
+    return info.sort_values("_pos").drop(columns="_pos").reset_index(drop=True)
+
+
+def summary(ds: Dataset) -> str:
+    """A few lines for the end of `recsys prepare`."""
+    m = ds.meta
+    lines = [f"{m.get('dataset') or 'data'}: {len(ds.users):,} users x {len(ds.items):,} items, "
+             f"{'implicit (1.0 = rating >= ' + str(m['options']['implicit_threshold']) + ')' if ds.implicit else 'explicit ratings'}"]  # noqa: E501
+    for name, part in ds.parts.items():
+        lines.append(f"  {name:<14} {part.nnz:>11,} interactions  "
+                     f"{len(part.active_users()):>9,} users")
+    d = m["dropped"]
+    unseen = sum(d["unseen_items"].values())
+    no_hist = sum(v["interactions"] for v in d["no_history"].values())
+    lines.append(f"  dropped: {d['missing_values']:,} rows with missing values, "
+                 f"{d['duplicates']:,} duplicates, {d['below_threshold']:,} below threshold, "
+                 f"{d['min_counts']:,} by minimum counts, {unseen:,} with items unseen in "
+                 f"training, {no_hist:,} of users without history")
+    return "\n".join(lines)

@@ -1,0 +1,232 @@
+"""Mult-VAE (Liang, Krishnan, Hoffman, Jebara: "Variational Autoencoders for Collaborative
+Filtering", WWW 2018).
+
+A user's 0/1 history x is L2-normalised, dropped out (p = 0.5 by default) and encoded by a tanh
+MLP into the mean and log-variance of a Gaussian posterior over z (default I-600-200); a tanh MLP
+decodes z back to logits over the catalogue (200-600-I). The loss is the multinomial negative
+log-likelihood plus beta * KL(q(z|x) || N(0, I)), with beta annealed as a plain function of the
+global step (`kl_beta`). Training samples z = mu + sigma * eps; scoring uses z = mu.
+
+Optional (``flow_layers > 0``): a richer posterior, RealNVP-style affine coupling layers applied
+to the Gaussian sample. The KL term is then the single-sample Monte-Carlo estimate
+``log q(z_K|x) - log N(z_K; 0, I)`` and scoring passes mu through the flow.
+
+The helpers here (`kl_beta`, `multinomial_nll`, `check_dims`, ...) are shared with Mult-DAE,
+CDAE and RecVAE.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any
+
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from recsys.config import TrainConfig
+from recsys.data.interactions import Interactions
+from recsys.errors import RecsysError
+from recsys.models.neural import Batch, NeuralRecommender
+
+PositiveInt = Annotated[int, Field(ge=1)]
+
+# -- shared pieces (plain functions) -----------------------------------------------------------
+
+
+def kl_beta(step: int, anneal_cap: float, total_anneal_steps: int) -> float:
+    """KL weight at global step ``step``: ``min(anneal_cap, step / total_anneal_steps)``.
+
+    ``total_anneal_steps = 0`` means no annealing (beta = anneal_cap from the first step).
+    """
+    if total_anneal_steps <= 0:
+        return float(anneal_cap)
+    return float(min(anneal_cap, step / total_anneal_steps))
+
+
+def multinomial_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Negative multinomial log-likelihood of the counts ``x`` under softmax(logits), per-user
+    sum averaged over the batch (the constant multinomial coefficient is dropped)."""
+    return -(F.log_softmax(logits, dim=-1) * x).sum(dim=-1).mean()
+
+
+def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, diag(exp(logvar))) || N(0, I)) in closed form, per-user sum averaged."""
+    return (0.5 * (logvar.exp() + mu.pow(2) - 1.0 - logvar)).sum(dim=-1).mean()
+
+
+def log_normal_pdf(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Element-wise log N(z; mu, exp(logvar))."""
+    return -0.5 * (logvar + math.log(2 * math.pi) + (z - mu).pow(2) * torch.exp(-logvar))
+
+
+def binarize(x: torch.Tensor) -> torch.Tensor:
+    """0/1 implicit feedback from a history that may hold ratings."""
+    return (x > 0).to(torch.float32)
+
+
+def l2_penalty(modules: list[nn.Linear]) -> torch.Tensor:
+    """Sum of squared weights (biases excluded), the paper's form of weight decay."""
+    return sum(m.weight.pow(2).sum() for m in modules)  # type: ignore[return-value]
+
+
+def check_dims(model: str, dims: list[int], n_items: int) -> None:
+    """The bottleneck of an autoencoder must be narrower than the catalogue it reconstructs."""
+    if n_items < 1:
+        raise RecsysError(f"{model}: the training data has no items")
+    if dims and dims[-1] > n_items:
+        raise RecsysError(
+            f"{model} dims {dims} do not match the data: the bottleneck ({dims[-1]}) is wider "
+            f"than the catalogue ({n_items} items); set smaller dims, e.g. "
+            f"--set latent_dim={max(1, n_items // 4)}")
+
+
+def check_history(model: str, history: torch.Tensor, n_items: int) -> None:
+    if history.dim() != 2 or history.shape[1] != n_items:
+        raise RecsysError(
+            f"{model}: the history has {history.shape[-1]} item columns but the model was trained "
+            f"on {n_items} items; score with the dataset the model was trained on")
+
+
+def load_checked(model: NeuralRecommender, state: dict[str, torch.Tensor]) -> None:
+    """`NeuralRecommender.load_state_dict` whose shape/key mismatches end in one line."""
+    try:
+        NeuralRecommender.load_state_dict(model, state)
+    except RuntimeError as exc:
+        first = next((ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()), str(exc))
+        raise RecsysError(f"{model.name}: saved weights do not match the configured dims "
+                          f"({first})") from None
+
+
+def mlp(dims: list[int], last_activation: bool) -> nn.Sequential:
+    """Linear layers ``dims[0] -> ... -> dims[-1]`` with tanh between (and after, if asked)."""
+    layers: list[nn.Module] = []
+    for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+        layers.append(nn.Linear(d_in, d_out))
+        if i < len(dims) - 2 or last_activation:
+            layers.append(nn.Tanh())
+    return nn.Sequential(*layers)
+
+
+def init_like_paper(module: nn.Module) -> None:
+    """Xavier-uniform weights and N(0, 0.001^2) biases, as in the authors' code."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.normal_(m.bias, std=0.001)
+
+
+# -- a RealNVP-style flow on z -----------------------------------------------------------------
+
+
+class AffineCoupling(nn.Module):
+    """z_b <- z_b * exp(s(z_a)) + t(z_a), with z_a the masked half; log|det| = sum(s)."""
+
+    def __init__(self, dim: int, hidden: int, parity: int) -> None:
+        super().__init__()
+        mask = (torch.arange(dim) % 2 == parity).to(torch.float32)
+        self.register_buffer("mask", mask)
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, 2 * dim))
+        # Start as the identity map so that flow_layers > 0 begins exactly as the plain VAE.
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        kept = z * self.mask
+        s, t = self.net(kept).chunk(2, dim=-1)
+        s = torch.tanh(s) * (1 - self.mask)  # bounded scales keep exp(s) stable
+        t = t * (1 - self.mask)
+        return kept + (1 - self.mask) * (z * torch.exp(s) + t), s.sum(dim=-1)
+
+
+# -- the network --------------------------------------------------------------------------------
+
+
+class MultVAENetwork(nn.Module):
+    def __init__(self, n_items: int, hidden_dims: list[int], latent_dim: int, dropout: float,
+                 flow_layers: int = 0) -> None:
+        super().__init__()
+        enc = [n_items, *hidden_dims]
+        # The encoder's last layer outputs mean and log-variance side by side.
+        self.encoder = mlp([*enc, 2 * latent_dim], last_activation=False)
+        self.decoder = mlp([latent_dim, *reversed(hidden_dims), n_items], last_activation=False)
+        self.dropout = nn.Dropout(dropout)
+        self.latent_dim = latent_dim
+        init_like_paper(self)
+        self.flows = nn.ModuleList(
+            AffineCoupling(latent_dim, 2 * latent_dim, i % 2) for i in range(flow_layers))
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.dropout(F.normalize(x, dim=-1))
+        mu, logvar = self.encoder(h).chunk(2, dim=-1)
+        return mu, logvar
+
+    def flow(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        log_det = torch.zeros(z.shape[0], device=z.device, dtype=z.dtype)
+        for layer in self.flows:
+            z, ld = layer(z)
+            log_det = log_det + ld
+        return z, log_det
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training pass: (logits, KL estimate) with a reparameterised sample of z."""
+        mu, logvar = self.encode(x)
+        z0 = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        if not self.flows:
+            return self.decoder(z0), kl_standard_normal(mu, logvar)
+        z, log_det = self.flow(z0)
+        log_q = log_normal_pdf(z0, mu, logvar).sum(-1) - log_det
+        log_p = log_normal_pdf(z, torch.zeros_like(z), torch.zeros_like(z)).sum(-1)
+        return self.decoder(z), (log_q - log_p).mean()
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference: decode the posterior mean (pushed through the flow, if any)."""
+        mu, _ = self.encode(x)
+        if self.flows:
+            mu, _ = self.flow(mu)
+        return self.decoder(mu)
+
+
+class MultVAEConfig(TrainConfig):
+    hidden_dims: list[PositiveInt] = Field(default_factory=lambda: [600])
+    latent_dim: int = Field(200, ge=1)
+    dropout: float = Field(0.5, ge=0, lt=1)
+    anneal_cap: float = Field(0.2, ge=0)
+    total_anneal_steps: int = Field(200_000, ge=0)
+    flow_layers: int = Field(0, ge=0)
+
+
+class MultVAE(NeuralRecommender):
+    """Mult-VAE; ``score`` folds in any user from their history vector (no retraining)."""
+
+    name = "multvae"
+    family = "vae"
+    Config = MultVAEConfig
+    config: MultVAEConfig
+
+    def build(self, n_users: int, n_items: int) -> None:
+        c = self.config
+        check_dims(self.name, [*c.hidden_dims, c.latent_dim], n_items)
+        self.n_users, self.n_items = n_users, n_items
+        self.network = MultVAENetwork(n_items, list(c.hidden_dims), c.latent_dim, c.dropout,
+                                      c.flow_layers)
+
+    def training_matrix(self, train: Interactions) -> sp.csr_matrix:
+        return train.binary()
+
+    def training_step(self, batch: Batch, step: int) -> dict[str, Any]:
+        c = self.config
+        x = batch.rows
+        logits, kl = self.network(x)
+        nll = multinomial_nll(logits, x)
+        beta = kl_beta(step, c.anneal_cap, c.total_anneal_steps)
+        return {"loss": nll + beta * kl, "nll": nll.detach(), "kl": kl.detach(), "beta": beta}
+
+    def forward_scores(self, history: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+        check_history(self.name, history, self.n_items)
+        return self.network.scores(binarize(history))
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        load_checked(self, state)

@@ -1,0 +1,165 @@
+"""Batched top-K over the full catalogue with seen-item masking (CPU or GPU).
+
+Evaluation (recsys.evaluation.evaluate) and `recsys recommend` share this code: a batch of users
+is scored by the model, the items in their history (and any deny-listed item, and every item
+outside an allow-list) are set to ``-inf``, and one ``torch.topk`` picks the best K. When a user
+has fewer than K eligible items, the tail of the list holds ``-inf`` scores; the item id there is
+reported as -1 so that writers drop those rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from recsys.errors import RecsysError
+from recsys.models.base import resolve_device
+
+DEFAULT_BATCH_SIZE = 2048
+
+
+def as_device(device: str | torch.device | None) -> torch.device | None:
+    """``None`` stays ``None`` (use wherever the model puts its scores); names are resolved."""
+    if device is None:
+        return None
+    if isinstance(device, torch.device):
+        return device
+    return resolve_device(device)
+
+
+def place_model(model: object, device: torch.device | None) -> None:
+    """Move a model to ``device`` where it knows how (neural models: ``network`` + ``device``)."""
+    if device is None:
+        return
+    mover = getattr(model, "to", None)
+    if callable(mover):
+        mover(device)
+        return
+    network = getattr(model, "network", None)
+    if isinstance(network, torch.nn.Module):
+        network.to(device)
+    if hasattr(model, "device"):
+        model.device = device
+
+
+def item_mask(n_items: int, allow: np.ndarray | None = None, deny: np.ndarray | None = None,
+              device: torch.device | str = "cpu") -> torch.Tensor | None:
+    """A bool ``(n_items,)`` of items that may never be recommended, or ``None`` when none."""
+    if allow is None and deny is None:
+        return None
+    banned = torch.zeros(n_items, dtype=torch.bool)
+    if allow is not None:
+        banned[:] = True
+        banned[torch.as_tensor(np.asarray(allow, dtype=np.int64))] = False
+    if deny is not None:
+        banned[torch.as_tensor(np.asarray(deny, dtype=np.int64))] = True
+    return banned.to(device)
+
+
+def mask_rows(scores: torch.Tensor, rows: sp.csr_matrix) -> torch.Tensor:
+    """Set ``scores[u, i] = -inf`` wherever ``rows[u, i]`` is stored (in place; returns scores)."""
+    rows = rows.tocsr()
+    if rows.nnz == 0:
+        return scores
+    device = scores.device
+    counts = torch.from_numpy(np.diff(rows.indptr).astype(np.int64))
+    row_ids = torch.repeat_interleave(torch.arange(rows.shape[0]), counts).to(device)
+    cols = torch.from_numpy(rows.indices.astype(np.int64)).to(device)
+    scores[row_ids, cols] = float("-inf")
+    return scores
+
+
+def masked_topk(scores: torch.Tensor, seen: sp.csr_matrix | None, k: int,
+                banned: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(values, indices)`` of the best ``min(k, n_items)`` items per row, seen/banned masked.
+
+    ``scores`` is modified in place. Rows with fewer eligible items end in ``-inf`` values.
+    """
+    if scores.dtype != torch.float32:
+        scores = scores.float()
+    if seen is not None:
+        mask_rows(scores, seen)
+    if banned is not None:
+        scores.masked_fill_(banned.to(scores.device).unsqueeze(0), float("-inf"))
+    # NaN would outrank everything in topk; a model that emits NaN must not look perfect.
+    scores.nan_to_num_(nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
+    return torch.topk(scores, min(k, scores.shape[1]), dim=1, sorted=True)
+
+
+def score_batch(model: object, users: np.ndarray, history: sp.csr_matrix,
+                device: torch.device | None = None) -> torch.Tensor:
+    """``model.score`` as a float32 tensor (on ``device`` when given), shape-checked."""
+    scores = model.score(users, history)  # type: ignore[attr-defined]
+    scores = torch.as_tensor(scores)
+    if device is not None and scores.device != device:
+        scores = scores.to(device)
+    if scores.ndim != 2 or scores.shape[0] != len(users):
+        raise RecsysError(f"model '{getattr(model, 'name', model)}' returned scores of shape "
+                          f"{tuple(scores.shape)} for {len(users)} users")
+    return scores.float()
+
+
+def topk_chunk(model: object, users: np.ndarray, history_rows: sp.csr_matrix, k: int, *,
+               device: torch.device | None = None, banned: torch.Tensor | None = None,
+               cold_scores: torch.Tensor | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-K for the users of one chunk: ``(items (b,k) int64, scores (b,k) float32, cold (b,))``.
+
+    ``history_rows`` holds the chunk's histories (rows aligned with ``users``). With
+    ``cold_scores`` (e.g. item popularity), users whose history is empty get those scores instead
+    of the model's and are flagged in ``cold``. Missing entries (fewer eligible items than k) are
+    item -1 with score -inf.
+    """
+    history_rows = history_rows.tocsr()
+    n = len(users)
+    n_items = history_rows.shape[1]
+    width = min(k, n_items)
+    items = np.full((n, width), -1, dtype=np.int64)
+    values = np.full((n, width), -np.inf, dtype=np.float32)
+    cold = np.zeros(n, dtype=bool)
+    if cold_scores is not None:
+        cold = np.diff(history_rows.indptr) == 0
+    warm = np.flatnonzero(~cold)
+    for start in range(0, len(warm), batch_size):
+        sel = warm[start:start + batch_size]
+        rows = history_rows[sel]
+        scores = score_batch(model, users[sel], rows, device)
+        top_v, top_i = masked_topk(scores, rows, width, banned)
+        items[sel], values[sel] = top_i.cpu().numpy(), top_v.cpu().numpy()
+    if cold.any():
+        assert cold_scores is not None
+        pop = cold_scores.reshape(1, -1).float().clone()
+        top_v, top_i = masked_topk(pop, None, width, banned)
+        items[cold], values[cold] = top_i.cpu().numpy(), top_v.cpu().numpy()
+    items[~np.isfinite(values)] = -1
+    return items, values, cold
+
+
+def topk(model: object, users: np.ndarray, history: sp.csr_matrix, k: int, *,
+         batch_size: int = DEFAULT_BATCH_SIZE, device: str | torch.device | None = None,
+         exclude: np.ndarray | None = None, allow: np.ndarray | None = None,
+         ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Yield ``(users (b,), items (b,k), scores (b,k))`` per batch of ``users``.
+
+    ``history`` is the full users x items CSR indexed by internal user id (its rows are what the
+    model scores from and what is masked). ``exclude`` (deny-list) and ``allow`` are internal item
+    ids. Items are internal ids; where a user has fewer than k eligible items the tail is item -1
+    with score -inf (drop those rows when writing).
+    """
+    users = np.asarray(users, dtype=np.int64)
+    history = history.tocsr()
+    if k < 1:
+        raise RecsysError(f"k must be at least 1 (got {k})")
+    if k > history.shape[1]:
+        raise RecsysError(f"k={k} is larger than the catalogue ({history.shape[1]} items)")
+    dev = as_device(device)
+    place_model(model, dev)
+    banned = item_mask(history.shape[1], allow, exclude, dev or "cpu")
+    for start in range(0, len(users), batch_size):
+        batch = users[start:start + batch_size]
+        items, values, _ = topk_chunk(model, batch, history[batch], k, device=dev,
+                                      banned=banned, batch_size=batch_size)
+        yield batch, items, values

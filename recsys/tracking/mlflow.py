@@ -1,0 +1,502 @@
+"""MLflow tracking: the one module of recsys that imports mlflow.
+
+`MlflowTracker` records one MLflow run (optionally the child of another) through `MlflowClient`,
+so several runs can be open at once without MLflow's global "active run". It is built to never
+cost a training run:
+
+- at start it checks that the tracking store answers and fails with one clear line if not
+  (before any training);
+- every later call is wrapped: if the server goes away mid-run, training goes on, what could not
+  be logged is listed, and `close` prints one warning naming it (the run directory keeps
+  everything). After a connection failure the tracker stops calling the server, so a dead server
+  costs one short timeout rather than one per epoch;
+- HTTP retries and timeouts are short by default (MLFLOW_HTTP_REQUEST_MAX_RETRIES=2,
+  MLFLOW_HTTP_REQUEST_TIMEOUT=20; set them in the environment to override).
+
+The default store is ``sqlite:///mlflow.db`` in the working directory, MLflow 3's own default;
+``MLFLOW_TRACKING_URI`` or ``--tracking-uri`` point elsewhere. The deprecated file store is
+refused.
+
+MLflow metric names may not contain ``@``: ``ndcg@100`` is logged as ``ndcg_at_100``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model, ModelSignature
+from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
+
+from recsys import __version__
+from recsys.data.io import sha256_file
+from recsys.errors import RecsysError
+from recsys.tracking.base import Tracker, flatten
+from recsys.tracking.options import DEFAULT_ALIAS, DEFAULT_EXPERIMENT, resolve_tracking_uri
+from recsys.tracking.pyfunc import DEFAULT_K, TopKPredictor, write_serving_data
+
+MODEL_ARTIFACT = "model"
+
+# Short retries so that a dead server stalls a training run for seconds, not minutes (MLflow's
+# own defaults retry 7 times with exponential backoff, ~4 minutes). The user's settings win.
+_HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+    # No usage telemetry from a library call, and no progress bars in batch logs.
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+_BAD_METRIC_CHARS = re.compile(r"[^/\w.\- ]")
+_MAX_PARAM_VALUE = 6000  # MLflow's limit on a param value's length
+_BATCH = 100  # MLflow accepts at most 100 params / 1000 metrics per log_batch call
+
+log = logging.getLogger(__name__)
+
+
+def configure_environment() -> None:
+    for key, value in _HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+def metric_key(name: str) -> str:
+    """An MLflow-legal metric name: ``ndcg@100`` -> ``ndcg_at_100``."""
+    return _BAD_METRIC_CHARS.sub("_", name.replace("@", "_at_"))
+
+
+def git_commit() -> str | None:
+    """The commit of the recsys source tree, when it is a git checkout."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = out.stdout.strip()
+    return commit if out.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", commit) else None
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Raise `RecsysError` unless the tracking store at ``uri`` answers (one quick try)."""
+    if not uri.startswith(("http://", "https://")):
+        return  # databases are checked by opening them (see MlflowTracker)
+    import requests  # a dependency of mlflow
+
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=timeout)
+    except requests.RequestException as exc:
+        reason = type(exc).__name__
+        raise RecsysError(f"cannot reach the MLflow tracking server at {uri} ({reason}); start "
+                          "it, set --tracking-uri / MLFLOW_TRACKING_URI, or pass --no-track"
+                          ) from None
+
+
+@contextlib.contextmanager
+def _quiet_mlflow() -> Iterator[None]:
+    """Hide MLflow's advice aimed at interactive users (input examples, type hints)."""
+    logger = logging.getLogger("mlflow")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+class MlflowTracker(Tracker):
+    """One MLflow run. ``parent`` makes it a child run (``recsys compare``)."""
+
+    def __init__(self, *, tracking_uri: str | None = None,
+                 experiment: str = DEFAULT_EXPERIMENT, run_name: str | None = None,
+                 tags: dict[str, str] | None = None, parent: MlflowTracker | None = None,
+                 log_system_metrics: bool = False) -> None:
+        configure_environment()
+        self.tracking_uri = parent.tracking_uri if parent else resolve_tracking_uri(tracking_uri)
+        check_reachable(self.tracking_uri)
+        # Model.log and register_model read the global URI; keep it in step with this run.
+        mlflow.set_tracking_uri(self.tracking_uri)
+        self.client = MlflowClient(self.tracking_uri)
+        self.failures: list[str] = []
+        self.offline = False
+        self.run_dir: Path | None = None
+        self.model_uri: str | None = None
+        self.registered: tuple[str, str] | None = None  # (name, version)
+        self._first_error: str | None = None
+        self._monitor: Any = None
+        run_tags = {"recsys.version": __version__, **(tags or {})}
+        if commit := git_commit():
+            run_tags["mlflow.source.git.commit"] = commit
+        run_tags.setdefault("mlflow.source.name", Path(sys.argv[0]).name or "recsys")
+        run_tags.setdefault("mlflow.source.type", "LOCAL")
+        try:
+            if parent is not None:
+                self.experiment_id = parent.experiment_id
+                run_tags["mlflow.parentRunId"] = parent.run_id
+            else:
+                self.experiment_id = self._experiment_id(experiment)
+            run = self.client.create_run(self.experiment_id, run_name=run_name,
+                                         tags={k: str(v) for k, v in run_tags.items()})
+        except RecsysError:
+            raise
+        except Exception as exc:
+            raise RecsysError(f"cannot start an MLflow run at {self.tracking_uri} "
+                              f"({_short(exc)}); fix the store or pass --no-track") from None
+        self.run_id: str = run.info.run_id
+        self.run_name: str = run.info.run_name
+        if log_system_metrics:
+            self._start_system_metrics()
+
+    def _experiment_id(self, name: str) -> str:
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is None:
+            return self.client.create_experiment(name)
+        if experiment.lifecycle_stage == "deleted":
+            raise RecsysError(f"MLflow experiment '{name}' is deleted; restore it in the UI or "
+                              "choose another --experiment")
+        return experiment.experiment_id
+
+    def _start_system_metrics(self) -> None:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        try:
+            self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=5,
+                                                 tracking_uri=self.tracking_uri)
+            self._monitor.start()
+        except Exception as exc:  # psutil missing or a platform without counters
+            self._record("system metrics", exc)
+            self._monitor = None
+
+    # -- failure handling ---------------------------------------------------------------------
+
+    def _record(self, what: str, exc: BaseException) -> None:
+        self.failures.append(what)
+        if self._first_error is None:
+            self._first_error = _short(exc)
+            print(f"warning: MLflow: could not log {what} ({self._first_error}); training goes "
+                  "on and the run directory keeps everything", file=sys.stderr)
+        if not self.offline and not self._server_answers():
+            self.offline = True
+
+    def _server_answers(self) -> bool:
+        try:
+            check_reachable(self.tracking_uri, timeout=2.0)
+        except RecsysError:
+            return False
+        return True
+
+    def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run one logging call; a failure is recorded, never raised (training must go on)."""
+        if self.offline:
+            self.failures.append(what)
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # whatever the server or network did: log it, carry on
+            self._record(what, exc)
+            return None
+
+    # -- the Tracker hooks --------------------------------------------------------------------
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        flat = flatten(params)
+        items = [Param(str(k), _param_value(v)) for k, v in sorted(flat.items())]
+        for start in range(0, len(items), _BATCH):
+            self._call("params", self.client.log_batch, self.run_id,
+                       params=items[start:start + _BATCH])
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        now = int(time.time() * 1000)
+        items = []
+        for name, value in metrics.items():
+            number = _as_float(value)
+            if number is not None:
+                items.append(Metric(metric_key(str(name)), number, now, int(step or 0)))
+        if items:
+            what = "metrics" if step is None else f"metrics of step {step}"
+            for start in range(0, len(items), 1000):
+                self._call(what, self.client.log_batch, self.run_id,
+                           metrics=items[start:start + 1000])
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        items = [RunTag(str(k), str(v)) for k, v in tags.items() if v is not None]
+        if items:
+            self._call("tags", self.client.log_batch, self.run_id, tags=items)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self._call(f"artifact {path.name}/", self.client.log_artifacts, self.run_id,
+                       str(path), artifact_path)
+        elif path.is_file():
+            self._call(f"artifact {path.name}", self.client.log_artifact, self.run_id,
+                       str(path), artifact_path)
+
+    def log_figure(self, figure: Any, name: str) -> None:
+        self._call(f"figure {name}", self.client.log_figure, self.run_id, figure, name)
+
+    def log_table(self, table: Any, name: str) -> None:
+        if isinstance(table, pd.DataFrame):
+            table = _json_ready(table)
+        self._call(f"table {name}", self.client.log_table, self.run_id, table, name)
+
+    def log_dataset(self, data_dir: str | Path, name: str | None = None,
+                    context: str = "training") -> None:
+        """The prepared data as a dataset input: name, digest of metadata.json, source dir."""
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+
+        data_dir = Path(data_dir).resolve()
+        meta = data_dir / "metadata.json"
+        if not meta.is_file():
+            return
+        digest = sha256_file(meta)[:16]
+        if name is None:
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                name = json.loads(meta.read_text()).get("dataset")
+        schema = Schema([ColSpec(_id_type(data_dir / "users.parquet", "user"), "user"),
+                         ColSpec(_id_type(data_dir / "items.parquet", "item"), "item"),
+                         ColSpec("float", "rating"),
+                         ColSpec("long", "timestamp", required=False)])
+
+        def log() -> None:
+            with warnings.catch_warnings():
+                # MLflow registers two equivalent local-file sources and warns that it picked one.
+                warnings.simplefilter("ignore", UserWarning)
+                source = resolve_dataset_source(str(data_dir))
+            dataset = MetaDataset(source, name=name or data_dir.name, digest=digest,
+                                  schema=schema)
+            tag = InputTag(key="mlflow.data.context", value=context)
+            self.client.log_inputs(self.run_id, datasets=[
+                DatasetInput(dataset=dataset._to_mlflow_entity(), tags=[tag])])
+
+        self._call(f"dataset input {data_dir.name}", log)
+
+    def log_model(self, run_dir: str | Path, data_dir: str | Path, *,
+                  register: str | None = None, alias: str = DEFAULT_ALIAS,
+                  dataset: Any = None) -> str | None:
+        """Log the trained model as a pyfunc model; with ``register``, a registry version whose
+        alias is ``alias``. Returns the model URI (``None`` when it could not be logged).
+        ``dataset``: the prepared data already in memory (else read from ``data_dir``)."""
+        uri = self._call("model", self._log_pyfunc, Path(run_dir), Path(data_dir), dataset)
+        if uri is None:
+            if register:
+                self.failures.append(f"registered model {register}")
+            return None
+        self.model_uri = uri
+        if register:
+            self._call(f"registered model {register}", self.register, register, alias)
+        return uri
+
+    def _log_pyfunc(self, run_dir: Path, data_dir: Path, dataset: Any = None) -> str:
+        from recsys.data.interactions import Dataset
+
+        dataset = dataset if dataset is not None else Dataset.load(data_dir)
+        with tempfile.TemporaryDirectory(prefix="recsys-pyfunc-") as tmp:
+            data_art = write_serving_data(dataset, Path(tmp) / "data")
+            signature = model_signature(dataset.users.is_integer, dataset.items.is_integer)
+            with _quiet_mlflow():
+                info = Model.log(artifact_path=None, name=MODEL_ARTIFACT, flavor=mlflow.pyfunc,
+                                 run_id=self.run_id, python_model=RecsysPyfuncModel(),
+                                 artifacts={"model": str(run_dir / "model"),
+                                            "data": str(data_art)},
+                                 signature=signature, pip_requirements=_requirements())
+        return info.model_uri
+
+    def register(self, name: str, alias: str = DEFAULT_ALIAS) -> str:
+        """Register the logged model under ``name`` and point ``alias`` at the new version."""
+        if self.model_uri is None:
+            raise RecsysError("no model was logged to register")
+        version = register_model(self.model_uri, name, alias, tracking_uri=self.tracking_uri)
+        self.registered = (name, version)
+        return version
+
+    def close(self, status: str = "FINISHED") -> None:
+        if self._monitor is not None:
+            with contextlib.suppress(Exception):
+                self._monitor.finish()
+        self._call("run status", self.client.set_terminated, self.run_id, status)
+        if self.failures:
+            print(f"warning: MLflow run {self.run_id} at {self.tracking_uri} is incomplete; not "
+                  f"logged: {summarize(self.failures)} (first error: {self._first_error})"
+                  + (f"; everything is in {self.run_dir}" if self.run_dir else ""),
+                  file=sys.stderr)
+
+    @property
+    def url(self) -> str | None:
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return (f"{self.tracking_uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/"
+                    f"{self.run_id}")
+        return None
+
+
+# -- the pyfunc model -------------------------------------------------------------------------
+
+
+class RecsysPyfuncModel(mlflow.pyfunc.PythonModel):
+    """MLflow's view of `TopKPredictor`: holds nothing until ``load_context``, so the pickle
+    MLflow stores is just this class's import path (no tensors, no torch modules)."""
+
+    def load_context(self, context: Any) -> None:
+        self.predictor = TopKPredictor.load(context.artifacts["model"], context.artifacts["data"],
+                                            device=os.environ.get("RECSYS_DEVICE", "cpu"))
+
+    def predict(self, context: Any, model_input: pd.DataFrame,
+                params: dict[str, Any] | None = None) -> pd.DataFrame:
+        if not isinstance(model_input, pd.DataFrame):
+            model_input = pd.DataFrame(model_input)
+        params = params or {}
+        k = int(params.get("k", DEFAULT_K))
+        layout = str(params.get("layout", "long"))
+        try:
+            return self.predictor.predict(model_input, k=k, layout=layout)
+        except RecsysError as exc:
+            # The scoring server answers an MlflowException with a 400 and its message alone.
+            raise MlflowException.invalid_parameter_value(str(exc)) from None
+
+
+def model_signature(integer_users: bool = True, integer_items: bool = True) -> ModelSignature:
+    user_t = "long" if integer_users else "string"
+    item_t = "long" if integer_items else "string"
+    inputs = Schema([ColSpec(user_t, "user"),
+                     ColSpec(Array(item_t), "items", required=False),
+                     ColSpec(Array("double"), "ratings", required=False)])
+    outputs = Schema([ColSpec(user_t, "user"), ColSpec(item_t, "item"), ColSpec("integer", "rank"),
+                      ColSpec("float", "score"), ColSpec("boolean", "cold")])
+    return ModelSignature(inputs=inputs, outputs=outputs,
+                          params=ParamSchema([ParamSpec("k", "long", DEFAULT_K),
+                                          ParamSpec("layout", "string", "long")]))
+
+
+def register_model(model_uri: str, name: str, alias: str = DEFAULT_ALIAS, *,
+                   tracking_uri: str | None = None) -> str:
+    """A new version of registered model ``name`` from ``model_uri``, with ``alias`` moved onto
+    it (aliases, not the deprecated stages). Returns the version number."""
+    configure_environment()
+    uri = resolve_tracking_uri(tracking_uri)
+    mlflow.set_tracking_uri(uri)
+    try:
+        with _quiet_mlflow():
+            version = mlflow.register_model(model_uri, name, await_registration_for=60)
+        MlflowClient(uri).set_registered_model_alias(name, alias, version.version)
+    except Exception as exc:
+        raise RecsysError(f"cannot register {model_uri} as '{name}' at {uri} ({_short(exc)})"
+                          ) from None
+    return str(version.version)
+
+
+def load_predictor(model_uri: str, tracking_uri: str | None = None) -> TopKPredictor:
+    """The `TopKPredictor` inside a logged pyfunc model (e.g. ``models:/NAME@champion``)."""
+    configure_environment()
+    mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
+    try:
+        model = mlflow.pyfunc.load_model(model_uri)
+    except Exception as exc:
+        raise RecsysError(f"cannot load MLflow model {model_uri} ({_short(exc)})") from None
+    return model.unwrap_python_model().predictor
+
+
+def load_pyfunc(model_uri: str, tracking_uri: str | None = None) -> Any:
+    """``mlflow.pyfunc.load_model`` with recsys's tracking URI resolution and one-line errors."""
+    configure_environment()
+    mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
+    try:
+        return mlflow.pyfunc.load_model(model_uri)
+    except Exception as exc:
+        raise RecsysError(f"cannot load MLflow model {model_uri} ({_short(exc)})") from None
+
+
+def run_info(run_id: str, tracking_uri: str | None = None) -> dict[str, Any]:
+    """Params, metrics and tags of a run (for pipelines that pick up earlier runs)."""
+    client = MlflowClient(resolve_tracking_uri(tracking_uri))
+    run = client.get_run(run_id)
+    return {"params": dict(run.data.params), "metrics": dict(run.data.metrics),
+            "tags": dict(run.data.tags), "status": run.info.status}
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def summarize(failures: list[str]) -> str:
+    """'metrics of step 3', 'metrics of step 4', 'model' -> 'metrics of 2 steps (3-4), model'."""
+    steps = [int(f.rsplit(" ", 1)[1]) for f in failures if f.startswith("metrics of step ")]
+    others = list(dict.fromkeys(f for f in failures if not f.startswith("metrics of step ")))
+    parts = []
+    if steps:
+        parts.append(f"metrics of {len(steps)} step{'s' if len(steps) > 1 else ''} "
+                     f"({min(steps)}-{max(steps)})" if len(steps) > 1
+                     else f"metrics of step {steps[0]}")
+    return ", ".join(parts + others)
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
+
+
+def _param_value(value: Any) -> str:
+    text = "None" if value is None else str(value)
+    return text if len(text) <= _MAX_PARAM_VALUE else text[: _MAX_PARAM_VALUE - 3] + "..."
+
+
+def _as_float(value: Any) -> float | None:
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)):
+        return float(value)
+    return None
+
+
+def _json_ready(frame: pd.DataFrame) -> pd.DataFrame:
+    """Columns MLflow's JSON table writer accepts (pandas 3 string dtype -> object)."""
+    out = frame.copy()
+    for col in out.columns:
+        if isinstance(out[col].dtype, pd.StringDtype) or out[col].dtype.kind in "OUS":
+            out[col] = out[col].astype(object)
+    return out
+
+
+def _id_type(path: Path, column: str) -> str:
+    """MLflow type of a vocabulary's ids (read from the Parquet schema, not the data)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        kind = pq.read_schema(path).field(column).type
+    except (OSError, KeyError):
+        return "string"
+    return "long" if pa.types.is_integer(kind) else "string"
+
+
+def _requirements() -> list[str]:
+    """What a fresh environment needs to serve the model: recsys and its runtime stack."""
+    from importlib import metadata
+
+    reqs = []
+    for dist in ("recsys-ae", "mlflow", "torch", "numpy", "pandas", "scipy", "pyarrow",
+                 "pydantic", "pyyaml"):
+        try:
+            version = metadata.version(dist).split("+")[0]
+        except metadata.PackageNotFoundError:
+            continue
+        reqs.append(f"{dist}=={version}")
+    return reqs

@@ -1,0 +1,219 @@
+"""The model behind the MLflow pyfunc: top-K lists for external user ids (no mlflow here).
+
+A packaged model is two directories, logged as the pyfunc's artifacts:
+
+- ``model/``: the run's model directory (model.json + weights.pt), loaded with
+  `Recommender.load` (``torch.load(weights_only=True)``: nothing is unpickled);
+- ``data/``: what scoring needs from the prepared data and nothing more: the user and item
+  vocabularies (``users.parquet``, ``items.parquet``), ``history.npz`` (the CSR of every known
+  interaction: the input a user is scored from and the items masked from their list) and
+  ``popularity.npy`` (the list given to a user with no history).
+
+`TopKPredictor.predict` takes a DataFrame with
+
+- ``user`` (required): external user ids;
+- ``items`` (optional): per row, a list of external item ids the user interacted with that the
+  model has not seen: they join the stored history of a known user (a fresh session) and are the
+  whole history of a new user. ``[]`` adds nothing. Unknown item ids are ignored. When the column
+  is present every row needs a list (MLflow's schema check refuses nulls in an array column);
+- ``ratings`` (optional, with ``items``): per row, the ratings aligned with ``items``, for models
+  trained on explicit ratings; without it every listed item counts as 1 (as in
+  ``recsys recommend --histories``).
+
+and returns the long table ``user, item, rank, score, cold`` (external ids, rank from 1, seen
+items masked; ``cold`` flags users with no history at all, who get the popularity list), the same
+lists and columns as `recsys recommend` writes. Rows keep the order of the input users.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import scipy.sparse as sp
+import torch
+
+from recsys.data.interactions import Dataset, Vocabulary
+from recsys.data.io import read_json, write_json
+from recsys.errors import RecsysError
+from recsys.models.base import Recommender
+from recsys.scoring.export import lists_table
+from recsys.scoring.topk import DEFAULT_BATCH_SIZE, as_device, place_model, topk_chunk
+
+HISTORY_FILE = "history.npz"
+POPULARITY_FILE = "popularity.npy"
+SERVING_FILE = "serving.json"
+DEFAULT_K = 10
+OUTPUT_COLUMNS = ("user", "item", "rank", "score", "cold")
+LAYOUTS = ("long", "lists")
+
+
+def serving_history(dataset: Dataset) -> sp.csr_matrix:
+    """Every interaction the prepared data knows (all parts): what a served user is scored from."""
+    total = dataset.train.matrix.astype(np.float32).tocsr()
+    for name, part in dataset.parts.items():
+        if name != "train":
+            total = total + part.matrix.astype(np.float32)
+    return total.tocsr()
+
+
+def item_popularity(train: sp.csr_matrix) -> np.ndarray:
+    """Training interactions per item: the scores of a cold user's list (as `recsys recommend`)."""
+    return np.diff(train.tocsc().indptr).astype(np.float32)
+
+
+def write_serving_data(dataset: Dataset, directory: str | Path) -> Path:
+    """Write the ``data/`` artifact of a packaged model into ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    history = serving_history(dataset)
+    dataset.users.to_frame("user").to_parquet(directory / "users.parquet", index=False)
+    dataset.items.to_frame("item").to_parquet(directory / "items.parquet", index=False)
+    np.savez_compressed(directory / HISTORY_FILE, data=history.data.astype(np.float32),
+                        indices=history.indices, indptr=history.indptr,
+                        shape=np.asarray(history.shape))
+    np.save(directory / POPULARITY_FILE, item_popularity(dataset.train.matrix))
+    write_json(directory / SERVING_FILE, {"implicit": dataset.implicit,
+                                          "parts": sorted(dataset.parts)})
+    return directory
+
+
+class TopKPredictor:
+    """A trained model plus the vocabularies and history that turn it into top-K lists."""
+
+    def __init__(self, model: Recommender, users: Vocabulary, items: Vocabulary,
+                 history: sp.csr_matrix, popularity: np.ndarray, *,
+                 device: str | torch.device | None = None,
+                 batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+        if history.shape != (len(users), len(items)):
+            raise RecsysError(f"history shape {history.shape} does not match the vocabularies "
+                              f"({len(users)} users, {len(items)} items)")
+        self.model, self.users, self.items = model, users, items
+        self.history = history.tocsr()
+        self.popularity = np.asarray(popularity, dtype=np.float32)
+        self.batch_size = batch_size
+        self.device = as_device(device)
+        place_model(model, self.device)
+
+    @classmethod
+    def from_dataset(cls, model: Recommender, dataset: Dataset, *,
+                     device: str | torch.device | None = None) -> TopKPredictor:
+        """Serve ``model`` over a prepared dataset held in memory (no files written)."""
+        return cls(model, dataset.users, dataset.items, serving_history(dataset),
+                   item_popularity(dataset.train.matrix), device=device)
+
+    @classmethod
+    def load(cls, model_dir: str | Path, data_dir: str | Path, *,
+             device: str | torch.device | None = None) -> TopKPredictor:
+        data_dir = Path(data_dir)
+        model = Recommender.load(model_dir)
+        try:
+            users = Vocabulary(pd.read_parquet(data_dir / "users.parquet")["user"].to_numpy())
+            items = Vocabulary(pd.read_parquet(data_dir / "items.parquet")["item"].to_numpy())
+            with np.load(data_dir / HISTORY_FILE, allow_pickle=False) as z:
+                history = sp.csr_matrix((z["data"], z["indices"], z["indptr"]),
+                                        shape=tuple(z["shape"]))
+            popularity = np.load(data_dir / POPULARITY_FILE, allow_pickle=False)
+        except FileNotFoundError as exc:
+            raise RecsysError(f"{data_dir}: not a packaged model's data ({exc.filename} "
+                              "missing)") from None
+        return cls(model, users, items, history, popularity, device=device)
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return {"model": self.model.name, "n_users": len(self.users), "n_items": len(self.items)}
+
+    def all_users(self) -> np.ndarray:
+        """External ids of every user the model knows (for batch scoring)."""
+        return self.users.ids
+
+    def input_history(self, frame: pd.DataFrame) -> tuple[np.ndarray, sp.csr_matrix]:
+        """Internal user ids (-1 when unknown) and the history rows the input asks to score."""
+        if "user" not in frame.columns:
+            raise RecsysError("input has no 'user' column (got columns: "
+                              f"{', '.join(map(str, frame.columns)) or 'none'})")
+        n = len(frame)
+        users = self.users.index(frame["user"].to_numpy())
+        given = np.zeros(n, dtype=bool)
+        if "items" in frame.columns:
+            given = frame["items"].notna().to_numpy(dtype=bool)
+        # The stored history of known users; unknown users start from nothing.
+        known = (users >= 0).astype(np.float32)
+        stored = (sp.diags(known) @ self.history[np.maximum(users, 0)]).tocsr()
+        stored.eliminate_zeros()
+        if not given.any():
+            return users, stored
+        extra = self._given_rows(frame, given)
+        # Listed items join the stored history; where both hold an item, the listed value wins.
+        overlap = stored.multiply(extra > 0)
+        return users, (stored - overlap + extra).tocsr()
+
+    def _given_rows(self, frame: pd.DataFrame, given: np.ndarray) -> sp.csr_matrix:
+        """CSR rows built from the input's ``items`` (and ``ratings``) lists."""
+        rows = np.flatnonzero(given)
+        columns = ["items"] + (["ratings"] if "ratings" in frame.columns else [])
+        lists = frame[columns].iloc[rows].reset_index(drop=True)
+        if "ratings" in lists:
+            n_items = lists["items"].str.len().to_numpy()
+            n_ratings = lists["ratings"].str.len().fillna(-1).to_numpy()
+            bad = np.flatnonzero(n_items != n_ratings)
+            if len(bad):
+                raise RecsysError(f"input row {rows[bad[0]]}: 'ratings' must be a list with one "
+                                  f"rating per item ({n_items[bad[0]]} items)")
+        # explode: one row per (input row, item); empty lists become a single null row.
+        flat = lists.explode(columns)
+        present = flat["items"].notna().to_numpy()
+        row_ids = rows[flat.index.to_numpy()[present]]
+        cols = self.items.index(flat["items"].to_numpy()[present])
+        if "ratings" in flat:
+            values = pd.to_numeric(flat["ratings"][present]).to_numpy(np.float32)
+        else:
+            values = np.ones(len(cols), dtype=np.float32)
+        known = cols >= 0
+        row_ids, cols, values = row_ids[known], cols[known], values[known]
+        # A repeated item keeps its last value rather than summing into a double interaction.
+        last = ~pd.DataFrame({"r": row_ids, "c": cols}).duplicated(keep="last").to_numpy()
+        return sp.csr_matrix((values[last], (row_ids[last], cols[last])),
+                             shape=(len(frame), len(self.items)), dtype=np.float32)
+
+    def predict(self, frame: pd.DataFrame, k: int = DEFAULT_K, layout: str = "long"
+                ) -> pd.DataFrame:
+        """Top-``k`` lists for the input users (see the module docstring for the columns).
+
+        ``layout="lists"`` gives one row per input row instead: ``user, items, scores, cold``
+        with the ranked item ids and scores as lists (what a Spark UDF returning one value per
+        input row needs).
+        """
+        k = int(k)
+        if k < 1:
+            raise RecsysError(f"k must be at least 1 (got {k})")
+        if k > len(self.items):
+            raise RecsysError(f"k={k} is larger than the catalogue ({len(self.items)} items)")
+        if layout not in LAYOUTS:
+            raise RecsysError(f"layout '{layout}': use one of {', '.join(LAYOUTS)}")
+        users, rows = self.input_history(frame)
+        pop = torch.from_numpy(self.popularity)
+        items, scores, cold = topk_chunk(self.model, users, rows, k, device=self.device,
+                                         cold_scores=pop, batch_size=self.batch_size)
+        table = lists_table(frame["user"].to_numpy(), items, scores, cold, self.items.ids)
+        if layout == "long":
+            return table.to_pandas()
+        # Regroup the long table by input row with offsets: no Python loop over users.
+        offsets = np.zeros(len(items) + 1, dtype=np.int32)
+        np.cumsum((items >= 0).sum(axis=1), out=offsets[1:])
+        offsets = pa.array(offsets)
+        out = pa.table({
+            "items": pa.ListArray.from_arrays(offsets, table.column("item").combine_chunks()),
+            "scores": pa.ListArray.from_arrays(offsets, table.column("score").combine_chunks()),
+        }).to_pandas()
+        out.insert(0, "user", frame["user"].to_numpy())
+        out["cold"] = np.asarray(cold, dtype=bool)
+        return out
+
+
+def read_serving_meta(data_dir: str | Path) -> dict[str, Any]:
+    path = Path(data_dir) / SERVING_FILE
+    return read_json(path) if path.is_file() else {}

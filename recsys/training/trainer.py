@@ -1,0 +1,533 @@
+"""The shared training engine: one epoch loop for every neural model.
+
+The engine owns everything that is not the model: batching rows of the training matrix on the
+device, the optimiser and learning-rate schedule, gradient clipping, bf16 autocast, validation on
+the harness metric, early stopping with the best weights restored, checkpoints and exact resume,
+seeds and determinism, the progress bar, the NaN guard and the tracker hook. The model owns its
+network, its loss and its step (`recsys.models.neural.NeuralRecommender`); nothing here knows
+which model it trains.
+
+Two seams are kept for distributed training (DDP): `RowSampler` is the only place that decides
+which rows form which batch (a sharded sampler replaces it), and `Trainer._reduce` /
+`Trainer._validate` are the only places that turn per-process numbers into reported ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from recsys.config import TrainConfig
+from recsys.data.interactions import EvalSplit, Interactions
+from recsys.errors import RecsysError
+from recsys.models.base import FitContext, resolve_device
+from recsys.models.neural import Batch, NeuralRecommender
+from recsys.tracking.base import flatten
+from recsys.training.checkpoint import (
+    CHECKPOINT_DIR,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+# Metrics where a smaller value is better; every other harness metric is "higher is better".
+LOWER_IS_BETTER = frozenset({"rmse", "mae", "mse", "loss"})
+
+# Config keys that may differ between an interrupted run and its resumption: they change how long
+# or where training runs, not what one epoch computes.
+RESUMABLE_CHANGES = frozenset({"epochs", "patience", "device", "checkpoint_every"})
+
+Validator = Callable[[NeuralRecommender, EvalSplit], float]
+
+
+class TrainingDiverged(RecsysError):
+    """The loss became NaN or infinite; training stopped and the last good checkpoint is kept."""
+
+
+def lower_is_better(metric: str) -> bool:
+    """Direction of a metric name such as ``rmse`` or ``ndcg@100``."""
+    return metric.split("@", 1)[0].lower() in LOWER_IS_BETTER
+
+
+# -- seeds, determinism, RNG state ---------------------------------------------------------------
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def configure_determinism(deterministic: bool) -> None:
+    """Ask torch for deterministic kernels (warn, not fail, where one has none)."""
+    if deterministic:
+        # cuBLAS needs this set before its first call to be deterministic.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+def rng_state() -> dict[str, Any]:
+    """Global RNG states as tensors and plain values (loadable with ``weights_only=True``)."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    version, py_state, gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": {"version": int(version), "state": torch.tensor(py_state, dtype=torch.int64),
+                   "gauss": gauss},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np_state = state["numpy"]
+    np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["cached"]))
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# -- batches ---------------------------------------------------------------------------------------
+
+class RowSampler:
+    """Which rows form which batch, epoch after epoch.
+
+    Rows are shuffled each epoch by a dedicated, seeded `torch.Generator` (its state is part of
+    a checkpoint, so a resumed run draws the same permutations). For DDP every rank builds the
+    same permutation from the same seed and keeps every ``world_size``-th row from its ``rank``,
+    as `torch.utils.data.DistributedSampler` does; the permutation is padded by wrapping so every
+    rank gets the same number of batches.
+    """
+
+    def __init__(self, rows: np.ndarray | torch.Tensor, batch_size: int, seed: int = 0,
+                 shuffle: bool = True, rank: int = 0, world_size: int = 1) -> None:
+        self.rows = torch.as_tensor(np.asarray(rows), dtype=torch.int64)
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    def __len__(self) -> int:
+        per_rank = math.ceil(len(self.rows) / self.world_size)
+        return math.ceil(per_rank / self.batch_size)
+
+    def epoch_batches(self) -> list[torch.Tensor]:
+        """Row ids of each batch of the next epoch (advances the generator once)."""
+        order = self.rows
+        if self.shuffle:
+            order = order[torch.randperm(len(order), generator=self.generator)]
+        if self.world_size > 1:
+            total = math.ceil(len(order) / self.world_size) * self.world_size
+            order = torch.cat([order, order[: total - len(order)]])[self.rank::self.world_size]
+        return list(order.split(self.batch_size))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+
+
+class DeviceRows:
+    """A CSR matrix kept on the device; `rows` builds dense float32 batches there.
+
+    The three CSR arrays are copied once (pinned, non-blocking on CUDA); a batch is gathered with
+    a handful of vectorised index operations, with no Python loop over rows and no dense copy on
+    the host.
+    """
+
+    def __init__(self, matrix: sp.csr_matrix, device: torch.device) -> None:
+        matrix = matrix.tocsr()
+        matrix.sort_indices()
+        self.shape = matrix.shape
+        self.device = device
+        arrays = (torch.from_numpy(matrix.indptr.astype(np.int64)),
+                  torch.from_numpy(matrix.indices.astype(np.int64)),
+                  torch.from_numpy(matrix.data.astype(np.float32)))
+        if device.type == "cuda":
+            arrays = tuple(a.pin_memory().to(device, non_blocking=True) for a in arrays)
+        else:
+            arrays = tuple(a.to(device) for a in arrays)
+        self.indptr, self.indices, self.data = arrays
+
+    def rows(self, index: torch.Tensor) -> torch.Tensor:
+        index = index.to(self.device)
+        starts = self.indptr[index]
+        lengths = self.indptr[index + 1] - starts
+        row_ids = torch.repeat_interleave(torch.arange(len(index), device=self.device), lengths)
+        # Position of every stored entry of the batch inside the CSR arrays.
+        first = torch.repeat_interleave(starts - (torch.cumsum(lengths, 0) - lengths), lengths)
+        positions = first + torch.arange(len(row_ids), device=self.device)
+        out = torch.zeros(len(index), self.shape[1], dtype=torch.float32, device=self.device)
+        out[row_ids, self.indices[positions]] = self.data[positions]
+        return out
+
+
+# -- optimisers and schedules ---------------------------------------------------------------------
+
+def build_optimizer(config: TrainConfig, params: Iterator[torch.nn.Parameter] | list[Any]
+                    ) -> torch.optim.Optimizer:
+    kwargs = {"lr": config.lr, "weight_decay": config.weight_decay}
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, **kwargs)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, **kwargs)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, **kwargs)
+    if config.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, **kwargs)
+    raise RecsysError(f"unknown optimizer '{config.optimizer}'")  # the config forbids it
+
+
+def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, metric_lower: bool
+                    ) -> Any:
+    """One scheduler per optimiser, stepped once per epoch (``plateau``: on validation)."""
+    if config.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    if config.lr_schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step_size,
+                                               gamma=config.lr_gamma)
+    if config.lr_schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min" if metric_lower else "max", factor=config.lr_gamma,
+            patience=config.lr_step_size)
+    return None
+
+
+# -- the engine ------------------------------------------------------------------------------------
+
+@dataclass
+class TrainResult:
+    """What a fit did; also kept on the model as ``train_result_``."""
+
+    epochs_run: int = 0
+    global_step: int = 0
+    best_epoch: int | None = None
+    best_value: float | None = None
+    metric: str | None = None
+    stopped_early: bool = False
+    resumed_from: int | None = None
+    seconds: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class Trainer:
+    """Fits a `NeuralRecommender` with the options of its config (a `TrainConfig`).
+
+    ``validate`` replaces the harness evaluation (a function ``(model, valid) -> value`` of the
+    config's metric); it exists for tests and for callers with their own protocol.
+    """
+
+    def __init__(self, model: NeuralRecommender, ctx: FitContext | None = None, *,
+                 validate: Validator | None = None) -> None:
+        self.model = model
+        self.ctx = ctx or FitContext()
+        self.config: TrainConfig = model.config  # type: ignore[assignment]
+        self.metric = self.config.metric
+        self.lower = lower_is_better(self.metric)
+        self._custom_validate = validate
+        self.checkpoint_dir: Path | None = (Path(self.ctx.run_dir) / CHECKPOINT_DIR
+                                            if self.ctx.run_dir is not None else None)
+        self.last_checkpoint: Path | None = None
+
+    # -- setup -------------------------------------------------------------------------------
+
+    def _setup(self, train: Interactions) -> None:
+        cfg, model = self.config, self.model
+        configure_determinism(cfg.deterministic)
+        seed_everything(cfg.seed)
+        self.device = resolve_device(cfg.device)
+        if cfg.bf16 and self.device.type != "cuda":
+            warnings.warn(f"bf16 autocast needs CUDA; training in float32 on {self.device}",
+                          stacklevel=3)
+        self.autocast = cfg.bf16 and self.device.type == "cuda"
+        model.n_users, model.n_items = train.n_users, train.n_items
+        model.device = self.device
+        model.build(train.n_users, train.n_items)
+        model.setup(train, self.ctx)
+        model.network.to(self.device)
+
+        matrix = model.training_matrix(train).tocsr().astype(np.float32)
+        self.matrix_shape = tuple(int(x) for x in matrix.shape)
+        rows = (np.arange(matrix.shape[0]) if model.train_on_empty_rows
+                else np.flatnonzero(np.diff(matrix.indptr)))
+        if len(rows) == 0:
+            raise RecsysError(f"{model.name}: the training data has no interactions")
+        self.sampler = RowSampler(rows, cfg.batch_size, seed=cfg.seed)
+        self.batcher = DeviceRows(matrix, self.device)
+
+        if model.manual_optimization:
+            self.optimizers = list(model.configure_optimizers())
+            if not self.optimizers:
+                raise RuntimeError(f"{type(model).__name__} sets manual_optimization but "
+                                   "configure_optimizers returned no optimiser")
+        else:
+            self.optimizers = [build_optimizer(cfg, model.network.parameters())]
+        self.schedulers = [build_scheduler(cfg, opt, self.lower) for opt in self.optimizers]
+
+        self.epoch = 0
+        self.global_step = 0
+        self.best_value: float | None = None
+        self.best_epoch: int | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.bad_evals = 0
+        self.stopped_early = False
+        self.history: list[dict[str, float]] = []
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def _payload(self) -> dict[str, Any]:
+        def cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            return {k: v.detach().cpu() for k, v in state.items()}
+
+        return {
+            "model": self.model.name,
+            "shape": list(self.matrix_shape),
+            "config": self.config.model_dump(),
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "network": cpu(self.model.network.state_dict()),
+            "optimizers": [opt.state_dict() for opt in self.optimizers],
+            "schedulers": [s.state_dict() if s is not None else None for s in self.schedulers],
+            "sampler": self.sampler.state_dict(),
+            "rng": rng_state(),
+            "best": {"value": self.best_value, "epoch": self.best_epoch,
+                     "bad_evals": self.bad_evals,
+                     "state": cpu(self.best_state) if self.best_state is not None else None},
+            "stopped_early": self.stopped_early,
+            "history": self.history,
+        }
+
+    def _save_checkpoint(self) -> None:
+        if self.checkpoint_dir is None:
+            return
+        self.last_checkpoint = save_checkpoint(self.checkpoint_dir, self._payload(), self.epoch)
+
+    def _resume(self) -> int | None:
+        """Restore the newest checkpoint, if any; return its epoch."""
+        if self.checkpoint_dir is None:
+            raise RecsysError("resume needs a run directory (FitContext.run_dir) to read "
+                              "checkpoints from")
+        path = latest_checkpoint(self.checkpoint_dir)
+        if path is None:
+            return None
+        payload = load_checkpoint(path)
+        if payload.get("model") != self.model.name:
+            raise RecsysError(f"{path}: checkpoint of model '{payload.get('model')}', "
+                              f"cannot resume '{self.model.name}' from it")
+        if tuple(payload["shape"]) != self.matrix_shape:
+            raise RecsysError(f"{path}: checkpoint trained on a {tuple(payload['shape'])} "
+                              f"matrix, the data now gives {self.matrix_shape}; resume with the "
+                              "same prepared data")
+        current = self.config.model_dump()
+        changed = sorted(k for k in current
+                         if k not in RESUMABLE_CHANGES and payload["config"].get(k) != current[k])
+        if changed:
+            k = changed[0]
+            raise RecsysError(f"{path}: config key '{k}' was {payload['config'].get(k)!r} in "
+                              f"the interrupted run and is {current[k]!r} now; resume with the "
+                              f"same config (only {', '.join(sorted(RESUMABLE_CHANGES))} may "
+                              "change)")
+        self.model.network.load_state_dict(payload["network"])
+        for opt, state in zip(self.optimizers, payload["optimizers"], strict=True):
+            opt.load_state_dict(state)
+        for sched, state in zip(self.schedulers, payload["schedulers"], strict=True):
+            if sched is not None and state is not None:
+                sched.load_state_dict(state)
+        self.sampler.load_state_dict(payload["sampler"])
+        set_rng_state(payload["rng"])
+        self.epoch = int(payload["epoch"])
+        self.global_step = int(payload["global_step"])
+        best = payload["best"]
+        self.best_value, self.best_epoch = best["value"], best["epoch"]
+        self.bad_evals = int(best["bad_evals"])
+        self.best_state = ({k: v.to(self.device) for k, v in best["state"].items()}
+                           if best["state"] is not None else None)
+        self.stopped_early = bool(payload["stopped_early"])
+        self.history = list(payload["history"])
+        self.last_checkpoint = path
+        return self.epoch
+
+    # -- reporting seams (one place each, for DDP) ---------------------------------------------
+
+    def _reduce(self, sums: dict[str, torch.Tensor], count: int) -> dict[str, float]:
+        """Per-epoch means of the step outputs (a distributed run all-reduces sums here)."""
+        return {k: float(v) / max(count, 1) for k, v in sums.items()}
+
+    def _validate(self, valid: EvalSplit) -> float:
+        self.model.network.eval()
+        with torch.no_grad():
+            if self._custom_validate is not None:
+                return float(self._custom_validate(self.model, valid))
+            from recsys.evaluation.evaluate import evaluate
+
+            result = evaluate(self.model, valid, [self.metric],
+                              batch_size=self.config.batch_size, device=self.device)
+            return float(result.summary[self.metric])
+
+    def _improved(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.best_value is None:
+            return True
+        return value < self.best_value if self.lower else value > self.best_value
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def fit(self, train: Interactions, valid: EvalSplit | None = None) -> TrainResult:
+        started = time.perf_counter()
+        self._setup(train)
+        cfg, model = self.config, self.model
+        resumed_from = self._resume() if self.ctx.resume else None
+        self.ctx.tracker.log_params(flatten({"model": model.name, **cfg.model_dump(),
+                                             "resolved_device": str(self.device)}))
+        epoch_seconds: list[float] = []
+        while self.epoch < cfg.epochs and not self.stopped_early:
+            self.epoch += 1
+            tick = time.perf_counter()
+            record = self._train_epoch(epoch_seconds)
+            last = self.epoch == cfg.epochs
+            if valid is not None and (self.epoch % cfg.eval_every == 0 or last):
+                value = self._validate(valid)
+                record[f"valid_{self.metric}"] = value
+                if self._improved(value):
+                    self.best_value, self.best_epoch, self.bad_evals = value, self.epoch, 0
+                    self.best_state = {k: v.detach().clone()
+                                       for k, v in model.network.state_dict().items()}
+                else:
+                    self.bad_evals += 1
+                    if cfg.patience is not None and self.bad_evals >= cfg.patience:
+                        self.stopped_early = True
+                for sched in self.schedulers:
+                    if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                        sched.step(value)
+            for sched in self.schedulers:
+                if sched is not None and not isinstance(
+                        sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                    sched.step()
+            record["seconds"] = time.perf_counter() - tick
+            epoch_seconds.append(record["seconds"])
+            self.history.append(record)
+            model.history_ = self.history
+            if self.epoch % cfg.checkpoint_every == 0 or last or self.stopped_early:
+                self._save_checkpoint()
+            self.ctx.tracker.log_metrics(record, step=self.epoch)
+            self._report(record, epoch_seconds)
+
+        if self.best_state is not None:
+            model.network.load_state_dict(self.best_state)
+        model.network.eval()
+        model.history_ = self.history
+        result = TrainResult(
+            epochs_run=self.epoch, global_step=self.global_step,
+            best_epoch=self.best_epoch if self.best_state is not None else self.epoch,
+            best_value=self.best_value, metric=self.metric if valid is not None else None,
+            stopped_early=self.stopped_early, resumed_from=resumed_from,
+            seconds=time.perf_counter() - started, history=self.history)
+        model.train_result_ = result
+        return result
+
+    def _train_epoch(self, epoch_seconds: list[float]) -> dict[str, float]:
+        cfg, model = self.config, self.model
+        model.network.train()
+        batches = self.sampler.epoch_batches()
+        lr = float(self.optimizers[0].param_groups[0]["lr"])
+        sums: dict[str, torch.Tensor] = {}
+        bar = self._bar(batches)
+        for index in bar:
+            index = index.to(self.device)
+            batch = Batch(rows=self.batcher.rows(index), index=index)
+            with self._autocast():
+                out = model.training_step(batch, self.global_step)
+            loss = torch.as_tensor(out["loss"])
+            if not bool(torch.isfinite(loss.detach()).all()):
+                self._diverged(float(loss.detach().float()))
+            if not model.manual_optimization:
+                for opt in self.optimizers:
+                    opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(model.network.parameters(), cfg.grad_clip)
+                for opt in self.optimizers:
+                    opt.step()
+            for key, value in out.items():
+                value = torch.as_tensor(value).detach().float()
+                sums[key] = sums[key] + value if key in sums else value
+            self.global_step += 1
+            if not bar.disable:
+                bar.set_postfix(loss=f"{float(loss.detach()):.4g}", refresh=False)
+        bar.close()
+        record = {"epoch": float(self.epoch), **self._reduce(sums, len(batches)), "lr": lr}
+        return record
+
+    def _diverged(self, value: float) -> None:
+        where = f"epoch {self.epoch}, step {self.global_step}"
+        keep = (f"the last good checkpoint is {self.last_checkpoint}; resume from it with a "
+                "lower lr or a grad_clip" if self.last_checkpoint is not None
+                else "no checkpoint was written yet; retry with a lower lr or a grad_clip")
+        raise TrainingDiverged(f"{self.model.name}: training stopped, the loss is {value} at "
+                               f"{where}; {keep}")
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.autocast:
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _bar(self, batches: list[torch.Tensor]) -> Any:
+        from tqdm.auto import tqdm
+
+        return tqdm(batches, desc=f"epoch {self.epoch}/{self.config.epochs}", unit="batch",
+                    leave=False, disable=self.ctx.quiet, dynamic_ncols=True)
+
+    def _report(self, record: dict[str, float], epoch_seconds: list[float]) -> None:
+        if self.ctx.quiet:
+            return
+        from tqdm.auto import tqdm
+
+        left = (self.config.epochs - self.epoch) * float(np.mean(epoch_seconds[-5:]))
+        parts = [f"epoch {self.epoch}/{self.config.epochs}", f"loss {record['loss']:.4g}"]
+        key = f"valid_{self.metric}"
+        if key in record:
+            best = "" if self.best_epoch != self.epoch else " *"
+            parts.append(f"{self.metric} {record[key]:.4f}{best}")
+        parts.append(f"{record['seconds']:.1f}s")
+        if self.epoch < self.config.epochs and not self.stopped_early:
+            parts.append(f"~{_duration(left)} left")
+        elif self.stopped_early:
+            parts.append(f"early stop (best epoch {self.best_epoch})")
+        tqdm.write("  ".join(parts))
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
+
+
+def fit(model: NeuralRecommender, train: Interactions, valid: EvalSplit | None = None,
+        ctx: FitContext | None = None, *, validate: Validator | None = None) -> TrainResult:
+    """Train ``model`` on ``train`` (early stopping on ``valid``) with the shared engine."""
+    return Trainer(model, ctx, validate=validate).fit(train, valid)

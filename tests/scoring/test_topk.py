@@ -1,0 +1,86 @@
+"""The shared top-K code: masking, allow/deny lists, short lists, batching."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+from evaluation.doubles import FixedScores
+
+from recsys.errors import RecsysError
+from recsys.scoring.topk import masked_topk, topk
+
+
+def _collect(model, users, history, k, **kw):
+    parts = list(topk(model, users, history, k, **kw))
+    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+            np.concatenate([p[2] for p in parts]))
+
+
+def test_seen_items_never_appear_and_lists_are_sorted():
+    rng = np.random.default_rng(0)
+    scores = rng.random((60, 30)).astype(np.float32)
+    history = sp.random(60, 30, density=0.3, format="csr", random_state=1)
+    users, items, values = _collect(FixedScores(scores), np.arange(60), history, 10,
+                                    batch_size=16)
+    assert users.tolist() == list(range(60))
+    seen = history.toarray() > 0
+    assert not seen[np.arange(60)[:, None], items].any()
+    assert (np.diff(values, axis=1) <= 0).all()
+    # the list is exactly the 10 best unseen items
+    best = np.argsort(-np.where(seen, -np.inf, scores), axis=1, kind="stable")[:, :10]
+    np.testing.assert_array_equal(np.sort(items, 1), np.sort(best, 1))
+
+
+def test_batch_size_does_not_change_the_lists():
+    scores = np.random.default_rng(1).random((50, 20)).astype(np.float32)
+    history = sp.random(50, 20, density=0.2, format="csr", random_state=2)
+    a = _collect(FixedScores(scores), np.arange(50), history, 7, batch_size=3)
+    b = _collect(FixedScores(scores), np.arange(50), history, 7, batch_size=50)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_allow_and_exclude_lists():
+    scores = np.tile(np.arange(10, dtype=np.float32)[::-1], (3, 1))  # item 0 best
+    history = sp.csr_matrix((3, 10), dtype=np.float32)
+    _, items, _ = _collect(FixedScores(scores), np.arange(3), history, 3,
+                           exclude=np.array([0, 2]))
+    assert items.tolist() == [[1, 3, 4]] * 3
+    _, items, values = _collect(FixedScores(scores), np.arange(3), history, 3,
+                                allow=np.array([5, 9]))
+    # only two eligible items: the third slot is empty (-1, -inf) so that writers drop it
+    assert items.tolist() == [[5, 9, -1]] * 3
+    assert np.isneginf(values[:, 2]).all()
+
+
+def test_subset_of_users_uses_their_own_history_rows():
+    scores = np.array([[3, 2, 1], [1, 2, 3]], dtype=np.float32)
+    history = sp.csr_matrix(np.array([[1, 0, 0], [0, 0, 1]], dtype=np.float32))
+    users, items, _ = _collect(FixedScores(scores), np.array([1]), history, 1)
+    assert users.tolist() == [1] and items.tolist() == [[1]]
+
+
+def test_k_larger_than_the_catalogue_is_an_error():
+    with pytest.raises(RecsysError, match="larger than the catalogue"):
+        next(topk(FixedScores(np.zeros((2, 4))), np.arange(2), sp.csr_matrix((2, 4)), 5))
+
+
+def test_masked_topk_handles_nan_and_inf():
+    scores = torch.tensor([[float("nan"), 1.0, float("inf"), 0.5]])
+    values, index = masked_topk(scores, sp.csr_matrix(np.array([[0, 0, 1, 0]])), 4)
+    assert index[0, :2].tolist() == [1, 3]
+    assert torch.isneginf(values[0, 2:]).all()
+
+
+@pytest.mark.gpu
+def test_cuda_lists_equal_cpu_lists():
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    scores = np.random.default_rng(3).random((100, 40)).astype(np.float32)
+    history = sp.random(100, 40, density=0.2, format="csr", random_state=4)
+    cpu = _collect(FixedScores(scores), np.arange(100), history, 10, device="cpu")
+    gpu = _collect(FixedScores(scores), np.arange(100), history, 10, device="cuda")
+    for x, y in zip(cpu, gpu, strict=True):
+        np.testing.assert_array_equal(x, y)

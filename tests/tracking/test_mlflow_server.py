@@ -1,0 +1,211 @@
+"""`recsys train` against a real `mlflow server` on loopback, checked through MlflowClient:
+params, per-epoch metric history, dataset input, artifacts, tags, the registered version and its
+alias, and that the registered pyfunc returns the same lists as `recsys recommend`. Plus the two
+failure modes: a server that is not there (one line, before training) and one that goes away
+mid-run (training finishes, a warning lists what was not logged). No mocks of MLflow."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from recsys.cli import main
+from recsys.data.io import sha256_file
+
+from .services import TcpProxy, free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+# A small Mult-DAE: per-epoch metrics (loss parts, validation NDCG) in a few seconds.
+DAE = ["--set", "epochs=3", "--set", "hidden_dims=[48]", "--set", "batch_size=128",
+       "--device", "cpu", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def trained(mlflow_server, mls_data, tmp_path_factory):
+    """One tracked, registered training run shared by the checks below."""
+    out = tmp_path_factory.mktemp("runs") / "dae"
+    code = main(["train", "multdae", "--data", str(mls_data), "--out", str(out), *DAE,
+                 "--tracking-uri", mlflow_server, "--experiment", "it-train",
+                 "--register", "it-dae"])
+    assert code == 0
+    record = json.loads((out / "run.json").read_text())
+    return out, record["mlflow"]["run_id"]
+
+
+def test_run_params_tags_and_metric_history(mlflow_server, trained):
+    out, run_id = trained
+    client = MlflowClient(mlflow_server)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert client.get_experiment(run.info.experiment_id).name == "it-train"
+    params = run.data.params
+    assert (params["model"], params["epochs"], params["hidden_dims"]) == ("multdae", "3", "[48]")
+    assert params["data"].endswith("mls")
+    tags = run.data.tags
+    assert (tags["recsys.model"], tags["recsys.family"], tags["recsys.device"]) == \
+        ("multdae", "autoencoder", "cpu")
+    assert tags["recsys.version"]
+    losses = client.get_metric_history(run_id, "loss")
+    assert [m.step for m in losses] == [1, 2, 3]
+    assert [m.step for m in client.get_metric_history(run_id, "valid_ndcg_at_100")] == [1, 2, 3]
+    # final test metrics are those the run directory holds
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert run.data.metrics["test_ndcg_at_100"] == pytest.approx(metrics["ndcg@100"])
+    assert run.data.metrics["test_recall_at_20"] == pytest.approx(metrics["recall@20"])
+
+
+def test_dataset_input_and_artifacts(mlflow_server, mls_data, trained, tmp_path):
+    _, run_id = trained
+    client = MlflowClient(mlflow_server)
+    run = client.get_run(run_id)
+    [entry] = run.inputs.dataset_inputs
+    assert entry.dataset.name == "ml-latest-small"
+    assert entry.dataset.digest == sha256_file(mls_data / "metadata.json")[:16]
+    assert json.loads(entry.dataset.source)["uri"] == str(mls_data.resolve())
+    assert {t.key: t.value for t in entry.tags}["mlflow.data.context"] == "training"
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert {"config.yaml", "run.json", "metrics.json", "learning_curve.png", "history.json",
+            "per_user_metrics.json", "topk_sample.json"} <= artifacts
+    sample = pd.read_json(client.download_artifacts(run_id, "topk_sample.json", str(tmp_path)),
+                          orient="split")
+    assert {"user", "item", "rank", "score", "title"} <= set(sample.columns)
+    assert sample.groupby("user")["rank"].max().eq(10).all()
+
+
+def test_registered_alias_serves_the_recommend_lists(mlflow_server, mls_data, trained, tmp_path):
+    import mlflow
+
+    out, run_id = trained
+    client = MlflowClient(mlflow_server)
+    version = client.get_model_version_by_alias("it-dae", "champion")
+    assert version.run_id == run_id
+    assert main(["recommend", str(out), "--data", str(mls_data), "--k", "15", "--device", "cpu",
+                 "--out", str(tmp_path / "rec.parquet")]) == 0
+    expected = pd.read_parquet(tmp_path / "rec.parquet")
+    mlflow.set_tracking_uri(mlflow_server)
+    model = mlflow.pyfunc.load_model("models:/it-dae@champion")
+    got = model.predict(pd.DataFrame({"user": expected["user"].unique()}), params={"k": 15})
+    pd.testing.assert_frame_equal(got[["user", "item", "rank", "cold"]],
+                                  expected[["user", "item", "rank", "cold"]])
+    assert (got["score"] - expected["score"]).abs().max() < 1e-5
+    # a second registration moves the alias to the new version
+    assert main(["train", "pop", "--data", str(mls_data), "--out", str(tmp_path / "pop"),
+                 "--tracking-uri", mlflow_server, "--experiment", "it-train",
+                 "--register", "it-dae", "--quiet"]) == 0
+    moved = client.get_model_version_by_alias("it-dae", "champion")
+    assert int(moved.version) == int(version.version) + 1
+
+
+def test_unreachable_server_fails_before_training(mls_data, tmp_path, capsys):
+    dead = f"http://127.0.0.1:{free_port()}"
+    started = time.perf_counter()
+    code = main(["train", "multdae", "--data", str(mls_data), "--out", str(tmp_path / "run"),
+                 *DAE, "--tracking-uri", dead])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err == [f"error: cannot reach the MLflow tracking server at {dead} "
+                   "(ConnectionError); start it, set --tracking-uri / MLFLOW_TRACKING_URI, or "
+                   "pass --no-track"]
+    assert not (tmp_path / "run").exists()  # nothing trained, nothing written
+    assert time.perf_counter() - started < 20
+
+
+def test_server_going_away_mid_run_keeps_training(mlflow_server, mls_data, tmp_path, capsys,
+                                                  monkeypatch):
+    """The proxy is cut when epoch 2 is logged: training completes, the run directory holds the
+    model and metrics, and one warning names what MLflow did not get."""
+    from recsys.tracking.mlflow import MlflowTracker
+
+    proxy = TcpProxy(int(mlflow_server.rsplit(":", 1)[1]))
+    original = MlflowTracker.log_metrics
+
+    def log_metrics(self, metrics, step=None):
+        if step == 2:
+            proxy.cut()
+        return original(self, metrics, step)
+
+    monkeypatch.setattr(MlflowTracker, "log_metrics", log_metrics)
+    out = tmp_path / "run"
+    started = time.perf_counter()
+    code = main(["train", "multdae", "--data", str(mls_data), "--out", str(out), *DAE,
+                 "--tracking-uri", proxy.uri, "--experiment", "it-gone"])
+    seconds = time.perf_counter() - started
+    err = capsys.readouterr().err
+    assert code == 0
+    assert (out / "model" / "weights.pt").is_file() and (out / "metrics.json").is_file()
+    warning = [line for line in err.splitlines() if "is incomplete" in line]
+    assert len(warning) == 1
+    assert "metrics of 2 steps (2-3)" in warning[0] and "model" in warning[0]
+    assert f"everything is in {out}" in warning[0]
+    assert seconds < 90  # a dead server costs one short timeout, not one per call
+    # the real server kept what arrived before the cut
+    client = MlflowClient(mlflow_server)
+    [run] = client.search_runs([client.get_experiment_by_name("it-gone").experiment_id])
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1]
+    assert run.data.params["epochs"] == "3"
+
+
+def test_compare_logs_child_runs_and_registers_the_best(mlflow_server, mls_data, tmp_path,
+                                                        capsys):
+    config = tmp_path / "compare.yaml"
+    config.write_text(f"""
+name: it-compare
+data: {mls_data}
+out: {tmp_path / 'runs'}
+metrics: [recall@20, ndcg@100]
+primary: ndcg@100
+bootstrap: 200
+models:
+  - model: pop
+  - model: itemknn
+    tune: {{k: [20, 100]}}
+""")
+    assert main(["compare", str(config), "--tracking-uri", mlflow_server,
+                 "--experiment", "it-compare", "--register", "it-best",
+                 "--table", str(tmp_path / "table.csv")]) == 0
+    printed = capsys.readouterr().out
+    assert "pop" in printed and "itemknn" in printed and "p vs best" in printed
+    table = pd.read_csv(tmp_path / "table.csv")
+    assert set(table["model"]) == {"pop", "itemknn"} and set(table["metric"]) == \
+        {"recall@20", "ndcg@100"}
+    assert (table["low"] <= table["mean"]).all() and (table["mean"] <= table["high"]).all()
+    best = table[(table["metric"] == "ndcg@100") & table["best"]]["model"].item()
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("it-compare").experiment_id
+    runs = client.search_runs([experiment])
+    [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.info.run_name for r in children) == ["itemknn", "pop"]
+    assert parent.data.tags["recsys.best_model"] == best
+    assert {"comparison.png", "comparison.json"} <= \
+        {a.path for a in client.list_artifacts(parent.info.run_id)}
+    tuned = next(r for r in children if r.info.run_name == "itemknn")
+    assert len(client.get_metric_history(tuned.info.run_id, "tune/valid_ndcg_at_100")) == 2
+    champion = client.get_model_version_by_alias("it-best", "champion")
+    assert champion.run_id == parent.data.tags["recsys.best_run_id"]
+
+
+def test_ui_serves_the_store_and_prints_its_url(tmp_path):
+    import subprocess
+    import sys
+
+    from .services import service_env, stop, wait_http
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "recsys.cli", "ui", "--port", str(port),
+                             "--tracking-uri", f"sqlite:///{tmp_path / 'ui.db'}"],
+                            cwd=tmp_path, env=service_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith(f"MLflow UI: http://127.0.0.1:{port}")
+        wait_http(f"http://127.0.0.1:{port}/health", proc, timeout=10)
+    finally:
+        stop(proc)
+    assert Path(tmp_path / "ui.db").exists()

@@ -1,0 +1,144 @@
+"""Tracking flags, the tracker they build, and what a run logs: against a real local sqlite store
+(MLflow's default backend), no server needed."""
+
+from __future__ import annotations
+
+import argparse
+
+import matplotlib
+import pandas as pd
+import pytest
+from evaluation.doubles import DotModel, make_dataset
+
+from recsys.errors import RecsysError
+from recsys.models import registry
+from recsys.run import save_run
+from recsys.tracking.base import Tracker
+from recsys.tracking.options import (
+    add_tracking_args,
+    check_registry_names,
+    learning_curve,
+    log_training_end,
+    log_training_start,
+    make_tracker,
+    resolve_tracking_uri,
+    training_tags,
+)
+
+matplotlib.use("Agg")
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_tracking_args(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_flags_and_defaults():
+    args = _args()
+    assert (args.tracking_uri, args.experiment, args.no_track, args.register, args.alias,
+            args.log_system_metrics) == (None, None, False, None, "champion", False)
+    args = _args("--tracking-uri", "http://h:1", "--experiment", "e", "--register", "m",
+                 "--alias", "prod", "--log-system-metrics", "--no-track")
+    assert (args.tracking_uri, args.experiment, args.register, args.alias) == \
+        ("http://h:1", "e", "m", "prod")
+    assert args.no_track and args.log_system_metrics
+
+
+def test_no_track_gives_the_null_tracker():
+    tracker = make_tracker(_args("--no-track"), run_name="x")
+    assert type(tracker) is Tracker
+    # a null parent (compare --no-track) gives null children
+    assert type(make_tracker(_args(), run_name="child", parent=tracker)) is Tracker
+
+
+def test_tracking_uri_resolution(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert resolve_tracking_uri() == "sqlite:///mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    assert resolve_tracking_uri() == "http://127.0.0.1:9"
+    assert resolve_tracking_uri("sqlite:///x.db") == "sqlite:///x.db"
+    for store in ("./mlruns", "file:///tmp/mlruns", "/abs/mlruns"):
+        with pytest.raises(RecsysError, match="file store"):
+            resolve_tracking_uri(store)
+
+
+@pytest.mark.parametrize("register, alias, message", [
+    ("a/b", "champion", "no '/' or ':'"),
+    ("ok", "bad alias", "letters, digits"),
+    ("ok", "latest", "reserved"),
+    ("ok", "v3", "reserved"),
+])
+def test_registry_names_are_checked_before_training(register, alias, message):
+    with pytest.raises(RecsysError, match=message):
+        check_registry_names(register, alias)
+
+
+def test_learning_curve_has_one_panel_per_series():
+    history = [{"epoch": e, "loss": 10.0 / e, "kl": 0.1 * e, "valid_ndcg@100": 0.1 + 0.01 * e}
+               for e in range(1, 6)]
+    fig = learning_curve(history)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
+    assert titles == ["loss", "kl", "valid_ndcg@100"]
+    line = fig.axes[0].lines[0]
+    assert list(line.get_xdata()) == [1, 2, 3, 4, 5]
+    assert learning_curve([{"epoch": 1}]) is None
+
+
+def test_a_run_in_the_local_sqlite_store(tmp_path, monkeypatch):
+    """The default backend: params, dataset input, metrics, artifacts and the pyfunc model."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from recsys.data.io import sha256_file
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setitem(registry.MODELS, "dot", "evaluation.doubles:DotModel")
+    data = make_dataset(n_users=30, n_items=20)
+    data.save(tmp_path / "data")
+    model = DotModel(seed=2).fit(data.train)
+    model.history_ = [{"epoch": 1, "loss": 2.0}, {"epoch": 2, "loss": 1.0}]
+    save_run(tmp_path / "run", model, {})
+
+    tracker = make_tracker(_args("--experiment", "local"), run_name="dot-run",
+                           tags=training_tags(model, "cpu"))
+    assert tracker.tracking_uri == "sqlite:///mlflow.db"
+    log_training_start(tracker, model=model, data_dir=tmp_path / "data")
+    tracker.log_metrics({"loss": 2.0}, step=1)
+    tracker.log_metrics({"loss": 1.0}, step=2)
+    per_user = pd.DataFrame({"user": [0, 1, 2], "ndcg@10": [0.5, 0.0, 1.0]})
+    uri = log_training_end(tracker, model=model, run_dir=tmp_path / "run",
+                           data_dir=tmp_path / "data", dataset=data,
+                           summary={"ndcg@10": 0.5}, per_user=per_user)
+    tracker.close()
+    assert (tmp_path / "mlflow.db").is_file()  # the sqlite store in the working directory
+    assert tracker.failures == []
+
+    client = MlflowClient("sqlite:///mlflow.db")
+    run = client.get_run(tracker.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["factors"] == "4" and run.data.params["model"] == "dot"
+    assert run.data.metrics["test_ndcg_at_10"] == 0.5
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "loss")] == \
+        [(1, 2.0), (2, 1.0)]
+    assert run.data.tags["recsys.device"] == "cpu" and run.data.tags["recsys.model"] == "dot"
+    [ds] = run.inputs.dataset_inputs
+    assert ds.dataset.digest == sha256_file(tmp_path / "data" / "metadata.json")[:16]
+    assert str(tmp_path / "data") in ds.dataset.source
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "run.json", "learning_curve.png", "history.json",
+            "per_user_metrics.json", "topk_sample.json"} <= artifacts
+    per_user_back = pd.read_json(client.download_artifacts(run.info.run_id,
+                                                           "per_user_metrics.json",
+                                                           str(tmp_path)), orient="split")
+    assert per_user_back["user"].tolist() == data.users.ids[:3].tolist()
+
+    mlflow.set_tracking_uri("sqlite:///mlflow.db")
+    served = mlflow.pyfunc.load_model(uri)
+    users = pd.DataFrame({"user": data.users.ids[:4]})
+    got = served.predict(users, params={"k": 3})
+    from recsys.tracking.pyfunc import TopKPredictor
+
+    expected = TopKPredictor.from_dataset(model, data).predict(users, k=3)
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), expected)
