@@ -8,11 +8,11 @@ fresh subprocess, the command a user would run:
         --min-user-interactions 5 --out DIR          (and the same with --input ratings.csv)
 
 (parse, threshold, filter, CSR, per-user random 80/20 split with a 10% validation carve-out,
-save). Peak memory is the child's own maximum RSS (``os.wait4``). It is set against the bytes of
-the final CSR arrays (data + indices + indptr of every part; the aligned timestamps are counted
-separately), both as is and after subtracting the RSS the same process has after its imports
-(measured by running `recsys datasets`), since the interpreter, numpy, pandas, pyarrow and the
-other commands' imports are a fixed cost that does not grow with the data.
+save). Peak memory is the child's own high-water mark (VmHWM, which the child reports at exit),
+set against the bytes of the final CSR arrays (data + indices + indptr of every part; the
+aligned timestamps are counted separately), both as is and after subtracting the peak of
+`recsys datasets` (the same interpreter and imports, no data), since the interpreter, numpy,
+pandas, pyarrow and the other commands' imports are a fixed cost that does not grow with the data.
 
 RecBole 1.2.1's dataset build on the same file is timed beside it when recbole is installed
 (the optional ``bench`` extra); otherwise it is skipped with a note.
@@ -43,19 +43,38 @@ PREPARE_ARGS = ["--split", "random", "--implicit-threshold", "4", "--min-user-in
                 "5", "--test-fraction", "0.2", "--valid-fraction", "0.1", "--seed", "0"]
 
 
-def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS MB, stdout) of one child process."""
+# Run the CLI in a child that reports its own high-water mark (VmHWM) when it exits.
+# ru_maxrss from wait4 is not usable: Linux carries the parent's peak across fork+exec into the
+# child's ru_maxrss, so it would show this script's own peak from drawing the synthetic data.
+_CHILD = """
+import atexit, sys
+def _report():
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    sys.stderr.write("__VMHWM_KB__ " + line.split()[1] + "\\n")
+    except OSError:
+        pass
+atexit.register(_report)
+from recsys.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def run_measured(args: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS MB, stdout) of ``recsys ARGS`` in a fresh process."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    # wait4 gives this child's own rusage (RUSAGE_CHILDREN would mix in earlier children).
-    out = proc.stdout.read().decode() if proc.stdout else ""
-    err = proc.stderr.read().decode() if proc.stderr else ""
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc = subprocess.run([sys.executable, "-c", _CHILD, *args], capture_output=True, text=True,
+                          env=env)
     seconds = time.perf_counter() - start
     if proc.returncode:
-        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{err}")
-    return seconds, usage.ru_maxrss / 1024, out  # ru_maxrss is in KiB on Linux
+        raise SystemExit(f"recsys {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+    kb = [int(line.split()[1]) for line in proc.stderr.splitlines()
+          if line.startswith("__VMHWM_KB__")]
+    if not kb:
+        raise SystemExit("the child did not report its peak memory (needs Linux /proc)")
+    return seconds, kb[-1] / 1024, proc.stdout
 
 
 def array_bytes(ds: Dataset) -> tuple[int, int]:
@@ -97,8 +116,18 @@ config = Config(model="MultiVAE", dataset="synthetic", config_dict={{
 dataset = create_dataset(config)
 data_preparation(config, dataset)
 """
-    seconds, peak, _ = run_measured([sys.executable, "-c", script])
-    return {"seconds": seconds, "peak_mb": peak}
+    script_path = workdir / "recbole_build.py"
+    script_path.write_text(script)
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", _CHILD.replace(
+        "from recsys.cli import main\nsys.exit(main(sys.argv[1:]))",
+        f"exec(open({str(script_path)!r}).read())")], capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if proc.returncode:
+        print(f"RecBole build failed:\n{proc.stderr[-2000:]}")
+        return None
+    kb = [int(x.split()[1]) for x in proc.stderr.splitlines() if x.startswith("__VMHWM_KB__")]
+    return {"seconds": seconds, "peak_mb": kb[-1] / 1024 if kb else float("nan")}
 
 
 def main() -> None:
@@ -123,9 +152,8 @@ def main() -> None:
         print(f"synthetic ratings.csv: {n_rows:,} rows, {users:,} users x {args.items:,} items, "
               f"{csv.stat().st_size / 2**20:.0f} MB, written in {time.perf_counter() - t:.1f} s")
 
-        recsys = [sys.executable, "-m", "recsys.cli"]
         env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
-        _, base_mb, _ = run_measured([*recsys, "datasets"], env)
+        _, base_mb, _ = run_measured(["datasets"], env)
         print(f"baseline: `recsys datasets` (interpreter + imports) peaks at {base_mb:.0f} MB")
         result: dict = {"rows": n_rows, "baseline_rss_mb": round(base_mb, 1), "runs": {}}
         # The same file read two ways: as ML-20M (MovieLens has one rating per user and movie,
@@ -136,7 +164,7 @@ def main() -> None:
             out = workdir / "prepared"
             shutil.rmtree(out, ignore_errors=True)
             seconds, peak_mb, _ = run_measured(
-                [*recsys, "prepare", *source, *PREPARE_ARGS, "--out", str(out), "--quiet"], env)
+                ["prepare", *source, *PREPARE_ARGS, "--out", str(out), "--quiet"], env)
             ds = Dataset.load(out)
             csr, ts = array_bytes(ds)
             nnz = sum(part.nnz for part in ds.parts.values())

@@ -18,23 +18,27 @@ The YAML file (unknown keys are errors)::
     primary: ndcg@100                  # ranks the models; "best" is best on it
     models:
       - model: pop
+      - model: itemknn
+        tune: default                  # the model's default grid (recsys.models.tuning)
       - model: ease
-        tune: {l2: [100, 500, 1000]}   # grid searched on the validation part
+        tune: {lambda_: [100, 500]}    # grid searched on the validation part (never test)
       - model: multvae
         label: multvae-e20
-        params: {epochs: 20}
+        config: multvae.yaml           # a model config file, relative to this file
+        params: {epochs: 20}           # ... with these keys overridden
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import math
 import sys
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -52,8 +56,14 @@ DEFAULT_METRICS = ["recall@20", "recall@50", "ndcg@20", "ndcg@100", "precision@2
 class ModelSpec(StrictConfig):
     model: str
     label: str | None = None  # defaults to the model name (must be unique in the file)
+    # A model config file (as `recsys train --config`), relative to the comparison file;
+    # `params` override its keys.
+    config: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
-    tune: dict[str, list[Any]] = Field(default_factory=dict)  # grid on the validation part
+    # Grid searched on the validation part: {key: [values]}; "config" for the `tune:` section
+    # of `config`; "default" for the model's default grid (recsys.models.tuning); nothing = the
+    # params as given.
+    tune: dict[str, list[Any]] | Literal["default", "config"] = Field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -174,16 +184,32 @@ def load_compare_config(path: str | Path, *, out: str | None = None, data: str |
 
     for m in spec.models:
         cls = get_model_class(m.model)
-        keys = set(cls.Config.model_fields)
-        for key in [*m.params, *m.tune]:
-            if key not in keys:
-                from recsys.errors import closest
+        if m.config is not None:
+            config_file = Path(m.config)
+            if not config_file.is_absolute():
+                config_file = Path(path).parent / config_file
+            from_file = load_yaml(config_file)
+            grid = from_file.pop("tune", None)
+            m.params = {**from_file, **m.params}
+            m.config = str(config_file)
+            if m.tune == "config":
+                if not grid:
+                    raise RecsysError(f"{path}: model '{m.name}': `tune: config` but "
+                                      f"{config_file} has no `tune:` section")
+                m.tune = grid
+        elif m.tune == "config":
+            raise RecsysError(f"{path}: model '{m.name}': `tune: config` needs `config: FILE`")
+        validate_config(cls.Config, m.params, where=f"{path}: model '{m.name}'")
+        if m.tune == "default":
+            from recsys.models.tuning import default_grid
 
-                raise RecsysError(f"{path}: model '{m.name}': unknown key '{key}'"
-                                  f"{closest(key, keys)}")
-        for key, values in m.tune.items():
-            if not values:
-                raise RecsysError(f"{path}: model '{m.name}': tune.{key} is an empty list")
+            if not default_grid(m.model):
+                raise RecsysError(f"{path}: model '{m.name}': `tune: default` but '{m.model}' "
+                                  "has no default grid; give one as {key: [values]}")
+        elif m.tune:
+            from recsys.models.tuning import check_grid
+
+            check_grid(cls(**m.params), m.tune, where=f"{path}: model '{m.name}' tune")
     if only:
         wanted = [x.strip() for x in only.split(",") if x.strip()]
         known = [m.name for m in spec.models]
@@ -236,42 +262,55 @@ def prepare_argv(options: dict[str, Any]) -> list[str]:
 
 
 def compare(spec: CompareConfig, args: argparse.Namespace | None = None, *,
-            config_path: Path | None = None, quiet: bool = False) -> CompareResult:
-    """Train, evaluate and compare the models of ``spec``; log to MLflow as ``args`` say."""
+            config_path: Path | None = None, quiet: bool = False,
+            step: Callable[[str, Tracker], AbstractContextManager[Any]] | None = None,
+            ) -> CompareResult:
+    """Train, evaluate and compare the models of ``spec``; log to MLflow as ``args`` say.
+
+    ``step(name, parent_tracker)``: a context manager wrapped around each stage (``prepare``,
+    ``train+evaluate <label>``, ``compare``, ``register``); pipelines use it to time and log
+    their steps.
+    """
     from recsys.data.interactions import Dataset
     from recsys.tracking.options import make_tracker
 
     args = args or argparse.Namespace(no_track=True)
     if getattr(args, "experiment", None) is None and spec.experiment:
         args.experiment = spec.experiment
+    stage = step or (lambda name, tracker: nullcontext())
     # Tracking is checked before any data is prepared or model trained.
     parent = make_tracker(args, run_name=spec.name, tags={"recsys.kind": "compare"})
     status = "FAILED"
     try:
-        data_dir = ensure_data(spec)
-        dataset = Dataset.load(data_dir)
-        parent.log_params({"config": str(config_path or ""), "data": str(data_dir.resolve()),
-                           "metrics": ",".join(spec.metrics), "primary": spec.primary,
-                           "test": spec.test, "alpha": spec.alpha,
-                           "models": ",".join(m.name for m in spec.models)})
-        log_dataset = getattr(parent, "log_dataset", None)
-        if log_dataset is not None:
-            log_dataset(data_dir)
-        if config_path is not None:
-            parent.log_artifact(config_path)
+        with stage("prepare", parent):
+            data_dir = ensure_data(spec)
+            dataset = Dataset.load(data_dir)
+            parent.log_params({"config": str(config_path or ""),
+                               "data": str(data_dir.resolve()),
+                               "metrics": ",".join(spec.metrics), "primary": spec.primary,
+                               "test": spec.test, "alpha": spec.alpha,
+                               "models": ",".join(m.name for m in spec.models)})
+            log_dataset = getattr(parent, "log_dataset", None)
+            if log_dataset is not None:
+                log_dataset(data_dir)
+            if config_path is not None:
+                parent.log_artifact(config_path)
         outcomes = []
         for i, m in enumerate(spec.models):
-            if not quiet:
+            if not quiet and step is None:
                 print(f"[{i + 1}/{len(spec.models)}] {m.name}", file=sys.stderr)
-            outcomes.append(run_model(m, spec, dataset, data_dir, args, parent))
-        table = comparison_table(outcomes, spec)
-        best = best_label(table, spec.primary)
-        result = CompareResult(outcomes, table, best, spec.primary,
-                               getattr(parent, "run_id", None))
-        log_comparison(parent, result, spec)
+            with stage(f"train+evaluate {m.name}", parent):
+                outcomes.append(run_model(m, spec, dataset, data_dir, args, parent))
+        with stage("compare", parent):
+            table = comparison_table(outcomes, spec)
+            best = best_label(table, spec.primary)
+            result = CompareResult(outcomes, table, best, spec.primary,
+                                   getattr(parent, "run_id", None))
+            log_comparison(parent, result, spec)
         register = getattr(args, "register", None)
         if register and getattr(parent, "run_id", None):
-            result.registered = register_best(result, args)
+            with stage("register", parent):
+                result.registered = register_best(result, args)
         status = "FINISHED"
         return result
     finally:
@@ -312,13 +351,11 @@ def run_model(m: ModelSpec, spec: CompareConfig, dataset: Any, data_dir: Path,
             if valid is None:
                 raise RecsysError(f"model '{m.name}' has `tune` but {data_dir} has no validation "
                                   "part; prepare it with --valid-fraction > 0")
-            model, tuned = tune(m, params, dataset, valid, spec, tracker)
-        log_training_start(tracker, model=model, data_dir=data_dir,
-                           params={f"tuned.{k}": v for k, v in tuned.items()})
-        if not m.tune:
-            ctx = FitContext(run_dir=run_dir, tracker=tracker, quiet=True,
-                             data_meta=dict(dataset.meta))
-            model.fit(dataset.train, valid, ctx=ctx)
+            tuned = tune(m, model, dataset, valid, spec, tracker)
+        log_training_start(tracker, model=model, data_dir=data_dir)
+        ctx = FitContext(run_dir=run_dir, tracker=tracker, quiet=True,
+                         data_meta=dict(dataset.meta))
+        model.fit(dataset.train, valid, ctx=ctx)
         fit_seconds = time.perf_counter() - started
         split = dataset.eval_split("test")
         result = evaluate(model, split, spec.metrics, device=spec.device,
@@ -341,31 +378,22 @@ def run_model(m: ModelSpec, spec: CompareConfig, dataset: Any, data_dir: Path,
         tracker.close(status)
 
 
-def tune(m: ModelSpec, params: dict[str, Any], dataset: Any, valid: Any, spec: CompareConfig,
-         tracker: Tracker) -> tuple[Any, dict[str, Any]]:
-    """Grid search on the validation part; returns the best fitted model and its grid point."""
-    from recsys.evaluation.evaluate import evaluate
+def tune(m: ModelSpec, model: Any, dataset: Any, valid: Any, spec: CompareConfig,
+         tracker: Tracker) -> dict[str, Any]:
+    """Grid search on the validation part (recsys.models.tuning, as `recsys train --tune`);
+    sets the best parameters on ``model`` and returns them."""
     from recsys.models.base import FitContext
-    from recsys.models.registry import create_model
-    from recsys.training import lower_is_better
+    from recsys.models.tuning import tune as grid_search
 
     metric = spec.tune_metric or spec.primary
-    lower = lower_is_better(metric)
-    keys = list(m.tune)
-    best: tuple[float, Any, dict[str, Any]] | None = None
-    for step, values in enumerate(itertools.product(*(m.tune[k] for k in keys))):
-        point = dict(zip(keys, values, strict=True))
-        model = create_model(m.model, **{**params, **point})
-        model.fit(dataset.train, valid, ctx=FitContext(tracker=Tracker(), quiet=True,
-                                                      data_meta=dict(dataset.meta)))
-        value = float(evaluate(model, valid, [metric], device=spec.device).summary[metric])
+    grid = None if m.tune == "default" else m.tune
+    result = grid_search(model, dataset.train, valid, grid, metric=metric,
+                         ctx=FitContext(data_meta=dict(dataset.meta)), device=spec.device)
+    for step, value in enumerate(result.table[metric].tolist()):
         tracker.log_metrics({f"tune/valid_{metric}": value}, step=step)
-        better = best is None or (value < best[0] if lower else value > best[0])
-        if math.isfinite(value) and better:
-            best = (value, model, point)
-    if best is None:
-        raise RecsysError(f"model '{m.name}': every grid point gave a non-finite {metric}")
-    return best[1], best[2]
+    tracker.log_table(result.table, "tuning.json")
+    model.set_params(**result.best_params)
+    return dict(result.best_params)
 
 
 # -- statistics, table, figure ---------------------------------------------------------------------

@@ -67,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
     track = [] if args.track else ["--no-track"]
     data = out / "data" / "ml-latest-small-implicit"
     started = time.perf_counter()
-    # Ratings >= 3.5 count as positives (the Mult-VAE protocol's threshold for MovieLens).
-    _call(["prepare", "ml-latest-small", "--split", "random", "--implicit-threshold", "3.5",
+    # Ratings >= 4 count as positives (Mult-VAE keeps ratings > 3.5: the same on half stars).
+    _call(["prepare", "ml-latest-small", "--split", "random", "--implicit-threshold", "4",
            "--min-user-interactions", "5", "--test-fraction", "0.2", "--valid-fraction", "0.1",
            "--seed", str(args.seed), "--out", str(data)])
     results: dict[str, dict[str, float]] = {}
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _print_summary(results: dict[str, dict[str, float]], seconds: float, out: Path) -> None:
     columns = sorted({k for r in results.values() for k in r if isinstance(r[k], (int, float))})
-    print("\nml-latest-small, per-user random 80/20 (ratings >= 3.5), test part:")
+    print("\nml-latest-small, per-user random 80/20 (ratings >= 4), test part:")
     header = f"{'model':<20}" + "".join(f"{c:>14}" for c in columns)
     print(header)
     print("-" * len(header))

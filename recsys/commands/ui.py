@@ -65,6 +65,10 @@ def _wait_healthy(url: str, proc: subprocess.Popen, seconds: float) -> bool:
     return False
 
 
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _stderr_fd() -> int | None:
     try:
         return sys.stderr.fileno()
@@ -91,9 +95,13 @@ def run(args: argparse.Namespace) -> int:
     # `mlflow ui` launches uvicorn by name: the interpreter's bin folder must be on PATH.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # The UI needs no background job runner (MLflow's GenAI jobs: several worker processes).
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     # MLflow's own chatter goes to stderr: stdout carries only the URL line (scriptable).
     proc = subprocess.Popen(ui_command(uri, args.host, args.port), env=env,
                             stdout=_stderr_fd(), stderr=_stderr_fd())
+    # A SIGTERM (service managers, `kill`) stops the UI the way Ctrl-C does.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         if not _wait_healthy(url, proc, STARTUP_SECONDS):
             code = proc.poll()
@@ -106,8 +114,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     finally:
         if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
+            proc.terminate()
             try:
-                proc.wait(timeout=10)
+                proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()

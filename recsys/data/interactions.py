@@ -227,7 +227,8 @@ class Dataset:
                           "indptr": m.indptr, "shape": np.asarray(m.shape)}
                 if part.timestamps is not None:
                     arrays["timestamps"] = part.timestamps
-                np.savez_compressed(tmp / f"{name}.npz", **arrays)
+                # Uncompressed: compression was two thirds of `prepare`'s time at ML-20M scale.
+                np.savez(tmp / f"{name}.npz", **arrays)
             meta = dict(self.meta)
             meta["format_version"] = FORMAT_VERSION
             meta["parts"] = {name: {"users": int(len(p.active_users())), "interactions": p.nnz}

@@ -51,7 +51,7 @@ class MultDAENetwork(nn.Module):
 
 
 class MultDAEConfig(TrainConfig):
-    hidden_dims: list[PositiveInt] = Field(default_factory=lambda: [200])
+    hidden_dims: list[PositiveInt] = [200]  # pydantic copies mutable defaults
     dropout: float = Field(0.5, ge=0, lt=1)
     l2: float = Field(0.01, ge=0)
 

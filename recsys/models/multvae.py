@@ -190,7 +190,7 @@ class MultVAENetwork(nn.Module):
 
 
 class MultVAEConfig(TrainConfig):
-    hidden_dims: list[PositiveInt] = Field(default_factory=lambda: [600])
+    hidden_dims: list[PositiveInt] = [600]  # pydantic copies mutable defaults
     latent_dim: int = Field(200, ge=1)
     dropout: float = Field(0.5, ge=0, lt=1)
     anneal_cap: float = Field(0.2, ge=0)

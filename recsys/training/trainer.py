@@ -75,9 +75,9 @@ def configure_determinism(deterministic: bool) -> None:
     if deterministic:
         # cuBLAS needs this set before its first call to be deterministic.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
     torch.backends.cudnn.deterministic = deterministic
-    torch.backends.cudnn.benchmark = not deterministic
 
 
 def rng_state() -> dict[str, Any]:

@@ -4,6 +4,7 @@ proxy that can be cut to make that server "go away" mid-run."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +27,8 @@ def service_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    # The server's background job runner (GenAI jobs, ~7 worker processes) is not needed here.
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     env.pop("MLFLOW_TRACKING_URI", None)
     return env
 
@@ -48,14 +51,32 @@ def wait_http(url: str, proc: subprocess.Popen | None = None, timeout: float = 1
     raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
 
 
+def spawn(cmd: list[str], extra_env: dict[str, str] | None = None, **kwargs
+          ) -> subprocess.Popen:
+    """Start ``cmd`` as the leader of its own process group, so `stop` ends its children too
+    (MLflow's servers start uvicorn workers of their own)."""
+    env = {**service_env(), **(extra_env or {})}
+    return subprocess.Popen(cmd, env=env, start_new_session=True, **kwargs)
+
+
 def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
+    """SIGTERM to the whole process group started by `spawn`, SIGKILL if it lingers."""
+    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
         try:
-            proc.wait(timeout=15)
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=wait)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            continue
+        # the leader is gone; give its group a moment, then make sure nothing is left
+        time.sleep(0.5)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        break
 
 
 def start_mlflow_server(root: Path) -> tuple[str, subprocess.Popen]:
@@ -67,8 +88,7 @@ def start_mlflow_server(root: Path) -> tuple[str, subprocess.Popen]:
            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
            "--artifacts-destination", str(root / "artifacts"),
            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    proc = subprocess.Popen(cmd, cwd=root, env=service_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = spawn(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     uri = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{uri}/health", proc)

@@ -195,13 +195,12 @@ def test_ui_serves_the_store_and_prints_its_url(tmp_path):
     import subprocess
     import sys
 
-    from .services import service_env, stop, wait_http
+    from .services import spawn, stop, wait_http
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "recsys.cli", "ui", "--port", str(port),
-                             "--tracking-uri", f"sqlite:///{tmp_path / 'ui.db'}"],
-                            cwd=tmp_path, env=service_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    proc = spawn([sys.executable, "-m", "recsys.cli", "ui", "--port", str(port),
+                  "--tracking-uri", f"sqlite:///{tmp_path / 'ui.db'}"],
+                 cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         line = proc.stdout.readline()
         assert line.startswith(f"MLflow UI: http://127.0.0.1:{port}")
@@ -209,3 +208,43 @@ def test_ui_serves_the_store_and_prints_its_url(tmp_path):
     finally:
         stop(proc)
     assert Path(tmp_path / "ui.db").exists()
+
+
+def test_models_serve_answers_top_k_over_rest(mlflow_server, mls_data, trained):
+    """`mlflow models serve` on the registered alias (loopback, --env-manager local)."""
+    import subprocess
+    import sys
+    import urllib.request
+
+    import mlflow
+
+    from .services import spawn, stop, wait_http
+
+    port = free_port()
+    env_uri = {"MLFLOW_TRACKING_URI": mlflow_server}
+    proc = spawn([sys.executable, "-m", "mlflow", "models", "serve", "-m",
+                  "models:/it-dae@champion", "--env-manager", "local", "--host", "127.0.0.1",
+                  "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                 extra_env=env_uri)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/ping", proc)
+        users = [int(u) for u in pd.read_parquet(mls_data / "users.parquet")["user"][:3]]
+        body = {"dataframe_records": [{"user": users[0], "items": []},
+                                      {"user": users[1], "items": []},
+                                      {"user": 10**9, "items": [1, 260, 1196]}],
+                "params": {"k": 5}}
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
+                                         data=json.dumps(body).encode(), method="POST",
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as r:
+            served = pd.DataFrame(json.loads(r.read())["predictions"])
+    finally:
+        stop(proc)
+    assert list(served.columns) == ["user", "item", "rank", "score", "cold"]
+    assert served.groupby("user")["rank"].apply(list).tolist() == [[1, 2, 3, 4, 5]] * 3
+    assert not {1, 260, 1196} & set(served.loc[served["user"] == 10**9, "item"])
+    mlflow.set_tracking_uri(mlflow_server)
+    local = mlflow.pyfunc.load_model("models:/it-dae@champion").predict(
+        pd.DataFrame(body["dataframe_records"]), params={"k": 5})
+    assert served["item"].tolist() == local["item"].tolist()
+    assert served["score"].to_numpy() == pytest.approx(local["score"].to_numpy(), rel=1e-5)

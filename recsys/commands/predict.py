@@ -1,0 +1,117 @@
+"""`recsys predict RUN_DIR --pairs FILE.csv --out FILE.csv`: rating predictions for (user, item).
+
+The input has columns ``user,item`` (external ids, as in the ratings the run was trained on); the
+output has ``user,item,prediction,fallback``, one row per input row in the same order.
+``fallback`` is empty where the model predicted, otherwise the estimate used instead:
+``item_mean`` (the user is unknown or has no training ratings), ``user_mean`` (the item is) or
+``global_mean`` (both are). Only rating models (``explicit``, e.g. autorec) predict ratings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from recsys.errors import RecsysError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("predict", help="rating predictions for user,item pairs (CSV)",
+                              description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by `recsys train`")
+    p.add_argument("--pairs", required=True, metavar="FILE.csv",
+                   help="CSV with columns user,item (external ids)")
+    p.add_argument("--out", required=True, metavar="FILE.csv",
+                   help="output CSV: user,item,prediction,fallback (written atomically)")
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help="prepared dataset with the id vocabularies (default: the run's data)")
+    p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:N or mps")
+    p.set_defaults(func=run)
+
+
+def read_pairs(path: str | Path) -> pd.DataFrame:
+    """The ``user`` and ``item`` columns of a CSV, as strings (ids are mapped later)."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecsysError(f"--pairs {path}: no such file")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except pd.errors.EmptyDataError:
+        raise RecsysError(f"--pairs {path}: the file is empty; expected a header user,item "
+                          "and one pair per row") from None
+    except (UnicodeDecodeError, pd.errors.ParserError, ValueError) as exc:
+        raise RecsysError(f"--pairs {path}: cannot read CSV ({str(exc).splitlines()[0]})") \
+            from None
+    frame.columns = [str(c).strip() for c in frame.columns]
+    missing = [c for c in ("user", "item") if c not in frame.columns]
+    if missing:
+        raise RecsysError(f"--pairs {path}: missing column {' and '.join(missing)} (header: "
+                          f"{','.join(frame.columns)}); expected columns user,item")
+    frame = frame[["user", "item"]].astype(str)
+    empty = np.flatnonzero(((frame["user"].str.strip() == "")
+                            | (frame["item"].str.strip() == "")).to_numpy())
+    if len(empty):
+        raise RecsysError(f"--pairs {path}: row {empty[0] + 2} has an empty user or item id")
+    return frame.apply(lambda col: col.str.strip())
+
+
+def run(args: argparse.Namespace) -> int:
+    from recsys.commands.evaluate import check_compatible
+    from recsys.data.interactions import Dataset
+    from recsys.data.io import atomic_path
+    from recsys.models.base import resolve_device
+    from recsys.run import load_run, read_run
+
+    info = read_run(args.run_dir)  # not a run: one line, before anything slow
+    out = Path(args.out)
+    if out.is_dir():
+        raise RecsysError(f"--out {out} is a directory; give a file name")
+    pairs = read_pairs(args.pairs)
+    model, info = load_run(args.run_dir)
+    if not getattr(model, "explicit", False):
+        raise RecsysError(f"{args.run_dir}: model '{model.name}' ranks items but does not predict "
+                          "ratings; use `recsys recommend` for top-K lists")
+    data_dir = args.data or info.get("data")
+    if not data_dir:
+        raise RecsysError(f"{args.run_dir}: run.json does not name its data; pass --data DIR")
+    if not Path(data_dir, "metadata.json").is_file():
+        raise RecsysError(f"{data_dir}: the run's prepared data is not there any more (needed for "
+                          "the id vocabularies); pass --data DIR")
+    data = Dataset.load(data_dir)
+    check_compatible(model, data, data_dir)
+    mover = getattr(model, "to", None)
+    if callable(mover):
+        mover(resolve_device(args.device))
+
+    users = data.users.index(pairs["user"].to_numpy())
+    items = data.items.index(pairs["item"].to_numpy())
+    explain = getattr(model, "predict_with_fallback", None)
+    if callable(explain):
+        prediction, fallback = explain(users, items)
+    else:  # a rating model without fallbacks: unknown ids cannot be predicted
+        unknown = (users < 0) | (items < 0)
+        if unknown.any():
+            row = int(np.flatnonzero(unknown)[0])
+            raise RecsysError(f"--pairs {args.pairs}: row {row + 2} has an id unknown to the "
+                              f"run ({pairs['user'][row]}, {pairs['item'][row]})")
+        prediction, fallback = model.predict(users, items), np.full(len(users), "", object)
+
+    table = pd.DataFrame({"user": pairs["user"], "item": pairs["item"],
+                          "prediction": np.asarray(prediction, dtype=np.float64),
+                          "fallback": np.asarray(fallback, dtype=object)})
+    with atomic_path(out) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.6g")
+
+    n_unknown_users, n_unknown_items = int((users < 0).sum()), int((items < 0).sum())
+    fell_back = int((table["fallback"] != "").sum())
+    print(f"wrote {len(table)} predictions to {out}", file=sys.stderr)
+    if fell_back:
+        print(f"note: {fell_back} pairs predicted by a fallback ({n_unknown_users} with a user and "
+              f"{n_unknown_items} with an item unknown to the run's data; the others had no "
+              "training ratings): see the fallback column", file=sys.stderr)
+    return 0

@@ -1,0 +1,278 @@
+"""AutoRec: the masked loss, fallbacks, clipping, the shared contract, `recsys predict` end to end
+and the errors a user can cause."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from recsys.cli import main
+from recsys.data.interactions import Dataset, EvalSplit, Interactions, Vocabulary
+from recsys.errors import RecsysError
+from recsys.models.autorec import AutoRec
+from recsys.models.base import FitContext, Recommender
+from recsys.models.neural import Batch
+
+from .contract import RecommenderContract
+
+SMALL = {"hidden": 16, "epochs": 150, "lr": 0.02, "l2_lambda": 1.0, "device": "cpu",
+         "patience": None, "checkpoint_every": 1000}
+META = {"implicit": False, "rating_scale": [1.0, 5.0]}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: thread hand-offs cost more than the arithmetic on a shared 2-core box."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class TestIAutoRec(RecommenderContract):
+    model_name = "autorec"
+    params = SMALL
+    # I-AutoRec is transductive (an item's input is its ratings by the training users), so a user
+    # unknown to the model gets the item-mean fallback rather than a fold-in.
+    folds_in_unknown_users = False
+
+
+class TestUAutoRec(RecommenderContract):
+    model_name = "autorec"
+    params = {**SMALL, "based": "user"}
+
+
+# -- data with cold users and items ---------------------------------------------------------------
+
+def ratings(rows: list[tuple[int, int, float]], n_users: int = 5, n_items: int = 4
+            ) -> Interactions:
+    users, items = Vocabulary(np.arange(n_users) + 10), Vocabulary(np.arange(n_items) + 100)
+    frame = pd.DataFrame(rows, columns=["user", "item", "rating"])
+    return Interactions.from_frame(frame, users, items)
+
+
+# user 4 and item 3 have no training ratings
+ROWS = [(0, 0, 5.0), (0, 1, 3.0), (1, 0, 4.0), (1, 2, 2.0), (2, 1, 1.0), (2, 2, 4.0),
+        (3, 0, 3.0), (3, 1, 4.0)]
+
+
+def fitted(based: str = "item", **overrides) -> AutoRec:
+    torch.manual_seed(0)
+    model = AutoRec(**{**SMALL, "epochs": 5, "based": based, **overrides})
+    return model.fit(ratings(ROWS), None, FitContext(data_meta=META))
+
+
+@pytest.mark.parametrize("based", ["item", "user"])
+def test_fallbacks_use_item_user_and_global_means_and_say_so(based):
+    model = fitted(based)
+    global_mean = np.mean([r for *_, r in ROWS])
+    users = np.array([4, -1, 0, 4, -1, 0, 2])
+    items = np.array([0, 1, 3, 3, -1, -1, 2])
+    pred, why = model.predict_with_fallback(users, items)
+    assert why.tolist() == ["item_mean", "item_mean", "user_mean", "global_mean", "global_mean",
+                            "user_mean", ""]
+    np.testing.assert_allclose(pred[:6], [4.0, 8 / 3, 4.0, global_mean, global_mean, 4.0],
+                               rtol=1e-6)
+    assert np.array_equal(model.predict(users, items), pred)
+    # score() uses the same fallbacks for cold rows and columns
+    scores = model.score(np.array([4, 0]), ratings(ROWS).matrix[[4, 0]]).numpy()
+    np.testing.assert_allclose(scores[0], [4.0, 8 / 3, 3.0, global_mean], rtol=1e-6)
+    assert scores[1, 3] == pytest.approx(4.0)
+
+
+def test_predictions_are_clipped_to_the_rating_scale():
+    model = fitted()
+    users, items = np.array([0, 1, 2]), np.array([0, 1, 2])
+    with torch.no_grad():
+        model.network.decoder.bias.fill_(100.0)
+    assert model.predict(users, items).tolist() == [5.0, 5.0, 5.0]
+    assert model.score(np.array([0]), ratings(ROWS).matrix[[0]]).max().item() == 5.0
+    with torch.no_grad():
+        model.network.decoder.bias.fill_(-100.0)
+    assert model.predict(users, items).tolist() == [1.0, 1.0, 1.0]
+    assert model.network.scale.tolist() == [1.0, 5.0]
+
+
+def test_the_rating_scale_survives_save_and_load(tmp_path):
+    model = fitted(based="item")
+    model.save(tmp_path / "m")
+    loaded = Recommender.load(tmp_path / "m")
+    users, items = np.array([0, 1, 4, 2]), np.array([1, 2, 0, 3])
+    assert np.array_equal(loaded.predict(users, items), model.predict(users, items))
+    assert loaded.network.scale.tolist() == [1.0, 5.0]
+
+
+def test_masked_loss_ignores_unobserved_entries():
+    model = AutoRec(**{**SMALL, "l2_lambda": 2.0})
+    train = ratings(ROWS)
+    model.build(train.n_users, train.n_items)
+    model.setup(train, FitContext(data_meta=META))
+    inputs = torch.as_tensor(model.training_matrix(train).toarray(), dtype=torch.float32)
+    inputs = inputs[inputs.any(1)]  # the rows the trainer batches: items with ratings
+    batch = Batch(rows=inputs, index=torch.arange(len(inputs)))
+    outputs = torch.rand_like(inputs) * 5
+    model.network.forward = lambda rows: outputs  # the loss sees exactly these outputs
+    loss = model.training_step(batch, 0)["loss"].item()
+
+    changed = outputs.clone()
+    changed[inputs == 0] = 1000.0  # wildly wrong, but only where nothing was observed
+    model.network.forward = lambda rows: changed
+    assert model.training_step(batch, 0)["loss"].item() == pytest.approx(loss, rel=1e-6)
+
+    changed[0, 0] += 1.0  # item 0 was rated by user 0: now the loss must move
+    assert inputs[0, 0] > 0
+    assert model.training_step(batch, 0)["loss"].item() != pytest.approx(loss, rel=1e-6)
+
+    # and its value is the paper's: squared error on observed entries + lambda/2 * ||W||^2 + ||V||^2
+    net = model.network
+    observed = inputs > 0
+    expected = (((outputs - inputs)[observed]) ** 2).sum() + 2.0 / 2 * (
+        net.encoder.weight.pow(2).sum() + net.decoder.weight.pow(2).sum())
+    assert loss == pytest.approx(expected.item(), rel=1e-5)  # one batch = all rows: full share
+
+
+def test_item_based_rows_are_items_and_user_based_rows_are_users():
+    train = ratings(ROWS)
+    assert AutoRec(based="item").training_matrix(train).shape == (4, 5)
+    assert AutoRec(based="user").training_matrix(train).shape == (5, 4)
+    model = AutoRec(**{**SMALL, "epochs": 1})
+    model.fit(train, None, FitContext(data_meta=META))
+    assert model.network.encoder.in_features == 5  # items are encoded over users
+
+
+def test_validation_rmse_drives_early_stopping():
+    train = ratings(ROWS)
+    target = ratings([(0, 2, 4.0), (1, 1, 3.0), (3, 2, 2.0)])
+    valid = EvalSplit(train.matrix, target.matrix, np.array([0, 1, 3]))
+    model = AutoRec(**{**SMALL, "epochs": 6})
+    model.fit(train, valid, FitContext(data_meta=META))
+    values = [r["valid_rmse"] for r in model.history_]
+    assert len(values) == 6
+    best = int(np.argmin(values))
+    assert model.train_result_.best_epoch == best + 1
+    direct = np.sqrt(np.mean((model.predict(np.array([0, 1, 3]), np.array([2, 1, 2]))
+                              - np.array([4.0, 3.0, 2.0])) ** 2))
+    assert direct == pytest.approx(values[best], rel=1e-5)
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+def test_unknown_activation_is_one_line():
+    with pytest.raises(RecsysError, match="encoder") as err:
+        AutoRec(encoder="sigmod")
+    assert "\n" not in str(err.value) and "sigmoid" in str(err.value)
+
+
+@pytest.mark.parametrize("rows, meta, message", [
+    (ROWS, {"implicit": True}, "implicit"),
+    ([(0, 0, 1.0), (1, 1, 1.0)], {}, "implicit feedback"),
+    ([(0, 0, 6.0), (1, 1, 3.0)], META, "outside the declared rating scale"),
+    ([(0, 0, 0.0), (1, 1, 3.0)], {"rating_scale": [0.0, 5.0]}, "0 or below"),
+])
+def test_data_autorec_cannot_learn_from_is_one_line(rows, meta, message):
+    with pytest.raises(RecsysError, match=message) as err:
+        AutoRec(**SMALL).fit(ratings(rows), None, FitContext(data_meta=meta))
+    assert "\n" not in str(err.value)
+
+
+# -- the CLI --------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A prepared explicit dataset and an AutoRec run trained on it through `recsys train`."""
+    root = tmp_path_factory.mktemp("autorec")
+    rng = np.random.default_rng(0)
+    n_users, n_items = 60, 40
+    users, items = Vocabulary(np.arange(n_users) + 1), Vocabulary([f"m{i}" for i in range(n_items)])
+    taste = rng.normal(size=(n_users, 2)) @ rng.normal(size=(2, n_items))
+    dense = np.clip(np.round(3 + taste), 1, 5)
+    observed = rng.random((n_users, n_items)) < 0.5
+    observed[:, 39] = False  # item m39 has no ratings at all
+    label = rng.random((n_users, n_items))
+
+    def part(mask):
+        r, c = np.nonzero(mask)
+        frame = pd.DataFrame({"user": r, "item": c, "rating": dense[r, c]})
+        return Interactions.from_frame(frame, users, items)
+
+    parts = {"train": part(observed & (label < 0.7)),
+             "valid": part(observed & (label >= 0.7) & (label < 0.85)),
+             "test": part(observed & (label >= 0.85))}
+    Dataset(parts, dict(META)).save(root / "data")
+    out = root / "run"
+    code = main(["train", "autorec", "--data", str(root / "data"), "--out", str(out),
+                 "--set", "epochs=300", "--set", "hidden=16", "--set", "l2_lambda=1",
+                 "--set", "lr=0.02", "--device", "cpu", "--no-track", "--quiet"])
+    assert code == 0
+    return out
+
+
+def test_predict_cli_writes_predictions_with_external_ids_and_flags_fallbacks(run_dir, tmp_path,
+                                                                               capsys):
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("user,item\n1,m0\n2,m5\n999,m1\n3,m39\n4,nope\n")
+    out = tmp_path / "pred.csv"
+    assert main(["predict", str(run_dir), "--pairs", str(pairs), "--out", str(out)]) == 0
+    table = pd.read_csv(out, dtype={"user": str, "item": str}, keep_default_na=False)
+    assert list(table.columns) == ["user", "item", "prediction", "fallback"]
+    assert table["user"].tolist() == ["1", "2", "999", "3", "4"]
+    assert table["item"].tolist() == ["m0", "m5", "m1", "m39", "nope"]
+    assert table["fallback"].tolist() == ["", "", "item_mean", "user_mean", "user_mean"]
+    assert table["prediction"].between(1, 5).all()
+    # The known pairs are the model's own predictions.
+    from recsys.run import load_run
+
+    model, _ = load_run(run_dir)
+    data = Dataset.load(run_dir.parent / "data")
+    direct = model.predict(data.users.index([1, 2]), data.items.index(["m0", "m5"]))
+    np.testing.assert_allclose(table["prediction"][:2], direct, rtol=1e-5)
+    assert "fallback" in capsys.readouterr().err
+    assert not list(tmp_path.glob(".pred.csv.*"))  # no temporary left behind
+
+
+@pytest.mark.parametrize("content, message", [
+    ("user,film\n1,m0\n", "missing column item"),
+    ("", "empty"),
+    ("user,item\n1,\n", "row 2 has an empty"),
+])
+def test_predict_cli_bad_pairs_are_one_line(run_dir, tmp_path, capsys, content, message):
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text(content)
+    out = tmp_path / "pred.csv"
+    assert main(["predict", str(run_dir), "--pairs", str(pairs), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_predict_cli_refuses_a_ranking_model(tmp_path, capsys, run_dir):
+    out = tmp_path / "pop"
+    assert main(["train", "pop", "--data", str(run_dir.parent / "data"), "--out", str(out),
+                 "--no-track", "--quiet"]) == 0
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("user,item\n1,m0\n")
+    capsys.readouterr()
+    assert main(["predict", str(out), "--pairs", str(pairs), "--out", str(tmp_path / "p.csv")]) == 2
+    assert "does not predict ratings" in capsys.readouterr().err
+
+
+def test_train_and_evaluate_report_rmse_and_mae(run_dir, capsys):
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert {"rmse", "mae"} <= metrics.keys()
+    data = Dataset.load(run_dir.parent / "data")
+    test = data.parts["test"].matrix
+    global_mean_rmse = np.sqrt(np.mean((test.data - data.train.matrix.data.mean()) ** 2))
+    assert 0 < metrics["mae"] <= metrics["rmse"] < global_mean_rmse
+    assert main(["evaluate", str(run_dir), "--data", str(run_dir.parent / "data"),
+                 "--no-ci"]) == 0
+    printed = capsys.readouterr().out
+    assert "rmse" in printed and "mae" in printed
+    assert f"{metrics['rmse']:.4f}" in printed
+
+
+def test_training_checkpoints_land_in_the_run_directory(run_dir):
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.json"))

@@ -1,0 +1,99 @@
+"""The two pipelines end to end on ml-latest-small, with a real MLflow store (sqlite in a temporary
+working directory, MLflow's default backend): the benchmark prepares the data, trains, evaluates,
+compares and registers the best model; batch scoring loads `models:/NAME@champion` and writes the
+same lists as `recsys recommend`."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from recsys.cli import main as recsys_main
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.realdata]
+
+PIPELINES = Path(__file__).resolve().parents[2] / "pipelines"
+
+
+def _load(name: str):
+    sys.path.insert(0, str(PIPELINES))
+    spec = importlib.util.spec_from_file_location(f"pipeline_{name}", PIPELINES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    return tmp_path
+
+
+def test_benchmark_then_batch_score(workdir, capsys):
+    config = workdir / "bench.yaml"
+    config.write_text("""
+name: pl
+data: prepared/mls
+prepare:
+  dataset: ml-latest-small
+  implicit_threshold: 4.0
+  min_item_interactions: 10
+  seed: 0
+out: runs
+metrics: [recall@20, ndcg@100]
+bootstrap: 200
+models:
+  - model: pop
+  - model: itemknn
+    tune: {k: [20, 100]}
+""")
+    uri = "sqlite:///mlflow.db"  # the default store, spelled out
+    benchmark = _load("movielens_benchmark")
+    assert benchmark.main([str(config), "--tracking-uri", uri, "--register", "pl-best"]) == 0
+    out = capsys.readouterr()
+    assert "[1/5] prepare" in out.err and "[5/5] register" in out.err
+    assert "champion:" in out.out
+    assert (workdir / "prepared" / "mls" / "metadata.json").is_file()
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("recsys").experiment_id])
+    [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    steps = {k: v for k, v in parent.data.tags.items() if k.startswith("pipeline.step.")}
+    assert steps == {"pipeline.step.prepare": "done",
+                     "pipeline.step.train+evaluate_pop": "done",
+                     "pipeline.step.train+evaluate_itemknn": "done",
+                     "pipeline.step.compare": "done", "pipeline.step.register": "done"}
+    assert parent.data.metrics["step_seconds/compare"] > 0
+    best = parent.data.tags["recsys.best_model"]
+    champion = client.get_model_version_by_alias("pl-best", "champion")
+    assert champion.run_id == parent.data.tags["recsys.best_run_id"]
+
+    scorer = _load("batch_score")
+    assert scorer.main(["--model", "models:/pl-best@champion", "--out", "recs.parquet",
+                        "--k", "10", "--chunk-size", "250", "--tracking-uri", uri]) == 0
+    assert recsys_main(["recommend", f"runs/{best}", "--data", "prepared/mls", "--k", "10",
+                        "--device", "cpu", "--out", "expected.parquet"]) == 0
+    got = pd.read_parquet("recs.parquet")
+    expected = pd.read_parquet("expected.parquet")
+    pd.testing.assert_frame_equal(got, expected)
+    [batch] = client.search_runs([client.get_experiment_by_name("recsys-batch").experiment_id])
+    assert batch.data.params["users"] == str(expected["user"].nunique())
+    assert batch.data.metrics["users_per_second"] > 0
+    assert batch.data.tags["pipeline.step.write_parquet"] == "done"
+
+
+def test_batch_score_reports_a_missing_model_in_one_line(workdir, capsys):
+    scorer = _load("batch_score")
+    code = scorer.main(["--model", "models:/no-such-model@champion", "--out", "r.parquet",
+                        "--tracking-uri", "sqlite:///mlflow.db", "--no-track"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("error: cannot load MLflow model models:/no-such-model@champion")
+    assert not Path("r.parquet").exists()
