@@ -97,7 +97,7 @@ class CDAE(NeuralRecommender):
 
     def build(self, n_users: int, n_items: int) -> None:
         c = self.config
-        check_dims(self.name, [c.hidden_dim], n_items)
+        check_dims(self.name, [c.hidden_dim], n_items, "hidden_dim")
         self.n_users, self.n_items = n_users, n_items
         self.network = CDAENetwork(n_users, n_items, c.hidden_dim, c.hidden_activation,
                                    c.corruption)

@@ -66,7 +66,7 @@ class MultDAE(NeuralRecommender):
 
     def build(self, n_users: int, n_items: int) -> None:
         c = self.config
-        check_dims(self.name, list(c.hidden_dims), n_items)
+        check_dims(self.name, list(c.hidden_dims), n_items, "hidden_dims")
         self.n_users, self.n_items = n_users, n_items
         self.network = MultDAENetwork(n_items, list(c.hidden_dims), c.dropout)
 

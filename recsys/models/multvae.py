@@ -72,15 +72,17 @@ def l2_penalty(modules: list[nn.Linear]) -> torch.Tensor:
     return sum(m.weight.pow(2).sum() for m in modules)  # type: ignore[return-value]
 
 
-def check_dims(model: str, dims: list[int], n_items: int) -> None:
-    """The bottleneck of an autoencoder must be narrower than the catalogue it reconstructs."""
+def check_dims(model: str, dims: list[int], n_items: int, key: str) -> None:
+    """The bottleneck of an autoencoder (``dims[-1]``, set by config ``key``) must not be wider
+    than the catalogue it reconstructs."""
     if n_items < 1:
         raise RecsysError(f"{model}: the training data has no items")
     if dims and dims[-1] > n_items:
+        smaller = max(1, n_items // 4)
+        hint = f"[{smaller}]" if key == "hidden_dims" else str(smaller)
         raise RecsysError(
             f"{model} dims {dims} do not match the data: the bottleneck ({dims[-1]}) is wider "
-            f"than the catalogue ({n_items} items); set smaller dims, e.g. "
-            f"--set latent_dim={max(1, n_items // 4)}")
+            f"than the catalogue ({n_items} items); set smaller dims, e.g. --set {key}={hint}")
 
 
 def check_history(model: str, history: torch.Tensor, n_items: int) -> None:
@@ -208,7 +210,7 @@ class MultVAE(NeuralRecommender):
 
     def build(self, n_users: int, n_items: int) -> None:
         c = self.config
-        check_dims(self.name, [*c.hidden_dims, c.latent_dim], n_items)
+        check_dims(self.name, [*c.hidden_dims, c.latent_dim], n_items, "latent_dim")
         self.n_users, self.n_items = n_users, n_items
         self.network = MultVAENetwork(n_items, list(c.hidden_dims), c.latent_dim, c.dropout,
                                       c.flow_layers)

@@ -126,7 +126,7 @@ class RecVAE(NeuralRecommender):
 
     def build(self, n_users: int, n_items: int) -> None:
         c = self.config
-        check_dims(self.name, [c.hidden_dim, c.latent_dim], n_items)
+        check_dims(self.name, [c.hidden_dim, c.latent_dim], n_items, "latent_dim")
         self.n_users, self.n_items = n_users, n_items
         self.network = RecVAENetwork(n_items, c.hidden_dim, c.latent_dim)
         self._batches_per_epoch = 1

@@ -249,6 +249,13 @@ class Trainer:
         self.checkpoint_dir: Path | None = (Path(self.ctx.run_dir) / CHECKPOINT_DIR
                                             if self.ctx.run_dir is not None else None)
         self.last_checkpoint: Path | None = None
+        # A distributed run (one process per rank) sets these before `fit`: the sampler shards
+        # rows by them, and only rank 0 writes checkpoints, reports to the tracker and prints.
+        self.rank, self.world_size = 0, 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
 
     # -- setup -------------------------------------------------------------------------------
 
@@ -273,7 +280,8 @@ class Trainer:
                 else np.flatnonzero(np.diff(matrix.indptr)))
         if len(rows) == 0:
             raise RecsysError(f"{model.name}: the training data has no interactions")
-        self.sampler = RowSampler(rows, cfg.batch_size, seed=cfg.seed)
+        self.sampler = RowSampler(rows, cfg.batch_size, seed=cfg.seed, rank=self.rank,
+                                  world_size=self.world_size)
         self.batcher = DeviceRows(matrix, self.device)
 
         if model.manual_optimization:
@@ -319,7 +327,7 @@ class Trainer:
         }
 
     def _save_checkpoint(self) -> None:
-        if self.checkpoint_dir is None:
+        if self.checkpoint_dir is None or not self.is_main:
             return
         self.last_checkpoint = save_checkpoint(self.checkpoint_dir, self._payload(), self.epoch)
 
@@ -399,13 +407,14 @@ class Trainer:
         self._setup(train)
         cfg, model = self.config, self.model
         resumed_from = self._resume() if self.ctx.resume else None
-        self.ctx.tracker.log_params(flatten({"model": model.name, **cfg.model_dump(),
-                                             "resolved_device": str(self.device)}))
+        if self.is_main:
+            self.ctx.tracker.log_params(flatten({"model": model.name, **cfg.model_dump(),
+                                                 "resolved_device": str(self.device)}))
         epoch_seconds: list[float] = []
         while self.epoch < cfg.epochs and not self.stopped_early:
             self.epoch += 1
             tick = time.perf_counter()
-            record = self._train_epoch(epoch_seconds)
+            record = self._train_epoch()
             last = self.epoch == cfg.epochs
             if valid is not None and (self.epoch % cfg.eval_every == 0 or last):
                 value = self._validate(valid)
@@ -431,8 +440,9 @@ class Trainer:
             model.history_ = self.history
             if self.epoch % cfg.checkpoint_every == 0 or last or self.stopped_early:
                 self._save_checkpoint()
-            self.ctx.tracker.log_metrics(record, step=self.epoch)
-            self._report(record, epoch_seconds)
+            if self.is_main:
+                self.ctx.tracker.log_metrics(record, step=self.epoch)
+                self._report(record, epoch_seconds)
 
         if self.best_state is not None:
             model.network.load_state_dict(self.best_state)
@@ -447,7 +457,7 @@ class Trainer:
         model.train_result_ = result
         return result
 
-    def _train_epoch(self, epoch_seconds: list[float]) -> dict[str, float]:
+    def _train_epoch(self) -> dict[str, Any]:
         cfg, model = self.config, self.model
         model.network.train()
         batches = self.sampler.epoch_batches()
@@ -475,9 +485,12 @@ class Trainer:
                 sums[key] = sums[key] + value if key in sums else value
             self.global_step += 1
             if not bar.disable:
-                bar.set_postfix(loss=f"{float(loss.detach()):.4g}", refresh=False)
+                shown = {"loss": f"{float(loss.detach()):.4g}"}
+                if self.history and f"valid_{self.metric}" in self.history[-1]:
+                    shown[self.metric] = f"{self.history[-1][f'valid_{self.metric}']:.4f}"
+                bar.set_postfix(shown, refresh=False)
         bar.close()
-        record = {"epoch": float(self.epoch), **self._reduce(sums, len(batches)), "lr": lr}
+        record = {"epoch": self.epoch, **self._reduce(sums, len(batches)), "lr": lr}
         return record
 
     def _diverged(self, value: float) -> None:
@@ -497,7 +510,7 @@ class Trainer:
         from tqdm.auto import tqdm
 
         return tqdm(batches, desc=f"epoch {self.epoch}/{self.config.epochs}", unit="batch",
-                    leave=False, disable=self.ctx.quiet, dynamic_ncols=True)
+                    leave=False, disable=self.ctx.quiet or not self.is_main, dynamic_ncols=True)
 
     def _report(self, record: dict[str, float], epoch_seconds: list[float]) -> None:
         if self.ctx.quiet:
@@ -509,7 +522,7 @@ class Trainer:
         key = f"valid_{self.metric}"
         if key in record:
             best = "" if self.best_epoch != self.epoch else " *"
-            parts.append(f"{self.metric} {record[key]:.4f}{best}")
+            parts.append(f"valid {self.metric} {record[key]:.4f}{best}")
         parts.append(f"{record['seconds']:.1f}s")
         if self.epoch < self.config.epochs and not self.stopped_early:
             parts.append(f"~{_duration(left)} left")

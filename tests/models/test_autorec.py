@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 import torch
 
 from recsys.cli import main
@@ -276,3 +277,30 @@ def test_train_and_evaluate_report_rmse_and_mae(run_dir, capsys):
 
 def test_training_checkpoints_land_in_the_run_directory(run_dir):
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.json"))
+
+
+# -- real data ------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_iautorec_on_ml100k_u1_beats_the_published_svd_figure(mirror):
+    """u1.base minus 5% for early stopping, scored on u1.test: Surprise SVD gets 0.951 here
+    (PROTOCOLS.md); the issue's target is a five-fold mean of 0.895 (benchmarks/bench_autorec.py)."""
+    from recsys.data.prepare import PrepareOptions, prepare_movielens
+
+    ds = prepare_movielens("ml-100k", PrepareOptions(split="ml100k-u1"), mirror=str(mirror),
+                           progress=False)
+    m = ds.train.matrix.tocsr()
+    held = np.random.default_rng(0).random(m.nnz) < 0.05
+    rows = np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
+
+    def part(mask):
+        return sp.csr_matrix((m.data[mask], (rows[mask], m.indices[mask])), shape=m.shape)
+
+    train, valid = ds.train.with_matrix(part(~held)), part(held)
+    split = EvalSplit(train.matrix, valid, np.flatnonzero(np.diff(valid.indptr)))
+    model = AutoRec(device="cpu").fit(train, split, FitContext(data_meta=dict(ds.meta)))
+    test = ds.parts["test"].matrix.tocoo()
+    rmse = np.sqrt(np.mean((model.predict(test.row, test.col) - test.data) ** 2))
+    assert model.train_result_.stopped_early
+    assert rmse < 0.91

@@ -67,8 +67,8 @@ models:
     [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     steps = {k: v for k, v in parent.data.tags.items() if k.startswith("pipeline.step.")}
     assert steps == {"pipeline.step.prepare": "done",
-                     "pipeline.step.train+evaluate_pop": "done",
-                     "pipeline.step.train+evaluate_itemknn": "done",
+                     "pipeline.step.train_evaluate_pop": "done",
+                     "pipeline.step.train_evaluate_itemknn": "done",
                      "pipeline.step.compare": "done", "pipeline.step.register": "done"}
     assert parent.data.metrics["step_seconds/compare"] > 0
     best = parent.data.tags["recsys.best_model"]
