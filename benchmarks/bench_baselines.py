@@ -7,6 +7,8 @@ Runs, each in a fresh process, exactly what a user would type:
     recsys train MODEL --data DATA --out RUNS/MODEL --tune --no-track \
         --metrics recall@20,ndcg@100            (for MODEL in pop, itemknn, ease, als, bpr)
 
+and `als:untuned`, ALS with its defaults (64 factors) and no --tune, the setting of the peer row.
+
 then reads each run.json and prints one table: model, the hyper-parameters `--tune` chose on the
 validation part, test recall@20 and NDCG@100, the final fit's seconds and the whole tuning's
 seconds. The table is also written to OUT/baselines.md and OUT/baselines.json.
@@ -30,7 +32,7 @@ PREPARE = ["prepare", "ml-100k", "--split", "random", "--implicit-threshold", "4
            "--seed", "0"]
 METRICS = ["recall@20", "ndcg@100"]
 # PROTOCOLS.md, "Peers measured here" (their own split; ours differs by seed).
-PEERS = {"pop": (0.206, 0.268), "als": (0.314, 0.357), "ease": (0.395, 0.449)}
+PEERS = {"pop": (0.206, 0.268), "als:untuned": (0.314, 0.357), "ease": (0.395, 0.449)}
 
 
 def recsys(*args: str) -> None:
@@ -48,7 +50,8 @@ def main() -> int:
     p.add_argument("--out", default="benchmarks/out/baselines", help="working directory")
     p.add_argument("--data", help="an already prepared ml-100k directory (skips prepare)")
     p.add_argument("--mirror", help="dataset mirror (default $RECSYS_MIRROR)")
-    p.add_argument("--models", default="pop,itemknn,ease,als,bpr")
+    p.add_argument("--models", default="pop,itemknn,ease,als,als:untuned,bpr",
+                   help="registry names; NAME:untuned trains with the defaults, no --tune")
     args = p.parse_args()
 
     out = Path(args.out)
@@ -59,28 +62,35 @@ def main() -> int:
         recsys(*PREPARE, *mirror, "--quiet", "--out", str(data))
 
     rows = []
-    for name in [m.strip() for m in args.models.split(",") if m.strip()]:
-        run_dir = out / "runs" / name
+    for spec in [m.strip() for m in args.models.split(",") if m.strip()]:
+        name, _, variant = spec.partition(":")
+        run_dir = out / "runs" / spec.replace(":", "-")
+        tune = [] if variant == "untuned" else ["--tune"]
         started = time.perf_counter()
-        recsys("train", name, "--data", str(data), "--out", str(run_dir), "--tune", "--quiet",
+        recsys("train", name, "--data", str(data), "--out", str(run_dir), *tune, "--quiet",
                "--no-track", "--overwrite", "--metrics", ",".join(METRICS))
         wall = time.perf_counter() - started
         info = json.loads((run_dir / "run.json").read_text())
-        rows.append({"model": name, "tuned": info["tuned"]["params"],
-                     "valid_ndcg@100": info["tuned"]["score"],
+        tuned = info["tuned"] or {}
+        rows.append({"model": spec, "tuned": tuned.get("params"),
+                     "valid_score": tuned.get("score"),
                      **{m: info["metrics"][m] for m in METRICS},
                      "fit_seconds": info["fit_seconds"], "tune_seconds": info["tune_seconds"],
-                     "candidates": len(info["tuned"]["candidates"]), "wall_seconds": wall})
+                     "candidates": len(tuned.get("candidates", [])), "wall_seconds": wall})
 
     head = ("model", "tuned on validation", "recall@20", "ndcg@100", "fit s", "tune s (grid)",
             "peer recall@20 / ndcg@100")
     table = [head]
     for r in rows:
-        tuned = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-                          for k, v in r["tuned"].items()) or "-"
+        if r["tuned"] is None:
+            tuned, tuning = "(not tuned: defaults)", "-"
+        else:
+            tuned = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                              for k, v in r["tuned"].items()) or "(nothing to tune)"
+            tuning = f"{r['tune_seconds']:.1f} ({r['candidates']})"
         peer = PEERS.get(r["model"])
         table.append((r["model"], tuned, f"{r['recall@20']:.3f}", f"{r['ndcg@100']:.3f}",
-                      f"{r['fit_seconds']:.2f}", f"{r['tune_seconds']:.1f} ({r['candidates']})",
+                      f"{r['fit_seconds']:.2f}", tuning,
                       f"{peer[0]:.3f} / {peer[1]:.3f}" if peer else ""))
     lines = ["| " + " | ".join(row) + " |" for row in table]
     lines.insert(1, "|" + "|".join("---" for _ in head) + "|")

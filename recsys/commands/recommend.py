@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-import torch
 
 from recsys.data.interactions import Dataset, Vocabulary
 from recsys.errors import RecsysError
@@ -219,6 +218,8 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     place_model(model, device)
     banned = item_mask(n_items, allow, deny, device)
+    import torch  # here, not at import time: `recsys --help` and `prepare` stay fast
+
     popularity = torch.from_numpy(
         np.diff(data.train.matrix.tocsc().indptr).astype(np.float32)).to(device)
 

@@ -260,3 +260,19 @@ def test_sampler_covers_every_row_once_and_shards_evenly():
     parts = [torch.cat(s.epoch_batches()) for s in shards]
     assert len(parts[0]) == len(parts[1]) == 12 and len(shards[0]) == 3
     assert set(torch.cat(parts).tolist()) == set(range(23))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_training_with_bf16_autocast_and_device_batches(tmp_path):
+    matrix = sp.random(50, 30, density=0.2, format="csr", random_state=2, dtype=np.float32)
+    rows = DeviceRows(matrix, torch.device("cuda"))
+    index = torch.arange(0, 50, 3)
+    assert torch.equal(rows.rows(index).cpu(), torch.as_tensor(matrix[index.numpy()].toarray()))
+    train, valid = toy_data()
+    model = ToyAE(**{**BASE, "device": "cuda", "bf16": True, "epochs": 3})
+    result = fit(model, train, valid, FitContext(run_dir=tmp_path), validate=holdout_loss)
+    assert next(model.network.parameters()).device.type == "cuda"
+    assert result.epochs_run == 3 and all(np.isfinite(r["loss"]) for r in model.history_)
+    payload = load_checkpoint(latest_checkpoint(tmp_path / "checkpoints"))
+    assert all(v.device.type == "cpu" for v in payload["network"].values())
