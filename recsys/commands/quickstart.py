@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     for name in models:
         run_dir = out / "runs" / name
         sets = [x for s in QUICK_SETTINGS.get(name, []) for x in ("--set", s)]
-        _call(["train", name, "--data", str(data), "--out", str(run_dir), "--quiet",
+        _call(["train", name, "--data", str(data), "--out", str(run_dir), "--quiet", "--overwrite",
                "--seed", str(args.seed), *sets, *track])
         metrics_file = run_dir / "quickstart-metrics.json"
         _call(["evaluate", str(run_dir), "--data", str(data), "--metrics", METRICS,
@@ -91,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
                "--valid-fraction", "0.1", "--seed", str(args.seed), "--out", str(explicit)])
         run_dir = out / "runs" / "autorec"
         _call(["train", "autorec", "--data", str(explicit), "--out", str(run_dir), "--quiet",
+               "--overwrite",
                "--seed", str(args.seed), "--set", "epochs=40", *track])
         metrics_file = run_dir / "quickstart-metrics.json"
         _call(["evaluate", str(run_dir), "--data", str(explicit), "--metrics", "rmse,mae",

@@ -9,13 +9,13 @@ it) and keep their factors as float32 arrays.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import Any, ClassVar, Self
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 from pydantic import Field
+from threadpoolctl import threadpool_limits
 
 from recsys.config import StrictConfig
 from recsys.data.interactions import EvalSplit, Interactions
@@ -259,12 +259,8 @@ class EASE(_Baseline):
 # -- implicit ALS / BPR -----------------------------------------------------------------------
 
 
-def _blas_single_thread():
+def _blas_single_thread() -> threadpool_limits:
     """implicit parallelises itself and asks for single-threaded BLAS while it fits."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # threadpoolctl comes with scikit-learn; be lenient all the same
-        return nullcontext()
     return threadpool_limits(1, "blas")
 
 

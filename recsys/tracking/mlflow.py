@@ -67,8 +67,6 @@ _BAD_METRIC_CHARS = re.compile(r"[^/\w.\- ]")
 _MAX_PARAM_VALUE = 6000  # MLflow's limit on a param value's length
 _BATCH = 100  # MLflow accepts at most 100 params / 1000 metrics per log_batch call
 
-log = logging.getLogger(__name__)
-
 
 def configure_environment() -> None:
     for key, value in _HTTP_DEFAULTS.items():
@@ -402,17 +400,6 @@ def register_model(model_uri: str, name: str, alias: str = DEFAULT_ALIAS, *,
     return str(version.version)
 
 
-def load_predictor(model_uri: str, tracking_uri: str | None = None) -> TopKPredictor:
-    """The `TopKPredictor` inside a logged pyfunc model (e.g. ``models:/NAME@champion``)."""
-    configure_environment()
-    mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
-    try:
-        model = mlflow.pyfunc.load_model(model_uri)
-    except Exception as exc:
-        raise RecsysError(f"cannot load MLflow model {model_uri} ({_short(exc)})") from None
-    return model.unwrap_python_model().predictor
-
-
 def load_pyfunc(model_uri: str, tracking_uri: str | None = None) -> Any:
     """``mlflow.pyfunc.load_model`` with recsys's tracking URI resolution and one-line errors."""
     configure_environment()
@@ -421,14 +408,6 @@ def load_pyfunc(model_uri: str, tracking_uri: str | None = None) -> Any:
         return mlflow.pyfunc.load_model(model_uri)
     except Exception as exc:
         raise RecsysError(f"cannot load MLflow model {model_uri} ({_short(exc)})") from None
-
-
-def run_info(run_id: str, tracking_uri: str | None = None) -> dict[str, Any]:
-    """Params, metrics and tags of a run (for pipelines that pick up earlier runs)."""
-    client = MlflowClient(resolve_tracking_uri(tracking_uri))
-    run = client.get_run(run_id)
-    return {"params": dict(run.data.params), "metrics": dict(run.data.metrics),
-            "tags": dict(run.data.tags), "status": run.info.status}
 
 
 # -- helpers ----------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -157,7 +158,8 @@ def log_training_end(tracker: Tracker, *, model: Recommender, run_dir: str | Pat
         tracker.log_artifact(run_dir / name)
     history = getattr(model, "history_", None) or []
     if history:
-        figure = learning_curve(history, title=f"{model.name}: learning curve")
+        figure = _built(tracker, "learning curve", learning_curve, history,
+                        title=f"{model.name}: learning curve")
         if figure is not None:
             tracker.log_figure(figure, "learning_curve.png")
             _close(figure)
@@ -166,7 +168,7 @@ def log_training_end(tracker: Tracker, *, model: Recommender, run_dir: str | Pat
         table = per_user.copy()
         table["user"] = dataset.users.lookup(table["user"].to_numpy())
         _log_frame(tracker, table, "per_user_metrics")
-    sample = topk_sample(model, dataset)
+    sample = _built(tracker, "top-K sample", topk_sample, model, dataset)
     if sample is not None:
         tracker.log_table(sample, "topk_sample.json")
     log_model = getattr(tracker, "log_model", None)
@@ -228,6 +230,20 @@ def topk_sample(model: Recommender, dataset: Dataset, n_users: int = SAMPLE_USER
         titles = titles.assign(item=dataset.items.coerce(titles["item"].to_numpy()))
         lists = lists.merge(titles, on="item", how="left")
     return lists
+
+
+def _built(tracker: Tracker, what: str, build: Any, *args: Any, **kwargs: Any) -> Any:
+    """``build(...)``, or None with a warning: the model is trained and saved by now, and an
+    extra for the tracking UI must not turn the run into a failure."""
+    try:
+        return build(*args, **kwargs)
+    except Exception as exc:  # any bug or odd model: report it, keep the run
+        print(f"warning: MLflow: could not build the {what} ({type(exc).__name__}: {exc})",
+              file=sys.stderr)
+        failures = getattr(tracker, "failures", None)
+        if isinstance(failures, list):
+            failures.append(what)
+        return None
 
 
 def _log_frame(tracker: Tracker, table: pd.DataFrame, stem: str) -> None:

@@ -22,7 +22,10 @@ A packaged model is two directories, logged as the pyfunc's artifacts:
 
 and returns the long table ``user, item, rank, score, cold`` (external ids, rank from 1, seen
 items masked; ``cold`` flags users with no history at all, who get the popularity list), the same
-lists and columns as `recsys recommend` writes. Rows keep the order of the input users.
+lists and columns as `recsys recommend` writes. Rows keep the order of the input users. Params:
+``k`` (list length, default 10) and ``layout`` (``long``, or ``lists``: one row per input user
+with ``items`` and ``scores`` as lists, for engines such as Spark whose UDFs return one value per
+input row).
 """
 
 from __future__ import annotations

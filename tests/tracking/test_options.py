@@ -142,3 +142,16 @@ def test_a_run_in_the_local_sqlite_store(tmp_path, monkeypatch):
 
     expected = TopKPredictor.from_dataset(model, data).predict(users, k=3)
     pd.testing.assert_frame_equal(got.reset_index(drop=True), expected)
+
+
+def test_metric_names_and_failure_summary():
+    from recsys.tracking.mlflow import metric_key, summarize
+
+    assert metric_key("ndcg@100") == "ndcg_at_100"
+    assert metric_key("valid_recall@20") == "valid_recall_at_20"
+    assert metric_key("tune/valid_ndcg@10") == "tune/valid_ndcg_at_10"
+    assert metric_key("g(loss)") == "g_loss_"
+    failures = ["metrics of step 3", "metrics of step 4", "metrics of step 5", "model",
+                "registered model m", "model"]
+    assert summarize(failures) == "metrics of 3 steps (3-5), model, registered model m"
+    assert summarize(["metrics of step 7"]) == "metrics of step 7"
