@@ -18,7 +18,9 @@ from recsys.errors import RecsysError, closest
 class StrictConfig(BaseModel):
     """Base for all configs: unknown keys are errors, values are validated on assignment."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    # No inf/NaN: `lambda_: .inf` or `lr: 1e400` would pass `gt=0` and train garbage.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(),
+                              allow_inf_nan=False)
 
 
 class TrainConfig(StrictConfig):
@@ -81,7 +83,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise RecsysError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise RecsysError(f"{path}: bytes that are not UTF-8 at offset {exc.start}; save the "
+                          "config as UTF-8 text") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

@@ -44,7 +44,15 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
     if not (run_dir / RUN_FILE).is_file():
         raise RecsysError(f"{run_dir} is not a run directory (no {RUN_FILE}); "
                           "create one with `recsys train MODEL --data DIR --out RUN_DIR`")
-    return read_json(run_dir / RUN_FILE)
+    try:
+        record = read_json(run_dir / RUN_FILE)
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON or bytes that are not UTF-8
+        raise RecsysError(f"{run_dir / RUN_FILE}: unreadable ({str(exc).splitlines()[0]}); "
+                          "the run directory is damaged: train it again") from None
+    if not isinstance(record, dict):
+        raise RecsysError(f"{run_dir / RUN_FILE}: not a run record (expected a JSON object); "
+                          "the run directory is damaged: train it again")
+    return record
 
 
 def load_run(run_dir: str | Path) -> tuple[Recommender, dict[str, Any]]:

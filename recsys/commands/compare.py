@@ -320,6 +320,7 @@ def compare(spec: CompareConfig, args: argparse.Namespace | None = None, *,
 def run_model(m: ModelSpec, spec: CompareConfig, dataset: Any, data_dir: Path,
               args: argparse.Namespace, parent: Tracker) -> ModelOutcome:
     """One child run: (tune,) fit, save, evaluate on test, log."""
+    from recsys.commands.train import check_out
     from recsys.data.io import sha256_file, write_json
     from recsys.evaluation.evaluate import evaluate
     from recsys.models.base import FitContext
@@ -344,6 +345,8 @@ def run_model(m: ModelSpec, spec: CompareConfig, dataset: Any, data_dir: Path,
                            parent=parent)
     status = "FAILED"
     try:
+        # A rerun replaces this model's run directory (what `recsys train --overwrite` removes).
+        check_out(run_dir, resume=False, overwrite=True)
         started = time.perf_counter()
         valid = dataset.eval_split("valid") if dataset.has("valid") else None
         tuned: dict[str, Any] = {}
@@ -352,9 +355,11 @@ def run_model(m: ModelSpec, spec: CompareConfig, dataset: Any, data_dir: Path,
                 raise RecsysError(f"model '{m.name}' has `tune` but {data_dir} has no validation "
                                   "part; prepare it with --valid-fraction > 0")
             tuned = tune(m, model, dataset, valid, spec, tracker)
+        tune_seconds = time.perf_counter() - started
         log_training_start(tracker, model=model, data_dir=data_dir)
         ctx = FitContext(run_dir=run_dir, tracker=tracker, quiet=True,
                          data_meta=dict(dataset.meta))
+        started = time.perf_counter()
         model.fit(dataset.train, valid, ctx=ctx)
         fit_seconds = time.perf_counter() - started
         split = dataset.eval_split("test")
@@ -363,13 +368,13 @@ def run_model(m: ModelSpec, spec: CompareConfig, dataset: Any, data_dir: Path,
         save_run(run_dir, model, {
             "data": str(data_dir.resolve()),
             "data_digest": sha256_file(data_dir / "metadata.json"),
-            "tuned": tuned, "fit_seconds": fit_seconds, "metrics": result.summary,
-            "compare": spec.name})
+            "tuned": tuned, "tune_seconds": tune_seconds, "fit_seconds": fit_seconds,
+            "metrics": result.summary, "compare": spec.name})
         write_json(run_dir / "metrics.json", result.summary)
         uri = log_training_end(tracker, model=model, run_dir=run_dir, data_dir=data_dir,
                                dataset=dataset, summary=result.summary,
                                per_user=result.per_user)
-        tracker.log_metrics({"fit_seconds": fit_seconds})
+        tracker.log_metrics({"fit_seconds": fit_seconds, "tune_seconds": tune_seconds})
         status = "FINISHED"
         return ModelOutcome(m.name, m.model, {**params, **tuned}, run_dir, result.summary,
                             result.per_user, fit_seconds, tuned,

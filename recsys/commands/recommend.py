@@ -54,7 +54,16 @@ def _note(message: str) -> None:
     print(f"note: {message}", file=sys.stderr)
 
 
-def read_id_file(path: str | Path, column: str) -> np.ndarray:
+def _check_fields(frame: pd.DataFrame, path: Path) -> None:
+    """pandas turns the extra leading field of rows longer than the header into the index
+    (shifting every column by one): such rows are an error, not data."""
+    if not isinstance(frame.index, pd.RangeIndex):
+        raise RecsysError(f"{path}: rows have more fields than the header "
+                          f"({', '.join(map(str, frame.columns))}); check the delimiter and "
+                          "quoting")
+
+
+def read_id_file(path: str | Path, column: str, allow_empty: bool = False) -> np.ndarray:
     """Ids from a CSV with a ``column`` header, or a plain file with one id per line."""
     path = Path(path)
     if not path.is_file():
@@ -65,18 +74,25 @@ def read_id_file(path: str | Path, column: str) -> np.ndarray:
         header = [c.strip().strip('"') for c in first.rstrip("\r\n").split(",")]
         if column in header:
             frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-            ids = frame[column]
         elif len(header) > 1:
             raise RecsysError(f"{path}: expected a '{column}' column (header: {first.strip()}) "
                               "or one id per line")
         else:
-            ids = pd.read_csv(path, header=None, names=[column], dtype=str,
-                              keep_default_na=False, skip_blank_lines=True)[column]
+            try:
+                frame = pd.read_csv(path, header=None, names=[column], dtype=str,
+                                    keep_default_na=False, skip_blank_lines=True)
+            except pd.errors.EmptyDataError:  # nothing but blank lines: no ids (checked below)
+                frame = pd.DataFrame({column: pd.Series([], dtype=str)})
+        _check_fields(frame, path)
+        ids = frame[column]
     except RecsysError:
         raise
     except (UnicodeDecodeError, pd.errors.ParserError, ValueError) as exc:
         raise RecsysError(f"{path}: cannot read ids ({exc})") from None
     ids = ids.astype(str).str.strip()
+    if len(ids) == 0 and not allow_empty:
+        raise RecsysError(f"{path}: the file holds no {column} ids; expected a header "
+                          f"'{column}' and one id per row, or one id per line")
     blank = np.flatnonzero((ids == "").to_numpy())
     if len(blank):
         raise RecsysError(f"{path}: row {int(blank[0]) + 1}: empty {column} id")
@@ -98,7 +114,7 @@ def coerce_ids(raw: np.ndarray, vocab: Vocabulary, path: str | Path, what: str) 
 def read_items(path: str | Path, vocab: Vocabulary, flag: str, need_one: bool = False
                ) -> np.ndarray:
     """Internal ids of the known items listed in an allow/deny file (unknown ones reported)."""
-    raw = read_id_file(path, "item")
+    raw = read_id_file(path, "item", allow_empty=not need_one)  # an empty deny list is fine
     index = vocab.index(coerce_ids(raw, vocab, path, "item"))
     if need_one and not (index >= 0).any():
         raise RecsysError(f"{flag} {path}: none of its items is in the catalogue")
@@ -118,6 +134,7 @@ def read_histories(path: str | Path, items: Vocabulary) -> tuple[np.ndarray, sp.
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (UnicodeDecodeError, pd.errors.ParserError, ValueError) as exc:
         raise RecsysError(f"{path}: cannot read histories ({exc})") from None
+    _check_fields(frame, path)
     missing = [c for c in ("user", "item") if c not in frame.columns]
     if missing:
         raise RecsysError(f"{path}: missing column {', '.join(missing)} (expected user,item rows "

@@ -101,12 +101,36 @@ def build_params(model_cls: type, args: argparse.Namespace) -> tuple[dict[str, A
     return params, grid
 
 
-def check_out(out: Path, resume: bool, overwrite: bool) -> None:
+def check_out(out: Path, resume: bool, overwrite: bool, model: str | None = None,
+              checkpoints: bool = True) -> None:
+    """Refuse to clobber a run; with ``resume``, the run in ``out`` must be one ``model`` can
+    continue (``checkpoints``: whether that model writes any)."""
     if out.exists() and not out.is_dir():
         raise RecsysError(f"--out {out}: exists and is not a directory")
-    if not (out / "run.json").exists() and not (out / "checkpoints").exists():
+    if resume and overwrite:
+        raise RecsysError("--resume continues the run in --out and --overwrite replaces it; "
+                          "pass one of them")
+    has_run, has_checkpoints = (out / "run.json").exists(), (out / "checkpoints").exists()
+    if not has_run and not has_checkpoints:
+        if resume:
+            print(f"note: --resume: {out} holds no run yet; training from the start",
+                  file=sys.stderr)
         return
     if resume:
+        # Resuming must never turn one model's run into another's (a baseline has no
+        # checkpoint to refuse it, and would silently replace the run).
+        if has_run and model is not None:
+            from recsys.run import read_run
+
+            previous = read_run(out).get("model")
+            if previous != model:
+                raise RecsysError(f"--resume: {out} holds a run of '{previous}', not "
+                                  f"'{model}'; resume it with `recsys train {previous}`, or "
+                                  "pass --overwrite to replace it")
+        elif not has_run and not checkpoints:
+            raise RecsysError(f"--resume: {out} holds the checkpoints of an interrupted run, "
+                              f"and '{model}' writes none; resume it with the model that wrote "
+                              "them, or pass --overwrite to replace it")
         return
     if overwrite:
         for name in RUN_ENTRIES:
@@ -149,7 +173,10 @@ def run(args: argparse.Namespace) -> int:
 
         grid = check_grid(model, grid, where=f"{args.config}: tune")
     out = Path(args.out)
-    check_out(out, args.resume, args.overwrite)
+    from recsys.models.neural import NeuralRecommender
+
+    check_out(out, args.resume, args.overwrite, model=model.name,
+              checkpoints=isinstance(model, NeuralRecommender))
 
     data_dir = Path(args.data)
     dataset = Dataset.load(data_dir)

@@ -245,6 +245,9 @@ class Dataset:
                               "create one with `recsys prepare`")
         try:
             meta = read_json(meta_path)
+            if not isinstance(meta, dict):
+                raise RecsysError(f"{meta_path}: expected a JSON object; the prepared dataset "
+                                  "is damaged: run `recsys prepare` again")
             users = Vocabulary(pd.read_parquet(directory / "users.parquet")["user"].to_numpy())
             items = Vocabulary(pd.read_parquet(directory / "items.parquet")["item"].to_numpy())
             parts = {}
@@ -252,10 +255,17 @@ class Dataset:
                 path = directory / f"{name}.npz"
                 if not path.exists():
                     continue
-                with np.load(path, allow_pickle=False) as z:
-                    matrix = sp.csr_matrix((z["data"], z["indices"], z["indptr"]),
-                                           shape=tuple(z["shape"]))
-                    ts = z["timestamps"] if "timestamps" in z else None
+                try:
+                    with np.load(path, allow_pickle=False) as z:
+                        matrix = sp.csr_matrix((z["data"], z["indices"], z["indptr"]),
+                                               shape=tuple(z["shape"]))
+                        ts = z["timestamps"] if "timestamps" in z else None
+                except (OSError, ValueError, KeyError) as exc:
+                    # numpy's own message for a file that is not an .npz suggests unpickling
+                    # it; never pass that on.
+                    raise RecsysError(f"{path}: not a valid part file ({type(exc).__name__}); "
+                                      "the prepared dataset is damaged: run `recsys prepare` "
+                                      "again") from None
                 parts[name] = Interactions(matrix, users, items, ts)
             info_path = directory / "item_info.parquet"
             item_info = pd.read_parquet(info_path) if info_path.exists() else None

@@ -9,6 +9,7 @@ one `RecsysError` line naming the file, the row and the column.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -34,6 +35,14 @@ ALIASES: dict[str, tuple[str, ...]] = {
 PARQUET_SUFFIXES = (".parquet", ".pq")
 _SEPARATORS = (",", "\t", ";", "|")
 _SEP_NAMES = {",": "comma", "\t": "tab", ";": "';'", "|": "'|'", ":": "':'", " ": "space"}
+
+
+class _TextIds(Exception):
+    """An id column parsed as floats holds integers too large to be exact: re-read it as text."""
+
+    def __init__(self, field: str) -> None:
+        super().__init__(field)
+        self.field = field
 
 
 @dataclass
@@ -129,8 +138,13 @@ def read_rating_log(
             table = _read_parquet(path)
             fields = _resolve_columns(table.column_names, columns or {}, path)
             table = table.select(list(fields.values())).rename_columns(list(fields))
-            log = _collect(table.to_batches(max_chunksize=1 << 20), path, list(fields), 0,
-                           require_rating, min_rating)
+            try:
+                log = _collect(table.to_batches(max_chunksize=1 << 20), path, list(fields), 0,
+                               require_rating, min_rating)
+            except _TextIds as exc:
+                raise RecsysError(f"{path} column '{fields[exc.field]}': ids are floats beyond "
+                                  "2^53, which cannot be told apart; store them as strings or "
+                                  "64-bit integers") from None
         else:
             log = _read_delimited(path, sep, columns, names, encoding, require_rating,
                                   min_rating)
@@ -210,6 +224,10 @@ def _read_delimited(path: Path, sep: str | None, columns: dict[str, str] | None,
             batches = (b.rename_columns([back[c] for c in b.schema.names]) for b in reader)
             return _collect(batches, path, list(fields), header_rows, require_rating,
                             min_rating)
+        except _TextIds as exc:
+            # Integers beyond int64 were parsed as (inexact) floats: they are opaque labels.
+            text_ids.add(exc.field)
+            continue
         except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
             _check_utf8(path, encoding)
             # Types are inferred from the first block; ids that turn out to be text later on
@@ -233,8 +251,10 @@ def _failed_field(message: str, file_columns: list[str], back: dict[str, str]) -
 
 
 def _header(path: Path, sep: str, encoding: str) -> list[str]:
+    # A byte-order mark (Excel writes one) is not part of the first column's name.
+    utf8 = encoding.lower().replace("-", "").replace("_", "") == "utf8"
     try:
-        with open(path, encoding=encoding, newline="") as f:
+        with open(path, encoding="utf-8-sig" if utf8 else encoding, newline="") as f:
             line = f.readline()
     except UnicodeDecodeError:
         _check_utf8(path, encoding)
@@ -326,6 +346,9 @@ def _collect(batches: Iterator[pa.RecordBatch], path: Path, present: list[str],
         keep = None if empty is None else ~empty
         if empty is not None:
             missing += int(empty.sum())
+        for f in ("user", "item"):
+            if f in present and pa.types.is_floating(batch.column(f).type):
+                _check_float_ids(batch.column(f), keep, path, f, rows + 1 + header_rows)
         if "rating" in present:
             col = batch.column("rating")
             if not pa.types.is_floating(col.type) and not pa.types.is_integer(col.type):
@@ -367,6 +390,27 @@ def _collect(batches: Iterator[pa.RecordBatch], path: Path, present: list[str],
                      missing_dropped=missing, notes=list(dict.fromkeys(notes)),
                      threshold_applied=min_rating, below_threshold_dropped=below,
                      rating_range=[lo, hi] if "rating" in present and lo <= hi else None)
+
+
+def _check_float_ids(col: pa.Array, keep: np.ndarray | None, path: Path, name: str,
+                     first_row: int) -> None:
+    """Ids that came out as floats: NaN, infinite or fractional ones are errors (naming the
+    row); integers too large to be exact in a float are re-read as text (`_TextIds`)."""
+    v = col.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(v) | (v != np.round(v))
+    if keep is not None:
+        bad &= keep
+    if bad.any():
+        i = int(np.argmax(bad))
+        what = "are fractional numbers" if np.isfinite(v[i]) else "are not numbers"
+        raise RecsysError(f"{path} row {first_row + i} column '{name}': ids {what} "
+                          f"('{float(v[i]):g}'); ids must be integers or text")
+    big = np.abs(v) > 2.0**53
+    if keep is not None:
+        big &= keep
+    if big.any():
+        raise _TextIds(name)
 
 
 def _concat(parts: list[np.ndarray]) -> np.ndarray:
@@ -418,10 +462,18 @@ def _timestamps(col: pa.Array | pa.ChunkedArray, path: Path) -> np.ndarray:
         return col.to_numpy(zero_copy_only=False).astype(np.int64)
     import pandas as pd
 
-    raw = col.to_numpy(zero_copy_only=False)
-    parsed = pd.to_datetime(pd.Series(raw), errors="coerce", utc=True)
+    raw = pd.Series(col.to_numpy(zero_copy_only=False))
+    # A text column may still hold numbers (seconds) beside the one value that is neither.
+    numeric = pd.to_numeric(raw, errors="coerce")
+    dates = raw[numeric.isna()]
+    with warnings.catch_warnings():
+        # pandas warns when it falls back to per-element parsing; failures are reported below.
+        warnings.simplefilter("ignore", UserWarning)
+        parsed = pd.to_datetime(dates, errors="coerce", utc=True)
     bad = np.flatnonzero(parsed.isna().to_numpy())
     if len(bad):
-        raise RecsysError(f"{path} column 'timestamp': {raw[bad[0]]!r} is neither a number nor a "
-                          "date; fix the value or leave the column out")
-    return (parsed.astype("int64").to_numpy() // 10**9).astype(np.int64)
+        raise RecsysError(f"{path} column 'timestamp': {dates.iloc[bad[0]]!r} is neither a number "
+                          "nor a date; fix the value or leave the column out")
+    out = numeric.to_numpy(dtype=np.float64, na_value=0.0).astype(np.int64)
+    out[numeric.isna().to_numpy()] = parsed.astype("int64").to_numpy() // 10**9
+    return out

@@ -125,16 +125,45 @@ class Recommender:
         meta_path = directory / MODEL_FILE
         if not meta_path.is_file():
             raise RecsysError(f"{directory} holds no saved model ({MODEL_FILE} missing)")
-        meta = json.loads(meta_path.read_text())
-        model_cls = get_model_class(meta["model"])
-        model = model_cls(**meta["config"])
-        model.n_users, model.n_items = int(meta["n_users"]), int(meta["n_items"])
         try:
-            state = torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            name, config = meta["model"], dict(meta["config"])
+            n_users, n_items = int(meta["n_users"]), int(meta["n_items"])
+        except (ValueError, KeyError, TypeError) as exc:  # bad JSON/UTF-8, missing keys
+            raise RecsysError(f"{meta_path}: not a readable model description "
+                              f"({_first_line(exc)}); the saved model is damaged: train it "
+                              "again") from None
+        model_cls = get_model_class(name)
+        model = model_cls(**config)
+        model.n_users, model.n_items = n_users, n_items
+        weights = directory / WEIGHTS_FILE
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise RecsysError(f"{directory / WEIGHTS_FILE}: cannot load weights ({exc})") from exc
-        model.load_state_dict(state)
+            if type(exc).__name__ == "UnpicklingError":
+                # weights_only refused an object that is not a tensor: it is never unpickled.
+                raise RecsysError(f"{weights}: holds Python objects other than tensors; refusing "
+                                  "to load it (only plain tensors are ever read)") from None
+            # Missing, truncated, not a torch file: torch's messages run over several lines.
+            raise RecsysError(f"{weights}: cannot load weights ({_first_line(exc)})") from None
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
+                                                  for v in state.values()):
+            raise RecsysError(f"{weights}: not a dict of tensors; the saved model is damaged")
+        try:
+            model.load_state_dict(state)
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            raise RecsysError(f"{weights}: the weights do not fit model '{name}' as described in "
+                              f"{MODEL_FILE} ({_first_line(exc)}); the saved model is damaged"
+                              ) from None
         return model
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception as one short line (library messages often run over several)."""
+    text = str(exc).strip()
+    if not text:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {text.splitlines()[0].split('. ')[0][:200]}"
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -39,9 +39,11 @@ per epoch: ``epoch``, ``loss`` and the other step outputs, ``lr``, ``seconds``,
 ``valid_<metric>`` on validated epochs) and ``self.train_result_`` (a `TrainResult`).
 ``score`` (the `Recommender` protocol) densifies the CSR history on the device and calls
 ``forward_scores``; ``to(device)`` moves the model (evaluation and scoring call it; override it,
-calling ``super().to``, if the model keeps other tensors on the device). Randomness inside a step (dropout, noise, sampling) must come from torch's
-global RNG (or ``torch.randn(..., device=...)`` and friends): the trainer seeds and checkpoints it,
-which is what makes a resumed run equal an uninterrupted one.
+calling ``super().to``, if the model keeps other tensors on the device).
+
+Randomness inside a step (dropout, noise, sampling) must come from torch's global RNG (or
+``torch.randn(..., device=...)`` and friends): the trainer seeds and checkpoints it, which is what
+makes a resumed run equal an uninterrupted one.
 """
 
 from __future__ import annotations

@@ -109,8 +109,8 @@ class RecVAEConfig(TrainConfig):
     hidden_dim: int = Field(600, ge=1)
     latent_dim: int = Field(200, ge=1)
     dropout: float = Field(0.5, ge=0, lt=1)
-    gamma: float | None = Field(0.005, gt=0)
-    beta: float | None = Field(None, ge=0)
+    gamma: float | None = Field(0.005, gt=0)  # KL weight gamma * |x_u|; null: use beta
+    beta: float | None = Field(None, ge=0)  # constant KL weight, when gamma is null
     encoder_epochs: int = Field(3, ge=1)
     decoder_epochs: int = Field(1, ge=1)
 
@@ -152,17 +152,23 @@ class RecVAE(NeuralRecommender):
             return c.gamma * x.sum(dim=-1)
         return c.beta if c.beta is not None else 1.0
 
-    def elbo_parts(self, x: torch.Tensor, dropout: float, with_kl: bool
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(negative log-likelihood, weighted KL estimate) for one batch."""
+    def negative_elbo(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(negative log-likelihood, weighted KL estimate) of a batch, with input dropout."""
         net = self.network
-        mu, logvar = net.encoder(x, dropout)
+        mu, logvar = net.encoder(x, self.config.dropout)
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
         nll = multinomial_nll(net.decoder(z), x)
-        if not with_kl:
-            return nll, torch.zeros((), device=x.device)
         kl = (log_normal_pdf(z, mu, logvar) - net.log_prior(x, z)).sum(dim=-1)
         return nll, (kl * self.kl_weight(x)).mean()
+
+    def decoder_nll(self, x: torch.Tensor) -> torch.Tensor:
+        """The decoder phase's loss: no dropout, and no KL term (it does not depend on the
+        decoder), so the encoder runs without building a graph."""
+        net = self.network
+        with torch.no_grad():
+            mu, logvar = net.encoder(x, 0.0)
+            z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        return multinomial_nll(net.decoder(z), x)
 
     def training_step(self, batch: Batch, step: int) -> dict[str, Any]:
         c, net = self.config, self.network
@@ -170,22 +176,18 @@ class RecVAE(NeuralRecommender):
                                       c.decoder_epochs)
         x = batch.rows
         if phase == "encoder":
-            optimizer = self.encoder_optimizer
-            optimizer.zero_grad(set_to_none=True)
-            nll, kl = self.elbo_parts(x, c.dropout, with_kl=True)
+            optimizer, params = self.encoder_optimizer, net.encoder.parameters()
+            nll, kl = self.negative_elbo(x)
         else:
             if refresh:
                 net.update_prior()
-            optimizer = self.decoder_optimizer
-            optimizer.zero_grad(set_to_none=True)
-            # The KL term does not depend on the decoder: only the likelihood is needed, and
-            # the encoder runs without building a graph.
-            with torch.no_grad():
-                mu, logvar = net.encoder(x, 0.0)
-                z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-            nll, kl = multinomial_nll(net.decoder(z), x), torch.zeros((), device=x.device)
+            optimizer, params = self.decoder_optimizer, net.decoder.parameters()
+            nll, kl = self.decoder_nll(x), torch.zeros((), device=x.device)
         loss = nll + kl
+        optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if c.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, c.grad_clip)
         optimizer.step()
         return {"loss": loss.detach(), "nll": nll.detach(), "kl": kl.detach(),
                 "encoder_phase": float(phase == "encoder")}

@@ -18,6 +18,7 @@ import contextlib
 import math
 import os
 import random
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -234,6 +235,14 @@ class TrainResult:
 class Trainer:
     """Fits a `NeuralRecommender` with the options of its config (a `TrainConfig`).
 
+    Each epoch: shuffled batches of non-empty rows of ``model.training_matrix(train)``, one
+    ``training_step`` (and, unless the model steps itself, backward, clipping, optimiser step)
+    per batch; every ``eval_every`` epochs (and after the last) the config's ``metric`` on
+    ``valid`` (direction from `lower_is_better`); ``patience`` counts validations without
+    improvement; then the LR schedule, a checkpoint every ``checkpoint_every`` epochs (and at the
+    end), the tracker and the progress line. At the end the best validated weights are restored
+    (the last ones without ``valid``).
+
     ``validate`` replaces the harness evaluation (a function ``(model, valid) -> value`` of the
     config's metric); it exists for tests and for callers with their own protocol.
     """
@@ -410,6 +419,9 @@ class Trainer:
         if self.is_main:
             self.ctx.tracker.log_params(flatten({"model": model.name, **cfg.model_dump(),
                                                  "resolved_device": str(self.device)}))
+        if valid is None and cfg.patience is not None and not self.ctx.quiet and self.is_main:
+            print(f"note: {model.name}: no validation data, so no early stopping: training all "
+                  f"{cfg.epochs} epochs and keeping the last weights", file=sys.stderr)
         epoch_seconds: list[float] = []
         while self.epoch < cfg.epochs and not self.stopped_early:
             self.epoch += 1

@@ -277,6 +277,7 @@ def test_recvae_composite_prior_is_the_three_component_mixture():
     assert torch.allclose(net.log_prior(x, z), density.log(), atol=1e-5)
     # The user-specific KL weight is gamma * |x_u|.
     assert model.kl_weight(x).tolist() == pytest.approx([0.005 * 4, 0.005 * 6])
+    assert RecVAE(gamma=None, beta=0.3).kl_weight(x) == 0.3  # or one constant weight
 
 
 def test_recvae_updates_encoder_then_decoder_and_refreshes_the_old_encoder():

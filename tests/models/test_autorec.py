@@ -297,6 +297,20 @@ def test_recommend_cli_ranks_unseen_items_by_predicted_rating(run_dir, tmp_path)
     np.testing.assert_allclose(scores[picked], mine["score"], rtol=1e-5)  # (ties allowed)
 
 
+@pytest.mark.parametrize("rows, meta, message", [
+    ([(0, 0, 1.0), (1, 1, 1.0), (2, 2, 1.0)], {"implicit": True}, "implicit"),
+    ([(0, 0, 4.0), (1, 1, 7.0), (2, 2, 3.0)], META, "outside the declared rating scale [1, 5]"),
+])
+def test_train_cli_refuses_data_autorec_cannot_use(tmp_path, capsys, rows, meta, message):
+    part = ratings(rows)
+    Dataset({"train": part, "test": ratings([(0, 1, 3.0)])}, meta).save(tmp_path / "data")
+    code = main(["train", "autorec", "--data", str(tmp_path / "data"), "--out",
+                 str(tmp_path / "run"), "--no-track", "--quiet", "--set", "epochs=1"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run" / "model").exists()
+
+
 def test_training_checkpoints_land_in_the_run_directory(run_dir):
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.json"))
 

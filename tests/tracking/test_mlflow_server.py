@@ -94,12 +94,13 @@ def test_registered_alias_serves_the_recommend_lists(mlflow_server, mls_data, tr
     pd.testing.assert_frame_equal(got[["user", "item", "rank", "cold"]],
                                   expected[["user", "item", "rank", "cold"]])
     assert (got["score"] - expected["score"]).abs().max() < 1e-5
-    # a second registration moves the alias to the new version
+    # a second registration under another alias: a new version, the champion stays put
     assert main(["train", "pop", "--data", str(mls_data), "--out", str(tmp_path / "pop"),
                  "--tracking-uri", mlflow_server, "--experiment", "it-train",
-                 "--register", "it-dae", "--quiet"]) == 0
-    moved = client.get_model_version_by_alias("it-dae", "champion")
-    assert int(moved.version) == int(version.version) + 1
+                 "--register", "it-dae", "--alias", "challenger", "--quiet"]) == 0
+    challenger = client.get_model_version_by_alias("it-dae", "challenger")
+    assert int(challenger.version) == int(version.version) + 1
+    assert client.get_model_version_by_alias("it-dae", "champion").version == version.version
 
 
 def test_unreachable_server_fails_before_training(mls_data, tmp_path, capsys):
