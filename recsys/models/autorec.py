@@ -268,8 +268,9 @@ class AutoRec(NeuralRecommender):
         """Predicted ratings of every item for each user (for top-K); fallbacks as in predict.
 
         I-AutoRec is transductive, as in the paper: an item's input is its training ratings by
-        all users, so a user's scores come from the decoder units of that user; ``history`` only
-        decides nothing beyond who is cold. U-AutoRec encodes ``history`` itself.
+        all users, so a user's scores come from that user's decoder units and ``history`` is not
+        read (a user without training ratings gets the item means). U-AutoRec encodes
+        ``history`` itself, so new users are folded in.
         """
         self.network.eval()
         net = self.network
