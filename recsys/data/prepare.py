@@ -162,6 +162,13 @@ def _from_parts(logs: dict[str, RatingLog], options: PrepareOptions, source: dic
                               extra={"part": part},
                               source=", ".join(str(log.source) for log in logs.values()))
     labels = data.extra.pop("part")
+    if "valid" not in logs and options.split.startswith("ml100k-") and options.valid_fraction > 0:
+        # The canonical folds come without validation: carve it from the base file (never from
+        # the test file), so early stopping and tuning have something to look at.
+        train_rows = np.flatnonzero(labels == S.TRAIN)
+        carved = S.split_random(data.user[train_rows], data.n_users,
+                                test_fraction=options.valid_fraction, seed=options.seed)
+        labels[train_rows[carved == S.TEST]] = S.VALID
     meta = _base_meta(name, source, logs, options, report)
     return _build(data, labels, {"given_parts": list(logs)}, meta, item_info,
                   given_sources={p: str(log.source) for p, log in logs.items()})
