@@ -18,6 +18,7 @@ protocol, their own seed) are cited and marked as such.
     python benchmarks/bench_vae.py                    # all three tables
     python benchmarks/bench_vae.py --only quality     # or strong, speed (repeatable)
     python benchmarks/bench_vae.py --tune             # re-run the configs' `tune:` grids first
+    python benchmarks/bench_vae.py --threads 1        # one torch thread per call (shared CPUs)
 
 ml-100k comes from the dataset mirror (``RECSYS_MIRROR`` or ``--mirror``); ml-latest-small is
 embedded. Results: a Markdown table on stdout and ``benchmarks/out/vae/results.json``.
@@ -41,6 +42,7 @@ sys.path.insert(0, str(REPO))
 from recsys.data.io import write_json  # noqa: E402
 
 METRICS = "ndcg@100,recall@20,recall@50"
+THREADS: dict[str, str] = {}  # OMP_NUM_THREADS for the CLI calls, from --threads
 AUTOENCODERS = ("multvae", "multdae", "recvae", "cdae")
 
 # RecBole 1.2.1 on our protocol (PROTOCOLS.md "Peers measured here": same filters and 80/20
@@ -64,7 +66,7 @@ def recsys(*args: str) -> float:
     """
     cmd = [sys.executable, "-m", "recsys.cli", *args]
     print("$ recsys " + " ".join(args), file=sys.stderr, flush=True)
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", **THREADS}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(cmd, cwd=REPO, env=env, stdout=sys.stderr, stderr=sys.stderr)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -224,10 +226,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="dataset mirror holding ml-100k (default $RECSYS_MIRROR)")
     parser.add_argument("--tune", action="store_true",
                         help="grid-search each autoencoder's `tune:` section on validation first")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads of every CLI call (OMP_NUM_THREADS; default: "
+                             "torch's choice). On a machine shared with other jobs 1 is far "
+                             "steadier: spinning OpenMP threads stall when cores are taken")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        THREADS["OMP_NUM_THREADS"] = str(args.threads)
     only = set(args.only or ("quality", "strong", "speed"))
     out = Path(args.out)
-    results: dict[str, Any] = {"torch_threads": _threads()}
+    results: dict[str, Any] = {"torch_threads": args.threads or _threads(),
+                               "cpu_count": os.cpu_count(), "load_average": os.getloadavg()}
     cols = ["model", "ndcg@100", "recall@20", "recall@50", "valid_ndcg@100", "best_epoch",
             "epochs_run", "fit_seconds", "cpu_seconds"]
 
@@ -258,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         peer = "measured" if p["measured"] else "cited from PROTOCOLS.md"
         print(f"RecBole MultiVAE ({peer}): {p['fit_seconds']:.1f} s, ndcg@100 "
               f"{p['ndcg@100']:.3f}; ratio {sp_['ratio']:.2f}")
+    results["load_average_after"] = os.getloadavg()
     write_json(out / "results.json", results)
     print(f"\nresults written to {out / 'results.json'}", file=sys.stderr)
     return 0

@@ -248,8 +248,13 @@ def _build(data: Encoded, labels: np.ndarray, split_info: dict[str, Any], meta: 
         raise RecsysError(f"{given_sources['test']}: no test interaction is left (its users or "
                           "items never occur in training); nothing could be evaluated")
     if not eval_codes:
-        raise RecsysError("the split left nothing to evaluate (no valid or test interactions); "
-                          "raise --test-fraction or lower the filters")
+        lost = [f"{n:,} held-out interactions name items never seen in training"
+                for n in [sum(dropped["unseen_items"].values())] if n]
+        lost += [f"{n:,} belong to users without history"
+                 for n in [sum(v["interactions"] for v in dropped["no_history"].values())] if n]
+        why = f" ({'; '.join(lost)})" if lost else ""
+        raise RecsysError(f"the split left nothing to evaluate: no valid or test interactions{why}"
+                          "; raise --test-fraction, lower the filters, or pick another --split")
     rating_scale = [float(data.rating.min()), float(data.rating.max())]
     raw_scale = meta["preprocess_report"].get("rating_scale")
     # Vocabularies: users with anything left; items that occur in training (the catalogue).

@@ -337,13 +337,6 @@ class MlflowTracker(Tracker):
                   + (f"; everything is in {self.run_dir}" if self.run_dir else ""),
                   file=sys.stderr)
 
-    @property
-    def url(self) -> str | None:
-        if self.tracking_uri.startswith(("http://", "https://")):
-            return (f"{self.tracking_uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/"
-                    f"{self.run_id}")
-        return None
-
 
 # -- the pyfunc model -------------------------------------------------------------------------
 

@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from recsys.cli import main
-
 from reliability.helpers import write_ratings
 
 
@@ -56,3 +55,27 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     finally:
         torch.set_num_threads(threads)
     return w
+
+
+@dataclass(frozen=True)
+class NeuralRun:
+    data: Path
+    run: Path  # a finished multdae run with a checkpoint after every epoch
+    args: tuple[str, ...]  # the options it was trained with (pass them again to --resume)
+
+
+NEURAL_ARGS = ("--set", "epochs=3", "--set", "checkpoint_every=1", "--set", "hidden_dims=[16]",
+               "--set", "batch_size=16", "--seed", "0", "--device", "cpu", "--no-track",
+               "--quiet")
+
+
+@pytest.fixture(scope="session")
+def neural_run(world: World) -> NeuralRun:
+    run = world.root / "run_multdae"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _quiet(["train", "multdae", "--data", str(world.data), "--out", str(run), *NEURAL_ARGS])
+    finally:
+        torch.set_num_threads(threads)
+    return NeuralRun(world.data, run, NEURAL_ARGS)
