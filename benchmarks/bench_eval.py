@@ -208,12 +208,20 @@ def run_one(label: str, model: DotScorer, split: EvalSplit, device: torch.device
     # The median: this machine's cores are shared, single runs are noisy.
     seconds = float(np.median(times))
     rows.append({"data": label, "engine": "recsys", "device": device.type,
-                 "users": result.n_users, "seconds": round(seconds, 3),
+                 "users": result.n_users, "items": split.history.shape[1],
+                 "seconds": round(seconds, 3), "seconds_all": [round(t, 3) for t in times],
                  "users_per_s": round(result.n_users / seconds),
                  "ndcg@100": round(result.summary.get("ndcg@100", float("nan")), 4),
-                 "recall@20": round(result.summary.get("recall@20", float("nan")), 4)})
+                 "recall@20": round(result.summary.get("recall@20", float("nan")), 4),
+                 # this process's peak so far (data building included), and the GPU's
+                 "peak_rss_mb": round(peak_rss_mb()),
+                 **({"cuda_peak_mb": round(torch.cuda.max_memory_allocated(device) / 2**20)}
+                    if device.type == "cuda" else {})})
     print(rows[-1], flush=True)
     rb_seconds, rb = timed(lambda: recbole_evaluate(model, split, device, batch_size), device)
+    if rb is not None and repeat > 1:  # the same median as ours (the first run was a warm-up)
+        rb_seconds = float(np.median([timed(lambda: recbole_evaluate(
+            model, split, device, batch_size), device)[0] for _ in range(repeat)]))
     if rb is not None:
         rows.append({"data": label, "engine": "recbole", "device": device.type,
                      "users": len(split.users), "seconds": round(rb_seconds, 3),

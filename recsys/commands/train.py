@@ -8,6 +8,13 @@ The model's config comes from --config (YAML; an optional ``tune:`` section give
 --tune) overridden by --set key=value. With --tune the key hyper-parameters are chosen on the
 validation part by --metric (never on the test part) before the final fit on the training part.
 When the data has a test part, the trained model is evaluated on it and metrics.json written.
+
+Neural models (not RecVAE/CFGAN) also train data-parallel, one process per GPU, under torchrun:
+
+    torchrun --nproc_per_node=4 -m recsys.cli train multvae --data DIR --out RUN_DIR
+
+batch_size is then the global batch; rank 0 alone writes RUN_DIR, evaluates and logs to MLflow
+(see recsys.training.distributed).
 """
 
 from __future__ import annotations
@@ -145,6 +152,43 @@ def check_out(out: Path, resume: bool, overwrite: bool, model: str | None = None
 
 
 def run(args: argparse.Namespace) -> int:
+    from recsys.training.distributed import distributed_session, launched_by_torchrun
+
+    if not launched_by_torchrun():
+        return _train(args)
+    check_distributable(args)
+    with distributed_session(args.device) as dist_info:
+        # One device per process (cuda:LOCAL_RANK or cpu): the config, evaluation and scoring
+        # of this rank all use it.
+        args.device = str(dist_info.device)
+        return _train(args, dist_info)
+
+
+def check_distributable(args: argparse.Namespace) -> None:
+    """Under torchrun, before joining the group: what cannot train data-parallel (one line,
+    printed by rank 0)."""
+    from recsys.models.neural import NeuralRecommender
+    from recsys.models.registry import get_model_class
+    from recsys.training.distributed import refuse
+
+    try:
+        model_cls = get_model_class(args.model)
+    except RecsysError as exc:
+        refuse(str(exc))
+    if not issubclass(model_cls, NeuralRecommender):
+        refuse(f"'{args.model}' is not a neural model; only neural models train data-parallel: "
+               f"run `recsys train {args.model}` without torchrun")
+    if model_cls.manual_optimization:
+        refuse(f"'{args.model}' steps its own optimisers (manual_optimization), which "
+               "distributed training does not support; train it without torchrun")
+    if args.tune:
+        refuse("--tune is not distributed: tune in one process, then train the chosen config "
+               "under torchrun (--config/--set)")
+
+
+def _train(args: argparse.Namespace, dist_info: Any = None) -> int:
+    """The command; ``dist_info`` (a `DistInfo`) when this process is one rank of a torchrun launch:
+    only rank 0 clears/writes RUN_DIR, evaluates, prints and logs to MLflow."""
     from recsys.commands.evaluate import default_metrics
     from recsys.config import validate_config
     from recsys.data.interactions import Dataset
@@ -166,7 +210,8 @@ def run(args: argparse.Namespace) -> int:
     metric = parse_metrics(args.metric or DEFAULT_METRIC)[0]
     explicit = bool(getattr(model, "explicit", False))
     report = parse_metrics(args.metrics or default_metrics(explicit))
-    if grid is not None and not args.tune:
+    main = dist_info is None or dist_info.is_main
+    if grid is not None and not args.tune and main:
         print("note: the config's 'tune:' section is used only with --tune", file=sys.stderr)
     if args.tune and grid is not None:
         from recsys.models.tuning import check_grid
@@ -175,8 +220,14 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     from recsys.models.neural import NeuralRecommender
 
-    check_out(out, args.resume, args.overwrite, model=model.name,
-              checkpoints=isinstance(model, NeuralRecommender))
+    if dist_info is None:
+        check_out(out, args.resume, args.overwrite, model=model.name,
+                  checkpoints=isinstance(model, NeuralRecommender))
+    else:
+        from recsys.training.distributed import share_error
+
+        share_error(check_out, out, args.resume, args.overwrite, model=model.name,
+                    checkpoints=True)
 
     data_dir = Path(args.data)
     dataset = Dataset.load(data_dir)
@@ -188,12 +239,22 @@ def run(args: argparse.Namespace) -> int:
         raise RecsysError(f"--tune needs a validation part, and {data_dir} has none; prepare "
                           "the data with --valid-fraction > 0")
     device = args.device or "auto"
-    say = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
+    quiet = args.quiet or not main
+    say = (lambda line: None) if quiet else (lambda line: print(line, file=sys.stderr))
 
-    tracker = make_tracker(args, model)
+    if dist_info is None:
+        tracker = make_tracker(args, model)
+    else:
+        from recsys.tracking.base import Tracker
+        from recsys.training.distributed import share_error
+
+        # Rank 0's MLflow run (checked reachable, as ever); the other ranks log nothing.
+        tracker = share_error(make_tracker, args, model)  # runs on rank 0 only
+        if tracker is None:
+            tracker = Tracker()
     status = "FAILED"
     try:
-        ctx = FitContext(run_dir=out, tracker=tracker, resume=args.resume, quiet=args.quiet,
+        ctx = FitContext(run_dir=out, tracker=tracker, resume=args.resume, quiet=quiet,
                          data_meta=dict(dataset.meta))
         tuned = None
         tune_seconds = 0.0
@@ -218,6 +279,9 @@ def run(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         model.fit(dataset.train, valid, ctx)
         fit_seconds = time.perf_counter() - started
+        if not main:
+            status = "FINISHED"
+            return 0  # rank 0 writes, evaluates and logs the (identical) trained model
         say(f"fitted {model.name} in {fit_seconds:.2f} s")
         info = {"data": str(data_dir.resolve()),
                 "data_digest": sha256_file(data_dir / "metadata.json"),

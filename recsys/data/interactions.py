@@ -54,11 +54,7 @@ class Vocabulary:
         """Cast raw values (e.g. read from a CSV) to this vocabulary's id type, where possible."""
         values = np.asarray(values)
         if self.is_integer and values.dtype.kind not in "iu":
-            numeric = pd.to_numeric(pd.Series(values), errors="coerce")
-            ok = numeric.notna() & (numeric == numeric.round())
-            out = np.full(len(values), np.iinfo(np.int64).min, dtype=np.int64)
-            out[ok.to_numpy()] = numeric[ok].astype(np.int64).to_numpy()
-            return out
+            return _exact_int64(values)
         if not self.is_integer:
             return values.astype(str).astype(object)
         return values.astype(np.int64)
@@ -72,6 +68,39 @@ class Vocabulary:
 
     def to_frame(self, name: str) -> pd.DataFrame:
         return pd.DataFrame({name: self.ids})
+
+
+_INT64_MAX = str(np.iinfo(np.int64).max)  # 19 digits; the most negative is one more
+
+
+def _exact_int64(values: np.ndarray) -> np.ndarray:
+    """Raw ids (text) as int64, exactly; int64's minimum where a value is no integer or does not
+    fit. Decimal strings are parsed as integers, never through a float: via a float,
+    '9007199254740993' would become another user's id (9007199254740992)."""
+    out = np.full(len(values), np.iinfo(np.int64).min, dtype=np.int64)
+    if not len(values):
+        return out
+    text = pd.Series(values, dtype=object).astype(str).str.strip()
+    digits = text.str.fullmatch(r"[+-]?\d+").to_numpy(dtype=bool)
+    if digits.any():
+        raw = text[digits]
+        magnitude = raw.str.lstrip("+-").str.lstrip("0").replace("", "0")
+        negative = raw.str.startswith("-")
+        bound = np.where(negative, str(int(_INT64_MAX) + 1), _INT64_MAX)
+        length = magnitude.str.len().to_numpy()
+        # Same length: the string order is the numeric order.
+        fits = (length < 19) | ((length == 19) & (magnitude.to_numpy(dtype=str) <= bound))
+        keep = np.flatnonzero(digits)[fits]
+        if len(keep):
+            out[keep] = pd.to_numeric(raw[fits]).to_numpy(dtype=np.int64)
+    other = ~digits
+    if other.any():  # "5.0", "1e3": integral floats small enough to be exact
+        numeric = pd.to_numeric(text[other], errors="coerce").to_numpy(dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            ok = (np.isfinite(numeric) & (numeric == np.round(numeric))
+                  & (np.abs(numeric) <= 2.0**53))
+        out[np.flatnonzero(other)[ok]] = numeric[ok].astype(np.int64)
+    return out
 
 
 @dataclass

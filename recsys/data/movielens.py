@@ -172,10 +172,20 @@ def _is_url(location: str) -> bool:
     return urllib.parse.urlparse(location).scheme in ("http", "https", "file", "ftp")
 
 
+def _drop_bad_copy(zip_path: Path | None, exc: RecsysError) -> RecsysError:
+    """A zip in the cache that fails verification or extraction is deleted: kept under its final
+    name it would be found again and fail every later run, even once the source is fixed."""
+    if zip_path is None or not zip_path.is_file():
+        return exc
+    zip_path.unlink()
+    return RecsysError(f"{exc} (the cached copy was deleted: the next run downloads it again)")
+
+
 def _from_mirror(spec: MovieLensSpec, mirror: str, cache: Path, progress: bool) -> Path:
+    cached = None  # a copy in our cache (not the user's mirror folder): ours to drop if bad
     if _is_url(mirror):
         base = mirror if mirror.endswith("/") else mirror + "/"
-        zip_path = cache / spec.zip_name
+        zip_path = cached = cache / spec.zip_name
         if not zip_path.is_file():
             download(base + spec.zip_name, zip_path, progress=progress)
         checksum_file = _try_fetch_text(base + spec.zip_name + ".sha256")
@@ -190,6 +200,14 @@ def _from_mirror(spec: MovieLensSpec, mirror: str, cache: Path, progress: bool) 
                               "another mirror")
         side = root / (spec.zip_name + ".sha256")
         checksum_file = side.read_text() if side.is_file() else None
+    try:
+        return _verify_mirror_copy(spec, mirror, zip_path, checksum_file, cache)
+    except RecsysError as exc:
+        raise _drop_bad_copy(cached, exc) from None
+
+
+def _verify_mirror_copy(spec: MovieLensSpec, mirror: str, zip_path: Path,
+                        checksum_file: str | None, cache: Path) -> Path:
     verified_by = None
     if checksum_file:
         expected = checksum_file.split()[0].lower() if checksum_file.split() else ""
@@ -218,10 +236,13 @@ def _from_grouplens(spec: MovieLensSpec, cache: Path, progress: bool) -> Path:
         expected = text.split()[0].lower()
     if not zip_path.is_file():
         download(spec.url, zip_path, progress=progress, md5=expected)
-    elif expected and md5_file(zip_path) != expected:
-        raise RecsysError(f"{zip_path}: MD5 does not match GroupLens's ({expected}); delete the "
-                          "file and run again to download it afresh")
-    return extract(zip_path, cache, spec, source=spec.url, verified_by=f"official md5 {expected}")
+    try:
+        if expected and md5_file(zip_path) != expected:
+            raise RecsysError(f"{zip_path}: MD5 does not match GroupLens's ({expected})")
+        return extract(zip_path, cache, spec, source=spec.url,
+                       verified_by=f"official md5 {expected}")
+    except RecsysError as exc:
+        raise _drop_bad_copy(zip_path, exc) from None
 
 
 def _try_fetch_text(url: str) -> str | None:

@@ -99,6 +99,7 @@ class AutoRec(NeuralRecommender):
     Config: ClassVar[type[TrainConfig]] = AutoRecConfig
     family: ClassVar[str] = "autoencoder"
     explicit: ClassVar[bool] = True
+    loss_reduction: ClassVar[str] = "sum"  # squared error summed over observed entries
 
     network: AutoRecNet
 

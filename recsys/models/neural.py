@@ -76,6 +76,10 @@ class NeuralRecommender(Recommender):
     family: ClassVar[str] = "autoencoder"
     manual_optimization: ClassVar[bool] = False
     train_on_empty_rows: ClassVar[bool] = False
+    # How ``training_step``'s loss combines the batch's rows: "mean" (a per-row average) or "sum".
+    # Distributed training reads it so that the gradient over all ranks equals one process's
+    # gradient on the global batch (DDP averages gradients; a summed loss needs their sum).
+    loss_reduction: ClassVar[str] = "mean"
 
     network: torch.nn.Module
     device: torch.device = torch.device("cpu")

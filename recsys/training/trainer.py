@@ -487,7 +487,7 @@ class Trainer:
             if not model.manual_optimization:
                 for opt in self.optimizers:
                     opt.zero_grad(set_to_none=True)
-                loss.backward()
+                self._backward(loss)
                 if cfg.grad_clip is not None:
                     torch.nn.utils.clip_grad_norm_(model.network.parameters(), cfg.grad_clip)
                 for opt in self.optimizers:
@@ -504,6 +504,11 @@ class Trainer:
         bar.close()
         record = {"epoch": self.epoch, **self._reduce(sums, len(batches)), "lr": lr}
         return record
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        """Back-propagate one step's loss (a distributed run scales it here, see
+        `recsys.training.distributed`)."""
+        loss.backward()
 
     def _diverged(self, value: float) -> None:
         where = f"epoch {self.epoch}, step {self.global_step}"
@@ -554,5 +559,12 @@ def _duration(seconds: float) -> str:
 
 def fit(model: NeuralRecommender, train: Interactions, valid: EvalSplit | None = None,
         ctx: FitContext | None = None, *, validate: Validator | None = None) -> TrainResult:
-    """Train ``model`` on ``train`` (early stopping on ``valid``) with the shared engine."""
-    return Trainer(model, ctx, validate=validate).fit(train, valid)
+    """Train ``model`` on ``train`` (early stopping on ``valid``) with the shared engine.
+
+    Inside a distributed launch (torchrun; a process group is initialised, see
+    `recsys.training.distributed`) the data-parallel engine trains it instead.
+    """
+    from recsys.training.distributed import DistributedTrainer, is_distributed
+
+    engine = DistributedTrainer if is_distributed() else Trainer
+    return engine(model, ctx, validate=validate).fit(train, valid)

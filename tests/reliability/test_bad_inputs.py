@@ -42,6 +42,7 @@ class Ctx:
 
     def file(self, name: str, content: str | bytes) -> Path:
         path = self.tmp / name
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content.encode() if isinstance(content, str) else content)
         return path
 
@@ -93,7 +94,10 @@ def _evaluate(c: Ctx, *extra: Any, run: Path | None = None) -> list[Any]:
             "--json", c.tmp / "out.json", *extra]
 
 
-def _recommend(c: Ctx, *extra: Any, k: int = 5, run: Path | None = None) -> list[Any]:
+def _recommend(c: Ctx, *extra: Any, k: int = 5, run: Path | None = None,
+               partial: str | None = None) -> list[Any]:
+    if partial is not None:  # chunks an interrupted run left (kept for --resume)
+        c.file(".out.csv.partial/progress.json", partial)
     return ["recommend", run or c.world.run_ease, "--data", c.world.data, "--k", k, "--out",
             c.tmp / "out.csv", "--device", "cpu", *extra]
 
@@ -322,6 +326,9 @@ CASES = [
     case("recommend-histories-and-users",
          lambda c: _recommend(c, "--histories", c.file("h.csv", "user,item\nnew,101\n"),
                               "--users", c.file("u.csv", "user\n1\n")), "drop --users"),
+    case("recommend-resume-other-inputs",
+         lambda c: _recommend(c, "--resume", partial='{"fingerprint": {"k": 9}, "done": 3}'),
+         "was made with other inputs or options"),
     case("recommend-chunk-size", lambda c: _recommend(c, "--chunk-size", "0"),
          "--chunk-size must be at least 1"),
     case("recommend-weights-pickled-object",
