@@ -63,7 +63,11 @@ def _available(names: list[str]) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    models = _available([m.strip() for m in args.models.split(",") if m.strip()])
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not names:
+        raise RecsysError(f"--models {args.models!r}: no model named; give registry names, "
+                          f"e.g. --models {DEFAULT_MODELS}")
+    models = _available(names)
     track = [] if args.track else ["--no-track"]
     data = out / "data" / "ml-latest-small-implicit"
     started = time.perf_counter()
@@ -83,8 +87,10 @@ def run(args: argparse.Namespace) -> int:
         results[name] = json.loads(metrics_file.read_text())
     if models:
         best = max(results, key=lambda m: results[m].get("ndcg@100", float("-inf")))
+        top10 = out / f"top10-{best}.csv"
         _call(["recommend", str(out / "runs" / best), "--data", str(data), "--k", "10",
-               "--out", str(out / f"top10-{best}.csv")])
+               "--out", str(top10)])
+        _show_one_user(top10, data, best)
     if args.explicit and "autorec" in _available(["autorec"]):
         explicit = out / "data" / "ml-latest-small-explicit"
         _call(["prepare", "ml-latest-small", "--split", "random", "--test-fraction", "0.1",
@@ -99,6 +105,23 @@ def run(args: argparse.Namespace) -> int:
         results["autorec (explicit)"] = json.loads(metrics_file.read_text())
     _print_summary(results, time.perf_counter() - started, out)
     return 0
+
+
+def _show_one_user(top10: Path, data: Path, model: str) -> None:
+    """Print the first user's list with movie titles: what the numbers mean in practice."""
+    import pandas as pd
+
+    from recsys.data.interactions import Dataset
+
+    lists = pd.read_csv(top10)
+    user = lists["user"].iloc[0]
+    mine = lists[lists["user"] == user]
+    info = Dataset.load(data).item_info
+    if info is not None and "title" in info:
+        mine = mine.merge(info[["item", "title"]], on="item", how="left")
+    print(f"\nTop 10 of {model} for user {user}:")
+    for row in mine.itertuples():
+        print(f"  {row.rank:>2}. {getattr(row, 'title', row.item)}")
 
 
 def _print_summary(results: dict[str, dict[str, float]], seconds: float, out: Path) -> None:

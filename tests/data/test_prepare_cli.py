@@ -155,9 +155,15 @@ def test_prepare_ml100k_canonical_fold(mirror, tmp_path, monkeypatch):
     out = tmp_path / "u1"
     assert main(["prepare", "ml-100k", "--split", "ml100k-u1", "--out", str(out)]) == 0
     ds = Dataset.load(out)
-    assert ds.train.nnz == 80_000
-    assert ds.parts["test"].nnz + ds.meta["dropped"]["unseen_items"]["test"] == 20_000
+    # u1.base is train + the validation carved from it (10% by default), never u1.test.
+    unseen = ds.meta["dropped"]["unseen_items"]
+    assert ds.train.nnz + ds.parts["valid"].nnz + unseen["valid"] == 80_000
+    assert ds.parts["test"].nnz + unseen["test"] == 20_000
     assert not ds.implicit
+    out0 = tmp_path / "u1-novalid"
+    assert main(["prepare", "ml-100k", "--split", "ml100k-u1", "--valid-fraction", "0",
+                 "--out", str(out0)]) == 0
+    assert Dataset.load(out0).train.nnz == 80_000
 
 
 def test_prepare_input_file_every_split(tmp_path):

@@ -411,10 +411,7 @@ CASES = [
     case("quickstart-unknown-model", lambda c: ["quickstart", "--out", c.out, "--models", "eaze"],
          "unknown model 'eaze' (did you mean 'ease'?)"),
     case("quickstart-no-models", lambda c: ["quickstart", "--out", c.out, "--models", ","],
-         "no model", pytest.mark.slow,
-         pytest.mark.xfail(reason="quickstart: an empty --models list prepares the data, trains "
-                                  "nothing and exits 0; recsys/commands/quickstart.py",
-                           strict=False)),
+         "no model"),
 ]
 
 

@@ -110,7 +110,7 @@ def train_both(model: str, data: Path, tmp: Path, options: list[str],
     args = ["train", model, "--data", str(data), *options]
     assert main([*args, "--no-track", "--out", str(single)]) == 0
     done = torchrun([*args, *(ddp_tracking or ["--no-track"]), "--out", str(ddp)], cwd=tmp)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, done.stderr[:4000] + "\n...\n" + done.stderr[-2000:]
     return single, ddp
 
 
