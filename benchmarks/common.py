@@ -316,8 +316,7 @@ def vae_epoch(scale: float, device: str, repeat: int, max_batches: int | None,
     train = Interactions(train_matrix.tocsr(), Vocabulary(np.arange(train_matrix.shape[0])),
                          Vocabulary(np.arange(ML20M_ITEMS)))
     if precision == "tf32":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        torch.set_float32_matmul_precision("high")  # float32 matmuls on TF32 tensor cores
     model = MultVAE(hidden_dims=[VAE_HIDDEN], latent_dim=VAE_LATENT, dropout=0.5,
                     batch_size=VAE_BATCH, lr=1e-3, anneal_cap=0.2, total_anneal_steps=200_000,
                     epochs=1 + repeat, patience=None, device=device, seed=seed,

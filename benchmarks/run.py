@@ -1,6 +1,8 @@
-"""The benchmark suite: one command that prepares, trains, evaluates and scores our models and
-the peers (the ``bench`` extra: RecBole 1.2.1, Surprise; implicit is always installed) on the
-same data in the same run, and writes benchmarks/RESULTS.md.
+"""The benchmark suite, one command: ours against peers, real and synthetic data, RESULTS.md.
+
+It prepares, trains, evaluates and scores our models and the peers (the ``bench`` extra:
+RecBole 1.2.1, Surprise; implicit is always installed) on the same data in the same run, and
+writes benchmarks/RESULTS.md.
 
 Sections (``--only``, repeatable or comma-separated; default all):
 
@@ -359,6 +361,13 @@ def fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def f(value: Any, digits: int) -> str:
+    """A number with ``digits`` decimals (0: a thousands-separated integer); '-' if missing."""
+    if value is None or (isinstance(value, float) and value != value):
+        return "-"
+    return f"{value:,.{digits}f}" if digits else f"{round(value):,}"
+
+
 def table(head: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(fmt(c) if not isinstance(c, str) else c for c in r) + " |"
@@ -531,6 +540,8 @@ def prepare_growth(results: dict[str, Any]) -> str:
 def render(results: dict[str, Any], command: str) -> str:
     mach, ver, run = results["machine"], results["versions"], results["run"]
     gpu = mach.get("gpu")
+    fits = "one run" if run["fit_repeat"] == 1 else f"medians of {run['fit_repeat']} runs"
+    runs = "one run" if run["repeat"] == 1 else f"{run['repeat']} runs"
     lines = [
         "# Benchmark results",
         "",
@@ -555,15 +566,14 @@ def render(results: dict[str, Any], command: str) -> str:
             *[[k, v or "not installed"] for k, v in ver.items()],
         ]),
         "",
-        f"Timings are medians of {run['repeat']} runs (`--repeat`), each measurement in a fresh "
-        "process (peak RSS is that process's high-water mark); model fits are "
-        f"{'one run' if run['fit_repeat'] == 1 else f'medians of {run[chr(102) + 'it_repeat']} runs'}"
-        " each (`--fit-repeat`); their metrics are deterministic (seed 0). "
+        f"Timings are medians of {runs} (`--repeat`), each measurement in a fresh process "
+        "(peak RSS is that process's high-water mark); model fits are "
+        f"{fits} each (`--fit-repeat`); their metrics are deterministic (seed 0). "
         "Ratios are ours / peer: below 1 is faster (seconds) or worse (accuracy).",
         "",
     ]
-    peers_missing = [p for p, mod in (("RecBole 1.2.1", "recbole"),
-                                      ("Surprise", "surprise")) if not importable(mod)]
+    peers_missing = [p for p, dist in (("RecBole 1.2.1", "recbole"),
+                                       ("Surprise", "scikit-surprise")) if not ver.get(dist)]
     if peers_missing:
         lines += [f"**{' and '.join(peers_missing)} not installed here**: their rows are the "
                   "figures cited from ../shared/PROTOCOLS.md (RecBole) or Surprise's README, "
@@ -620,13 +630,15 @@ def render_real(results: dict[str, Any]) -> list[str]:
                                             for k, v in r["tuned"].items())
                      if r.get("tuned") else ("config" if r["model"] in NEURAL else "defaults"))
             ep = (f"{r['best_epoch']}/{r['epochs_run']}" if r.get("epochs_run") else "-")
-            rows.append([r["model"], tuned, r["recall@20"], r.get("recall@50"), r["ndcg@100"],
-                         r["fit_seconds"], ep, r["cpu_seconds"], r["peak_mb"]])
+            rows.append([r["model"], tuned, f(r["recall@20"], 4), f(r.get("recall@50"), 4),
+                         f(r["ndcg@100"], 4), f(r["fit_seconds"], 2), ep,
+                         f(r["cpu_seconds"], 1), f(r["peak_mb"], 0)])
         peer = results.get("peers", {}).get(name, {}).get(ALS_PEER)
         if peer and "error" not in peer:
-            rows.append([f"*peer*: {ALS_PEER}", "defaults", peer["recall@20"],
-                         peer.get("recall@50"), peer["ndcg@100"], peer["fit_seconds"], "-",
-                         peer["cpu_seconds"], peer["peak_mb"]])
+            rows.append([f"*peer*: {ALS_PEER}", "defaults", f(peer["recall@20"], 4),
+                         f(peer.get("recall@50"), 4), f(peer["ndcg@100"], 4),
+                         f(peer["fit_seconds"], 2), "-", f(peer["cpu_seconds"], 1),
+                         f(peer["peak_mb"], 0)])
         if rows:
             lines += [table(["model", "settings", "recall@20", "recall@50", "ndcg@100", "fit s",
                              "best/last epoch", "CPU s", "peak MB"], rows), ""]
@@ -640,20 +652,22 @@ def render_real(results: dict[str, Any]) -> list[str]:
                   "is bench_eval's own (same filters, per-interaction 80/20).", "",
                   table(["data", "engine", "users", "seconds", "users/s", "ndcg@100",
                          "recall@20"],
-                        [[r["data"], r["engine"], r["users"], r["seconds"], r["users_per_s"],
-                          r["ndcg@100"], r["recall@20"]] for r in ev]), ""]
+                        [[r["data"], r["engine"], f(r["users"], 0), f(r["seconds"], 3),
+                          f(r["users_per_s"], 0), f(r["ndcg@100"], 4), f(r["recall@20"], 4)]
+                         for r in ev]), ""]
     elif isinstance(ev, dict):
         lines += [f"Full-ranking evaluation: {ev.get('error')}", ""]
     ar = results.get("autorec")
     if isinstance(ar, dict) and ar.get("rows"):
         models = [m for m in ar["models"] if m in ar["rows"][0]]
         labels = {"iautorec": "I-AutoRec", "mean": "global mean", "svd": "Surprise SVD (peer)"}
-        rows = [[r["fold"], *[r[m]["rmse"] for m in models], *[r[m]["seconds"] for m in models]]
-                for r in ar["rows"]]
+        rows = [[r["fold"], *[f(r[m]["rmse"], 4) for m in models],
+                 *[f(r[m]["seconds"], 1) for m in models]] for r in ar["rows"]]
         if len(ar["rows"]) > 1:
             n = len(ar["rows"])
-            rows.append(["**mean**", *[sum(r[m]["rmse"] for r in ar["rows"]) / n for m in models],
-                         *[sum(r[m]["seconds"] for r in ar["rows"]) / n for m in models]])
+            rows.append(["**mean**",
+                         *[f(sum(r[m]["rmse"] for r in ar["rows"]) / n, 4) for m in models],
+                         *[f(sum(r[m]["seconds"] for r in ar["rows"]) / n, 1) for m in models]])
         lines += ["### Explicit ratings: ml-100k canonical folds (RMSE)", "",
                   "`benchmarks/bench_autorec.py`: trained on u{k}.base (5% carved out for early "
                   "stopping), every rating of u{k}.test scored (unseen items: user-mean "
@@ -690,11 +704,12 @@ def render_peers(results: dict[str, Any]) -> list[str]:
         if ours is None and peer is None:
             continue
         src = "measured" if measured else "*cited, not measured here*"
+        o, q = ours or {}, peer or {}
         rows.append([ours_name + (" (tuned)" if ours_name in TUNED else ""), peer_name, src,
-                     (ours or {}).get("ndcg@100"), (peer or {}).get("ndcg@100"),
-                     ratio((ours or {}).get("ndcg@100"), (peer or {}).get("ndcg@100")),
-                     (ours or {}).get("fit_seconds"), (peer or {}).get("fit_seconds"),
-                     ratio((ours or {}).get("fit_seconds"), (peer or {}).get("fit_seconds"))])
+                     f(o.get("ndcg@100"), 4), f(q.get("ndcg@100"), 4),
+                     ratio(o.get("ndcg@100"), q.get("ndcg@100")),
+                     f(o.get("fit_seconds"), 1), f(q.get("fit_seconds"), 1),
+                     ratio(o.get("fit_seconds"), q.get("fit_seconds"))])
     if rows:
         lines += [table(["ours", "peer", "peer figures", "ndcg@100 ours", "ndcg@100 peer",
                          "ratio", "fit s ours", "fit s peer", "ratio"], rows), ""]
@@ -733,9 +748,11 @@ def render_synthetic(results: dict[str, Any]) -> list[str]:
     if not syn or not syn.get("rows"):
         return []
     dev = syn["device"]
+    on_gpu = dev.startswith("cuda")
     gpu = results["machine"].get("gpu")
     scale_note = ("full ML-20M scale and 2x, 4x" if abs(syn["scale"] - 1) < 1e-9 else
-                  f"**{', '.join(f'{syn['scale'] * m:g}' for m in syn['sizes'])} of ML-20M's "
+                  f"**{', '.join(format(syn['scale'] * m, 'g') for m in syn['sizes'])} of "
+                  "ML-20M's "
                   "users** (interactions in proportion, items fixed) so that the run takes "
                   "minutes on this machine, not hours: the GPU targets are set for the full "
                   "scale on an H100")
@@ -753,8 +770,8 @@ def render_synthetic(results: dict[str, Any]) -> list[str]:
             continue
         run = p["runs"]["ml-20m --path"]
         rb = p.get("recbole")
-        rows.append([f"{r['scale']:g}", p["rows"], run["nnz"], run["seconds"],
-                     run["peak_rss_mb"], run["peak_minus_baseline_over_csr"],
+        rows.append([f"{r['scale']:g}", f(p["rows"], 0), f(run["nnz"], 0), f(run["seconds"], 2),
+                     f(run["peak_rss_mb"], 0), f(run["peak_minus_baseline_over_csr"], 1),
                      f"{rb['seconds']:.1f} s ({run['seconds'] / rb['seconds']:.2f})" if rb
                      else "not installed"])
     lines += ["### Prepare of the raw ratings.csv (`recsys prepare ml-20m --path`)", "",
@@ -776,8 +793,9 @@ def render_synthetic(results: dict[str, Any]) -> list[str]:
         row = [f"{r['scale']:g}"]
         if ours:
             gbs = ranking_bytes(ours["users"], ML20M_ITEMS) / ours["seconds"] / 1e9
-            row += [ours["users"], ours["seconds"], ours["users_per_s"], ours.get("peak_rss_mb"),
-                    f"{gbs:.0f}",
+            row += [f(ours["users"], 0), f(ours["seconds"], 3), f(ours["users_per_s"], 0),
+                    f(ours.get("cuda_peak_mb", ours.get("peak_rss_mb")), 0),
+                    f(gbs, 0) if on_gpu else "-",
                     f"{theirs['seconds']:.2f} s ({ours['seconds'] / theirs['seconds']:.2f})"
                     if theirs else "not installed"]
         else:
@@ -785,8 +803,8 @@ def render_synthetic(results: dict[str, Any]) -> list[str]:
                     ""]
         if tk:
             gbs = ranking_bytes(tk["users"], ML20M_ITEMS) / tk["seconds"] / 1e9
-            row += [tk["seconds"], tk["users_per_s"], tk.get("cuda_peak_mb", tk["peak_rss_mb"]),
-                    f"{gbs:.0f}"]
+            row += [f(tk["seconds"], 3), f(tk["users_per_s"], 0),
+                    f(tk.get("cuda_peak_mb", tk["peak_rss_mb"]), 0), f(gbs, 0) if on_gpu else "-"]
         else:
             row += ["-", "", "", ""]
         rows.append(row)
@@ -798,7 +816,7 @@ def render_synthetic(results: dict[str, Any]) -> list[str]:
               "three float32 passes over the users x items scores (write, mask, top-k read)"
               + (f", against the H100's {H100_SXM['hbm_tb_s']} TB/s" if dev != "cpu" else "")
               + ".", "",
-              table(["scale", "users evaluated", "eval s", "users/s", "eval peak RSS MB",
+              table(["scale", "users evaluated", "eval s", "users/s", f"eval {mem}",
                      "eval GB/s", "RecBole evaluator (ours/peer)", "top-100 s", "top-100 users/s",
                      f"top-100 {mem}", "top-100 GB/s"], rows), ""]
     # Mult-VAE epoch
@@ -815,11 +833,12 @@ def render_synthetic(results: dict[str, Any]) -> list[str]:
             tf = (f"{v['achieved_tflops']:.2f} ({100 * v['achieved_tflops'] / peak:.1f}% of "
                   f"{peak:g})" if dev != "cpu" and peak else
                   f"{v['achieved_tflops'] * 1000:.1f} GFLOP/s")
-            rows.append([f"{r['scale']:g}", v["precision"], v["users"], v["batches"],
-                         v["epoch_seconds"] if not v["extrapolated"] else
+            rows.append([f"{r['scale']:g}", v["precision"], f(v["users"], 0),
+                         f(v["batches"], 0),
+                         f(v["epoch_seconds"], 3) if not v["extrapolated"] else
                          f"{v['epoch_seconds']:.1f} (from {v['timed_batches']} batches)",
-                         tf, f"{v['modelled_gb_s']:.0f}",
-                         v.get("cuda_peak_mb", v["peak_rss_mb"])])
+                         tf, f(v["modelled_gb_s"], 0) if on_gpu else "-",
+                         f(v.get("cuda_peak_mb", v["peak_rss_mb"]), 0)])
     lines += ["### One Mult-VAE training epoch (batch 500, I-600-200-600-I)", "",
               "Through the training engine (`recsys.training`: dense batch rows gathered from a "
               "device CSR, Adam, the NaN guard), median of the timed epochs after a warm-up. "
@@ -843,7 +862,7 @@ def render_synthetic(results: dict[str, Any]) -> list[str]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n".join(__doc__.splitlines()[1:]))
+                                epilog="\n".join(__doc__.splitlines()[2:]))
     p.add_argument("--only", action="append", default=None, metavar="SECTION",
                    help=f"run only these sections ({', '.join(SECTIONS)}; repeatable or "
                         "comma-separated; default all)")
@@ -877,6 +896,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "CPU, the whole epoch on GPU; 0 = whole epoch)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "suite"),
                    help="working folder: prepared data, runs, logs, results.json")
+    p.add_argument("--render", metavar="RESULTS_JSON", default=None,
+                   help="only rewrite the Markdown from a saved results.json (no measuring)")
     p.add_argument("--results", default=None,
                    help="the Markdown to write (default benchmarks/RESULTS.md for a full run, "
                         "OUT/RESULTS.md with --quick or --only)")
@@ -927,9 +948,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def write_markdown(results: dict[str, Any], path: Path) -> None:
+    from recsys.data.io import atomic_path
+
+    text = render(results, results["run"]["command"])
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from recsys.data.io import atomic_path, write_json
+    from recsys.data.io import read_json, write_json
+
+    if args.render:
+        write_markdown(read_json(args.render), Path(args.results))
+        print(f"wrote {args.results}")
+        return 0
 
     suite = Suite(args)
     suite.out.mkdir(parents=True, exist_ok=True)
@@ -950,11 +984,8 @@ def main(argv: list[str] | None = None) -> int:
                       "load_end": os.getloadavg(),
                       "minutes": (time.perf_counter() - suite.started) / 60}
     write_json(suite.out / "results.json", results)
-    text = render(results, command)
     target = Path(args.results)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(target) as tmp:
-        Path(tmp).write_text(text)
+    write_markdown(results, target)
     suite.say(f"wrote {target} and {suite.out / 'results.json'}"
               + (f"; {len(suite.failures)} step(s) failed" if suite.failures else ""))
     return 1 if suite.failures else 0

@@ -172,6 +172,8 @@ def load_compare_config(path: str | Path, *, out: str | None = None, data: str |
         if value is not None:
             raw[key] = value
     spec = validate_config(CompareConfig, raw, where=str(path))
+    if spec.prepare is not None:
+        check_prepare(spec.prepare, spec.data, where=str(path))
     from recsys.evaluation.metrics import parse_metrics
 
     try:
@@ -235,20 +237,65 @@ def ensure_data(spec: CompareConfig) -> Path:
         raise RecsysError(f"{data_dir} is not a prepared dataset and the comparison file has no "
                           "`prepare` section; run `recsys prepare ... --out "
                           f"{data_dir}` first")
-    from recsys.cli import main as cli_main
-
     argv = ["prepare", *prepare_argv(spec.prepare), "--out", str(data_dir)]
+    args = _prepare_parser().parse_args(argv)  # checked by load_compare_config already
     print(f"preparing {data_dir}: recsys {' '.join(argv)}", file=sys.stderr)
-    code = cli_main(argv)
-    if code != 0:
-        raise RecsysError(f"`recsys {' '.join(argv)}` failed (exit {code}); see the message above")
+    # The command itself rather than the console script: its RecsysError reaches the user as
+    # the one line it is, not as a second "failed" line after it.
+    code = args.func(args)
+    if code:
+        raise RecsysError(f"`recsys {' '.join(argv)}` failed (exit {code})")
     return data_dir
+
+
+class _PrepareOptionError(Exception):
+    """argparse's complaint about a `prepare:` option (raised instead of exiting)."""
+
+
+class _RaisingParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise _PrepareOptionError(message)
+
+
+def _prepare_parser() -> argparse.ArgumentParser:
+    """The `recsys prepare` parser on its own, raising instead of printing and exiting."""
+    from recsys.commands.data import register as register_data
+
+    parser = _RaisingParser(prog="recsys", add_help=False)
+    register_data(parser.add_subparsers(dest="command", parser_class=_RaisingParser))
+    return parser
+
+
+def prepare_keys() -> list[str]:
+    """The keys a `prepare:` section accepts: the `recsys prepare` options (underscored), less
+    ``out`` (that is `data`)."""
+    sub = next(a for a in _prepare_parser()._actions
+               if isinstance(a, argparse._SubParsersAction))
+    return [a.dest for a in sub.choices["prepare"]._actions
+            if a.dest not in ("help", "out") and a.dest != argparse.SUPPRESS]
+
+
+def check_prepare(options: dict[str, Any], data: str, *, where: str) -> None:
+    """Refuse a `prepare:` section `recsys prepare` would refuse, in one line, before anything
+    runs: an unknown key (with the closest valid one), then a value its flag does not take."""
+    from recsys.errors import closest
+
+    valid = prepare_keys()
+    for key in options:
+        name = str(key).replace("-", "_")
+        if name not in valid:
+            raise RecsysError(f"{where}: prepare: unknown key '{key}'{closest(name, valid)}")
+    argv = ["prepare", *prepare_argv(options), "--out", str(data)]
+    try:
+        _prepare_parser().parse_args(argv)
+    except _PrepareOptionError as exc:
+        raise RecsysError(f"{where}: prepare: {exc} (as `recsys {' '.join(argv)}`)") from None
 
 
 def prepare_argv(options: dict[str, Any]) -> list[str]:
     """``{dataset: x, implicit_threshold: 3.5, kcore: true}`` -> ``x --implicit-threshold 3.5
     --kcore`` (the `recsys prepare` flags)."""
-    opts = dict(options)
+    opts = {str(k).replace("-", "_"): v for k, v in options.items()}
     argv = [str(opts.pop("dataset"))] if "dataset" in opts else []
     for key, value in opts.items():
         flag = "--" + key.replace("_", "-")

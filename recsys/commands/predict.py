@@ -10,6 +10,7 @@ output has ``user,item,prediction,fallback``, one row per input row in the same 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -34,6 +35,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+_LONG_ROW = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
+
+
+def _header(path: Path) -> str:
+    """The first line of ``path`` as written (for messages)."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.readline().strip()
+
+
 def read_pairs(path: str | Path) -> pd.DataFrame:
     """The ``user`` and ``item`` columns of a CSV, as strings (ids are mapped later)."""
     path = Path(path)
@@ -44,14 +54,33 @@ def read_pairs(path: str | Path) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         raise RecsysError(f"--pairs {path}: the file is empty; expected a header user,item "
                           "and one pair per row") from None
-    except (UnicodeDecodeError, pd.errors.ParserError, ValueError) as exc:
+    except pd.errors.ParserError as exc:
+        # The C parser names the first row longer than the rows before it ("Expected 2 fields
+        # in line 5, saw 3"); say it in terms of the header.
+        found = _LONG_ROW.search(str(exc))
+        if found is None:
+            raise RecsysError(f"--pairs {path}: cannot read CSV "
+                              f"({str(exc).strip().splitlines()[0]})") from None
+        raise RecsysError(f"--pairs {path}: row {found.group(2)} has {found.group(3)} fields, "
+                          f"more fields than the header ({_header(path)}); check the "
+                          "delimiter and quoting") from None
+    except (UnicodeDecodeError, ValueError) as exc:
         raise RecsysError(f"--pairs {path}: cannot read CSV ({str(exc).splitlines()[0]})") \
             from None
+    if not isinstance(frame.index, pd.RangeIndex):
+        # pandas turns the extra leading field of a first row longer than the header into the
+        # index, shifting user and item by one column: the wrong pairs would be predicted.
+        raise RecsysError(f"--pairs {path}: row 2 has {len(frame.columns) + 1} fields, more "
+                          f"fields than the header ({_header(path)}); check the delimiter and "
+                          "quoting")
     frame.columns = [str(c).strip() for c in frame.columns]
     missing = [c for c in ("user", "item") if c not in frame.columns]
     if missing:
         raise RecsysError(f"--pairs {path}: missing column {' and '.join(missing)} (header: "
                           f"{','.join(frame.columns)}); expected columns user,item")
+    if frame.empty:
+        raise RecsysError(f"--pairs {path}: no pairs after the header ({_header(path)}); give "
+                          "one user,item pair per row")
     frame = frame[["user", "item"]].astype(str)
     empty = np.flatnonzero(((frame["user"].str.strip() == "")
                             | (frame["item"].str.strip() == "")).to_numpy())

@@ -4,6 +4,11 @@ Users are scored in chunks (bounded memory) from everything the prepared data kn
 which is masked; each chunk is committed as it finishes (see recsys.scoring.export), so
 ``--resume`` continues an interrupted run. Output columns: user, item (external ids), rank (1 is
 best), score, cold (True where the user had no history and got the most popular items).
+
+``--engine spark`` scores the same lists with Spark instead (local[*], or the cluster of a
+spark-submit): RUN_DIR and the prepared data become an MLflow pyfunc model applied with
+``mlflow.pyfunc.spark_udf``; ``--users`` may then be a Parquet table (file or directory) and the
+output is a Parquet dataset (a directory of parts). See recsys.scoring.spark.
 """
 
 from __future__ import annotations
@@ -44,6 +49,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--allow", default=None, metavar="FILE", help="only recommend these item ids")
     p.add_argument("--deny", default=None, metavar="FILE", help="never recommend these item ids")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--engine", choices=("local", "spark"), default="local",
+                   help="local (default): this process; spark: a Spark job through the MLflow "
+                        "pyfunc model (writes a directory of Parquet parts)")
+    p.add_argument("--spark-master", default=None, metavar="URL",
+                   help="with --engine spark: the master (default: spark-submit's, else "
+                        "local[*])")
     p.set_defaults(func=run)
 
 
@@ -64,10 +75,13 @@ def _check_fields(frame: pd.DataFrame, path: Path) -> None:
 
 
 def read_id_file(path: str | Path, column: str, allow_empty: bool = False) -> np.ndarray:
-    """Ids from a CSV with a ``column`` header, or a plain file with one id per line."""
+    """Ids from a CSV with a ``column`` header, a plain file with one id per line, or a Parquet
+    file with a ``column`` column."""
     path = Path(path)
     if not path.is_file():
         raise RecsysError(f"{path}: no such file")
+    if path.suffix.lower() in (".parquet", ".pq"):
+        return _read_parquet_ids(path, column, allow_empty)
     try:
         with open(path, encoding="utf-8") as f:
             first = f.readline()
@@ -97,6 +111,27 @@ def read_id_file(path: str | Path, column: str, allow_empty: bool = False) -> np
     if len(blank):
         raise RecsysError(f"{path}: row {int(blank[0]) + 1}: empty {column} id")
     return ids.to_numpy(dtype=object)
+
+
+def _read_parquet_ids(path: Path, column: str, allow_empty: bool) -> np.ndarray:
+    try:
+        frame = pd.read_parquet(path)
+    except (OSError, ValueError) as exc:  # not Parquet, truncated
+        raise RecsysError(f"{path}: cannot read ids ({str(exc).splitlines()[0]})") from None
+    if column not in frame.columns:
+        raise RecsysError(f"{path}: expected a '{column}' column (columns: "
+                          f"{', '.join(map(str, frame.columns)) or 'none'})")
+    ids = frame[column]
+    if len(ids) == 0 and not allow_empty:
+        raise RecsysError(f"{path}: the table holds no {column} ids")
+    missing = np.flatnonzero(ids.isna().to_numpy())
+    if len(missing):
+        raise RecsysError(f"{path}: row {int(missing[0]) + 1}: empty {column} id")
+    text = ids.astype(str).str.strip()
+    blank = np.flatnonzero((text == "").to_numpy())
+    if len(blank):
+        raise RecsysError(f"{path}: row {int(blank[0]) + 1}: empty {column} id")
+    return text.to_numpy(dtype=object)
 
 
 def coerce_ids(raw: np.ndarray, vocab: Vocabulary, path: str | Path, what: str) -> np.ndarray:
@@ -184,6 +219,10 @@ def run(args: argparse.Namespace) -> int:
     from recsys.scoring.export import ChunkedWriter, lists_schema, lists_table, output_format
     from recsys.scoring.topk import item_mask, place_model, topk_chunk
 
+    if getattr(args, "engine", "local") == "spark":
+        from recsys.scoring.spark import run_recommend
+
+        return run_recommend(args)
     # Everything a user can get wrong is checked before any output exists.
     if args.k < 1:
         raise RecsysError(f"--k must be at least 1 (got {args.k})")

@@ -52,6 +52,10 @@ from recsys.tracking.options import DEFAULT_ALIAS, DEFAULT_EXPERIMENT, resolve_t
 from recsys.tracking.pyfunc import DEFAULT_K, TopKPredictor, write_serving_data
 
 MODEL_ARTIFACT = "model"
+# The pyfunc is logged "from code": MLflow copies this file into the logged model and runs it on
+# load (it calls mlflow.models.set_model), so nothing is pickled when logging and nothing is
+# unpickled when loading, whoever hands us the model URI.
+PYFUNC_MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 
 # Short retries so that a dead server stalls a training run for seconds, not minutes (MLflow's
 # own defaults retry 7 times with exponential backoff, ~4 minutes). The user's settings win.
@@ -131,7 +135,11 @@ class MlflowTracker(Tracker):
         check_reachable(self.tracking_uri)
         # Model.log and register_model read the global URI; keep it in step with this run.
         mlflow.set_tracking_uri(self.tracking_uri)
-        self.client = MlflowClient(self.tracking_uri)
+        try:
+            self.client = MlflowClient(self.tracking_uri)
+        except Exception as exc:  # a scheme MLflow has no store for: its message, in one line
+            raise RecsysError(f"cannot use the MLflow tracking URI {self.tracking_uri} "
+                              f"({_short(exc)}); fix it or pass --no-track") from None
         self.failures: list[str] = []
         self.offline = False
         self.run_dir: Path | None = None
@@ -307,12 +315,23 @@ class MlflowTracker(Tracker):
         from recsys.data.interactions import Dataset
 
         dataset = dataset if dataset is not None else Dataset.load(data_dir)
+        # The logged model is created here, in the run's experiment: left to Model.log, it
+        # would be filed under the global experiment (MLflow's Default, id 0) since this
+        # tracker never sets one (it runs several runs at once through MlflowClient).
+        # Like MLflow's own, it carries the run's params, and its source and recsys tags.
+        run = self.client.get_run(self.run_id)
+        tags = {k: v for k, v in run.data.tags.items()
+                if k.startswith(("recsys.", "mlflow.source.", "mlflow.user"))}
+        logged = self.client.create_logged_model(
+            experiment_id=self.experiment_id, name=MODEL_ARTIFACT, source_run_id=self.run_id,
+            params={k: str(v) for k, v in run.data.params.items()}, tags=tags)
         with tempfile.TemporaryDirectory(prefix="recsys-pyfunc-") as tmp:
             data_art = write_serving_data(dataset, Path(tmp) / "data")
             signature = model_signature(dataset.users.is_integer, dataset.items.is_integer)
             with _quiet_mlflow():
                 info = Model.log(artifact_path=None, name=MODEL_ARTIFACT, flavor=mlflow.pyfunc,
-                                 run_id=self.run_id, python_model=RecsysPyfuncModel(),
+                                 run_id=self.run_id, model_id=logged.model_id,
+                                 python_model=str(PYFUNC_MODEL_CODE),
                                  artifacts={"model": str(run_dir / "model"),
                                             "data": str(data_art)},
                                  signature=signature, pip_requirements=_requirements())
@@ -342,8 +361,8 @@ class MlflowTracker(Tracker):
 
 
 class RecsysPyfuncModel(mlflow.pyfunc.PythonModel):
-    """MLflow's view of `TopKPredictor`: holds nothing until ``load_context``, so the pickle
-    MLflow stores is just this class's import path (no tensors, no torch modules)."""
+    """MLflow's view of `TopKPredictor`, built by ``pyfunc_model.py`` when MLflow loads the
+    model (models from code: never pickled); it holds nothing until ``load_context``."""
 
     def load_context(self, context: Any) -> None:
         self.predictor = TopKPredictor.load(context.artifacts["model"], context.artifacts["data"],
@@ -394,13 +413,41 @@ def register_model(model_uri: str, name: str, alias: str = DEFAULT_ALIAS, *,
 
 
 def load_pyfunc(model_uri: str, tracking_uri: str | None = None) -> Any:
-    """``mlflow.pyfunc.load_model`` with recsys's tracking URI resolution and one-line errors."""
+    """``mlflow.pyfunc.load_model`` with recsys's tracking URI resolution and one-line errors,
+    for a model logged from code only: a pickled model (a PythonModel instance, or any flavour
+    whose pyfunc unpickles) is refused before anything of it is loaded."""
     configure_environment()
     mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
     try:
-        return mlflow.pyfunc.load_model(model_uri)
+        flavors = mlflow.models.get_model_info(model_uri).flavors
     except Exception as exc:
         raise RecsysError(f"cannot load MLflow model {model_uri} ({_short(exc)})") from None
+    pyfunc = flavors.get("python_function") or {}
+    if pyfunc.get("loader_module") != "mlflow.pyfunc.model" or not pyfunc.get("model_code_path"):
+        kind = ", ".join(sorted(flavors)) or "no flavour"
+        raise RecsysError(f"MLflow model {model_uri} is not a recsys model logged from code "
+                          f"({kind}); refusing to load it (loading a model logged otherwise may "
+                          "unpickle it): log it with `recsys train --register NAME`")
+    try:
+        # MLflow's own switch, as a second lock: no pickled python model is ever deserialised.
+        with _environ(MLFLOW_ALLOW_PICKLE_DESERIALIZATION="false"):
+            return mlflow.pyfunc.load_model(model_uri)
+    except Exception as exc:
+        raise RecsysError(f"cannot load MLflow model {model_uri} ({_short(exc)})") from None
+
+
+@contextlib.contextmanager
+def _environ(**values: str) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 # -- helpers ----------------------------------------------------------------------------------

@@ -7,10 +7,14 @@ Each checkpoint is two files in ``RUN_DIR/checkpoints``::
 
 The payload is written first and the sidecar second, each through a temporary name and a
 rename, so the sidecar's presence is what commits a checkpoint: a kill between the two leaves
-a payload without a sidecar, which is ignored. On load the payload's digest must match the
-sidecar's; a mismatch (a truncated copy, flipped bytes on disk) is refused with one line rather
-than resuming from silently wrong weights. Payloads are read with ``torch.load(weights_only=True)``,
-so RNG states are stored as tensors and lists, never as arbitrary Python objects.
+a payload without a sidecar, which is ignored. Pruning removes in the opposite order (payload,
+then sidecar), so a kill there leaves a sidecar without a payload, which the next pruning
+removes; `latest_checkpoint` (what a resume calls) also clears what a killed process left behind:
+payloads without a sidecar and the temporaries of an interrupted write. On load the payload's
+digest must match the sidecar's; a mismatch (a truncated copy, flipped bytes on disk) is refused
+with one line rather than resuming from silently wrong weights. Payloads are read with
+``torch.load(weights_only=True)``, so RNG states are stored as tensors and lists, never as
+arbitrary Python objects; a payload holding anything else is refused, never unpickled.
 """
 
 from __future__ import annotations
@@ -30,6 +34,13 @@ from recsys.errors import RecsysError
 CHECKPOINT_DIR = "checkpoints"
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^epoch-(\d+)\.json$")
+_PAYLOAD = re.compile(r"^epoch-(\d+)\.pt$")
+# atomic_path's temporaries beside a checkpoint file: ".epoch-0007.pt.<random>.tmp"
+_TEMPORARY = re.compile(r"^\.epoch-\d+\.(pt|json)\..+\.tmp$")
+# What to do about a checkpoint that cannot be used (train refuses an existing run without
+# --resume unless --overwrite is given, so that is the way to start again).
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_START_OVER = "or pass --overwrite instead of --resume to train from the start"
 
 
 class CheckpointError(RecsysError):
@@ -74,8 +85,36 @@ def list_checkpoints(directory: str | Path) -> list[tuple[int, Path]]:
 
 
 def latest_checkpoint(directory: str | Path) -> Path | None:
+    """The newest committed checkpoint's payload, after clearing what a killed process left
+    (`clean_leftovers`): this is what a resume starts from."""
+    clean_leftovers(directory)
     found = list_checkpoints(directory)
     return found[-1][1] if found else None
+
+
+def clean_leftovers(directory: str | Path) -> list[Path]:
+    """Remove what a kill can leave in ``directory``: payloads without a sidecar (never
+    committed, or half-pruned) and temporaries of an interrupted write. Returns what it removed.
+
+    Only the writing process may call this: it would remove another writer's temporaries. In a
+    distributed run only rank 0 writes checkpoints, so other ranks leave the folder alone.
+    """
+    directory = Path(directory)
+    if not directory.is_dir() or not _is_writer():
+        return []
+    removed = []
+    for path in directory.iterdir():
+        orphan = _PAYLOAD.match(path.name) and not path.with_suffix(".json").exists()
+        if (orphan or _TEMPORARY.match(path.name)) and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return sorted(removed)
+
+
+def _is_writer() -> bool:
+    """Rank 0 of a distributed run, or a process on its own."""
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -86,32 +125,51 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         meta = json.loads(meta_path.read_text())
         expected = str(meta["sha256"])
     except (OSError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"{meta_path}: unreadable checkpoint metadata ({exc}); "
-                              "delete this checkpoint to resume from an earlier one") from None
+        raise CheckpointError(f"{meta_path}: unreadable checkpoint metadata ({_first_line(exc)});"
+                              f" delete {path.name} and {meta_path.name} to resume from an "
+                              f"earlier checkpoint, {_START_OVER}") from None
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise CheckpointError(f"{path}: cannot read checkpoint ({exc.strerror}); "
-                              "delete its .json to resume from an earlier one") from None
+        raise CheckpointError(f"{path}: cannot read checkpoint ({exc.strerror}); delete "
+                              f"{meta_path.name} to resume from an earlier checkpoint, "
+                              f"{_START_OVER}") from None
     actual = hashlib.sha256(data).hexdigest()
+    delete = (f"delete {path.name} and {meta_path.name} to resume from an earlier checkpoint, "
+              f"{_START_OVER}")
     if actual != expected:
         raise CheckpointError(
             f"{path}: checkpoint is corrupted (SHA-256 {actual[:12]}... does not match the "
-            f"recorded {expected[:12]}...); refusing to resume from it: delete {path.name} and "
-            f"{meta_path.name} to resume from an earlier checkpoint, or train without --resume")
+            f"recorded {expected[:12]}...); refusing to resume from it: {delete}")
     try:
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # digest matched but the payload is not ours: say so in one line
-        raise CheckpointError(f"{path}: not a loadable checkpoint ({exc})") from None
+        if type(exc).__name__ == "UnpicklingError":
+            # weights_only refused an object that is not a tensor, number, string, list or
+            # dict: it is never unpickled, and we never advise the user to unpickle it.
+            reason = ("it holds Python objects other than tensors, numbers, strings, lists and "
+                      "dicts; refusing to unpickle them")
+        else:  # truncated, not a torch file: torch's messages run over several lines
+            reason = _first_line(exc)
+        raise CheckpointError(f"{path}: not a loadable checkpoint ({reason}); {delete}") \
+            from None
     if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: unsupported checkpoint format "
-                              f"(expected version {FORMAT_VERSION})")
+                              f"(expected version {FORMAT_VERSION}); {delete}")
     return payload
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, without terminal colour codes."""
+    text = _ANSI.sub("", str(exc)).strip()
+    return text.splitlines()[0].strip() if text else type(exc).__name__
 
 
 def _prune(directory: Path, keep: int) -> None:
     found = list_checkpoints(directory)
     for _, pt_path in found[:-keep] if keep > 0 else []:
-        # The sidecar goes first: a payload without one is simply ignored by list_checkpoints.
-        pt_path.with_suffix(".json").unlink(missing_ok=True)
+        # The payload goes first: a kill in between leaves a sidecar without a payload, which
+        # list_checkpoints still lists, so the next pruning removes it (the other order would
+        # leave a payload that nothing lists, and so nothing ever removes).
         pt_path.unlink(missing_ok=True)
+        pt_path.with_suffix(".json").unlink(missing_ok=True)

@@ -34,6 +34,7 @@ synchronisation.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import sys
 from collections.abc import Iterator, Mapping
@@ -240,8 +241,10 @@ class DistributedTrainer(Trainer):
         try:
             return super().fit(train, valid)
         finally:
-            # Drop DDP's gradient hooks with the wrapper: the fitted network is a plain module.
+            # Drop the wrapper and its gradient hooks now, while the process group is alive: the
+            # hooks hold reference cycles that would otherwise outlive the group until exit.
             self.ddp = None
+            gc.collect()
 
     def _train_epoch(self) -> dict[str, Any]:
         net = self.model.network

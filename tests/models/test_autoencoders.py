@@ -462,3 +462,13 @@ def test_recommend_with_histories_folds_in_new_users_as_the_model_scores_them(tm
         got = lists[lists["user"] == user].sort_values("rank")
         assert got["item"].tolist() == items.lookup(top.indices.numpy()).tolist()
         assert np.allclose(got["score"].to_numpy(), top.values.numpy(), atol=1e-5)
+
+    # A history file whose users have no known item at all: one clear line, exit 2.
+    pd.DataFrame({"user": ["x"], "item": [99999]}).to_csv(tmp_path / "bad.csv", index=False)
+    capsys.readouterr()
+    assert main(["recommend", str(run), "--data", str(prepared), "--histories",
+                 str(tmp_path / "bad.csv"), "--k", "5", "--out", str(tmp_path / "bad.out.csv"),
+                 "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err and "catalogue" in err
+    assert not (tmp_path / "bad.out.csv").exists()

@@ -97,3 +97,50 @@ def test_batch_score_reports_a_missing_model_in_one_line(workdir, capsys):
     assert code == 2
     assert err[-1].startswith("error: cannot load MLflow model models:/no-such-model@champion")
     assert not Path("r.parquet").exists()
+
+
+class _Trap:
+    """Unpickling this creates ``marker``: proof that a model was unpickled."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: ANN204 - pickle protocol
+        import builtins
+
+        return (builtins.open, (str(self.marker), "w"))
+
+
+def _pickled_pyfunc(path: Path, marker: Path) -> Path:
+    """A pyfunc model logged the old way, from a PythonModel instance (cloudpickled)."""
+    import mlflow
+
+    class TrapModel(mlflow.pyfunc.PythonModel):
+        def __init__(self) -> None:
+            self.trap = _Trap(marker)
+
+        def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+            return model_input
+
+    mlflow.pyfunc.save_model(str(path), python_model=TrapModel(), pip_requirements=["mlflow"])
+    return path
+
+
+def test_batch_score_refuses_a_pickled_model_without_unpickling_it(workdir, capsys):
+    import mlflow
+
+    # The trap is real: MLflow's own loader (pickles allowed by default) springs it.
+    witness = workdir / "witness"
+    mlflow.pyfunc.load_model(str(_pickled_pyfunc(workdir / "witness-model", witness)))
+    assert witness.exists()
+
+    marker = workdir / "UNPICKLED"
+    model = _pickled_pyfunc(workdir / "pickled-model", marker)
+    scorer = _load("batch_score")
+    capsys.readouterr()  # MLflow's warnings while saving the model above
+    code = scorer.main(["--model", str(model), "--out", "r.parquet", "--no-track"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "Traceback" not in "\n".join(err)
+    assert err[-1].startswith(f"error: MLflow model {model} is not a recsys model logged from "
+                              "code (python_function); refusing to load it")
+    assert not marker.exists() and not Path("r.parquet").exists()

@@ -348,11 +348,12 @@ CASES = [
     case("predict-pairs-blank-id", lambda c: _predict(c, "user,item\n1,\n"),
          "row 2 has an empty user or item id"),
     case("predict-pairs-ragged", lambda c: _predict(c, "user,item\n1,101,7\n"),
-         "more fields than the header",
-         pytest.mark.xfail(reason="predict.read_pairs: pandas makes the extra leading field the "
-                                  "index, so user,item shift by one column and the wrong pairs "
-                                  "are predicted (exit 0); recsys/commands/predict.py",
-                           strict=False)),
+         "pairs.csv: row 2 has 3 fields, more fields than the header (user,item)"),
+    case("predict-pairs-ragged-later-row",
+         lambda c: _predict(c, "user,item\n1,101\n2,102\n3,103,7\n"),
+         "pairs.csv: row 4 has 3 fields, more fields than the header (user,item)"),
+    case("predict-pairs-header-only", lambda c: _predict(c, "user,item\n"),
+         "pairs.csv: no pairs after the header"),
     case("predict-ranking-model", lambda c: _predict(c, "user,item\n1,101\n",
                                                      run=c.world.run_ease),
          "does not predict ratings"),
@@ -393,20 +394,31 @@ CASES = [
          "use a .csv file name"),
     case("compare-prepare-typo",
          lambda c: _compare(c, f"data: {c.tmp / 'new'}\nprepare:\n  datset: ml-latest-small\n"
-                               "models:\n  - model: pop\n"), "datset",
-         pytest.mark.xfail(reason="compare: `prepare:` keys are not checked up front; the nested "
-                                  "`recsys prepare` prints a progress line and argparse's error "
-                                  "(two lines); recsys/commands/compare.py", strict=False)),
+                               "models:\n  - model: pop\n"),
+         "compare.yaml: prepare: unknown key 'datset' (did you mean 'dataset'?)"),
+    case("compare-prepare-bad-value",
+         lambda c: _compare(c, f"data: {c.tmp / 'new'}\nprepare:\n  dataset: ml-latest-small\n"
+                               "  test-fraction: lots\nmodels:\n  - model: pop\n"),
+         "compare.yaml: prepare: argument --test-fraction: invalid float value: 'lots'"),
     # -- ui ------------------------------------------------------------------------------------
     case("ui-port-out-of-range", lambda c: ["ui", "--port", "70000"],
          "use a port between 1 and 65535"),
     case("ui-port-in-use", lambda c: ["ui", "--port", c.busy_port()], "is in use"),
     case("ui-unsupported-store", lambda c: ["ui", "--port", c.free_port(),
-                                            "--tracking-uri", "foo://bar"], "foo://bar",
-         pytest.mark.slow,
-         pytest.mark.xfail(reason="ui: the tracking URI is not checked before MLflow starts; "
-                                  "MLflow's traceback lands on stderr; recsys/commands/ui.py",
-                           strict=False)),
+                                            "--tracking-uri", "foo://bar"],
+         "tracking URI 'foo://bar': the MLflow UI cannot open a 'foo' store"),
+    case("ui-sqlite-folder-is-a-file",
+         lambda c: ["ui", "--port", c.free_port(), "--tracking-uri",
+                    f"sqlite:///{c.file('taken', 'x')}/sub/m.db"],
+         "taken is a file, so the database's folder cannot be created"),
+    case("ui-sqlite-not-a-database",
+         lambda c: ["ui", "--port", c.free_port(), "--tracking-uri",
+                    f"sqlite:///{c.file('notes.db', 'hello')}"], "is not a SQLite database"),
+    case("ui-sqlite-in-memory", lambda c: ["ui", "--port", c.free_port(), "--tracking-uri",
+                                           "sqlite://"], "is an in-memory database"),
+    case("ui-server-unreachable",
+         lambda c: ["ui", "--tracking-uri", f"http://127.0.0.1:{c.free_port()}"],
+         "cannot reach the MLflow tracking server at http://127.0.0.1:"),
     # -- quickstart ----------------------------------------------------------------------------
     case("quickstart-unknown-model", lambda c: ["quickstart", "--out", c.out, "--models", "eaze"],
          "unknown model 'eaze' (did you mean 'ease'?)"),

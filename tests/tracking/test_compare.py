@@ -14,7 +14,9 @@ from recsys.cli import main
 from recsys.commands.compare import (
     CompareConfig,
     ModelOutcome,
+    check_prepare,
     comparison_table,
+    ensure_data,
     load_compare_config,
     prepare_argv,
 )
@@ -62,6 +64,43 @@ def test_prepare_section_becomes_prepare_flags():
     assert prepare_argv({"dataset": "ml-100k", "implicit_threshold": 4.0, "kcore": True,
                          "seed": 0, "valid_fraction": None}) == \
         ["ml-100k", "--implicit-threshold", "4.0", "--kcore", "--seed", "0"]
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"datset": "ml-100k"}, "x.yaml: prepare: unknown key 'datset' (did you mean 'dataset'?)"),
+    ({"dataset": "ml-100k", "implict-threshold": 4}, "unknown key 'implict-threshold' (did you "
+                                                     "mean 'implicit_threshold'?)"),
+    ({"dataset": "ml-100k", "out": "elsewhere"}, "unknown key 'out'"),
+    ({"dataset": "ml-100k", "split": "randum"}, "argument --split: invalid choice: 'randum'"),
+    ({"dataset": "ml-100k", "seed": "zero"}, "argument --seed: invalid int value: 'zero'"),
+])
+def test_prepare_section_is_checked_before_anything_runs(tmp_path, section, message):
+    with pytest.raises(RecsysError) as caught:
+        check_prepare(section, str(tmp_path / "d"), where="x.yaml")
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+    assert not (tmp_path / "d").exists()
+    # dashes or underscores, flags of every kind: accepted as they are
+    check_prepare({"dataset": "ml-100k", "implicit-threshold": 4, "min_item_interactions": 5,
+                   "kcore": True, "valid_fraction": None}, "d", where="x.yaml")
+
+
+def test_a_missing_dataset_is_prepared_from_the_prepare_section(tmp_path, capsys):
+    ratings = tmp_path / "r.csv"
+    ratings.write_text("user,item,rating\n" + "".join(
+        f"{u},{i},{(u * i) % 5 + 1}\n" for u in range(1, 31) for i in range(1, 21) if (u + i) % 3))
+    spec = load_compare_config(_write(tmp_path, f"""
+data: {tmp_path / 'data'}
+prepare: {{input: {ratings}, test-fraction: 0.25, quiet: true}}
+models: [{{model: pop}}]
+"""))
+    assert ensure_data(spec) == tmp_path / "data"
+    assert (tmp_path / "data" / "metadata.json").is_file()
+    assert "preparing" in capsys.readouterr().err
+    # a prepare that fails says why in its own one line (no second "failed" line)
+    spec.data, spec.prepare = str(tmp_path / "none"), {"input": str(tmp_path / "nope.csv")}
+    with pytest.raises(RecsysError, match="nope.csv: file not found"):
+        ensure_data(spec)
+    assert not (tmp_path / "none").exists()
 
 
 def _outcome(label: str, values: np.ndarray) -> ModelOutcome:

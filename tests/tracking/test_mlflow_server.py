@@ -44,6 +44,12 @@ def test_run_params_tags_and_metric_history(mlflow_server, trained):
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert client.get_experiment(run.info.experiment_id).name == "it-train"
+    # The logged model is filed under the run's experiment (not MLflow's Default, id 0), logged
+    # from code (nothing pickled).
+    model_uri = json.loads((out / "run.json").read_text())["mlflow"]["model_uri"]
+    logged = client.get_logged_model(model_uri.removeprefix("models:/"))
+    assert logged.experiment_id == run.info.experiment_id
+    assert logged.source_run_id == run_id and logged.status == "READY"
     params = run.data.params
     assert (params["model"], params["epochs"], params["hidden_dims"]) == ("multdae", "3", "[48]")
     assert params["data"].endswith("mls")
@@ -190,6 +196,9 @@ models:
     assert len(client.get_metric_history(tuned.info.run_id, "tune/valid_ndcg_at_100")) == 2
     champion = client.get_model_version_by_alias("it-best", "champion")
     assert champion.run_id == parent.data.tags["recsys.best_run_id"]
+    # Each child's model is filed under the comparison's experiment, beside its run.
+    models = client.search_logged_models(experiment_ids=[experiment])
+    assert sorted(m.source_run_id for m in models) == sorted(r.info.run_id for r in children)
 
 
 def test_ui_serves_the_store_and_prints_its_url(tmp_path):

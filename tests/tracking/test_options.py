@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import matplotlib
 import pandas as pd
@@ -133,6 +134,15 @@ def test_a_run_in_the_local_sqlite_store(tmp_path, monkeypatch):
                                                            "per_user_metrics.json",
                                                            str(tmp_path)), orient="split")
     assert per_user_back["user"].tolist() == data.users.ids[:3].tolist()
+
+    # Logged from code (nothing pickled), and filed under the run's experiment, not Default.
+    logged = client.get_logged_model(tracker.model_uri.removeprefix("models:/"))
+    assert logged.experiment_id == run.info.experiment_id != "0"
+    assert logged.source_run_id == run.info.run_id
+    flavor = mlflow.models.get_model_info(uri).flavors["python_function"]
+    assert flavor["model_code_path"].endswith("pyfunc_model.py") and "python_model" not in flavor
+    local = mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path / "logged"))
+    assert not [p.name for p in Path(local).rglob("*.pkl")]
 
     mlflow.set_tracking_uri("sqlite:///mlflow.db")
     served = mlflow.pyfunc.load_model(uri)

@@ -3,16 +3,75 @@ UI is started in test_mlflow_server.py)."""
 
 from __future__ import annotations
 
+import http.server
 import socket
+import sqlite3
+import threading
+
+import pytest
 
 from recsys.cli import main
-from recsys.commands.ui import ui_command
+from recsys.commands.ui import check_store, ui_command
+from recsys.errors import RecsysError
+
+from .services import free_port
 
 
-def test_a_tracking_server_already_serves_its_ui(capsys, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+class _Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        self.send_response(200 if self.path == "/health" else 404)
+        self.end_headers()
+        self.wfile.write(b"OK")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def answering_server():
+    """An http address that answers /health (the stand-in for a tracking server)."""
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Health)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_tracking_server_already_serves_its_ui(capsys, monkeypatch, answering_server):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", answering_server)
     assert main(["ui"]) == 0
-    assert "open http://127.0.0.1:5999" in capsys.readouterr().out
+    assert f"open {answering_server}" in capsys.readouterr().out
+
+
+def test_a_tracking_server_that_does_not_answer_is_one_line(capsys):
+    dead = f"http://127.0.0.1:{free_port()}"
+    assert main(["ui", "--tracking-uri", dead]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: cannot reach the MLflow tracking "
+                                               f"server at {dead}")
+
+
+def test_store_checks_accept_what_mlflow_opens(tmp_path):
+    db = tmp_path / "runs.db"
+    sqlite3.connect(db).close()  # an existing (empty) SQLite database
+    check_store(f"sqlite:///{db}")
+    db.write_bytes(b"")  # an empty file is a fine new database
+    check_store(f"sqlite:///{db}")
+    check_store(f"sqlite:///{tmp_path / 'new' / 'deeper' / 'm.db'}")  # MLflow makes the folders
+    assert not (tmp_path / "new").exists()  # the check itself creates nothing
+
+
+@pytest.mark.parametrize("uri, message", [
+    ("databricks", "cannot open a 'databricks' store"),
+    ("postgresql+psycopg2://u:p@127.0.0.1:{port}/db", "cannot reach the database at 127.0.0.1"),
+    ("sqlite:///{tmp}", "is a directory; give the database file"),
+    ("sqlite:///:memory:", "in-memory database"),
+])
+def test_store_checks_refuse_in_one_line(tmp_path, uri, message):
+    with pytest.raises(RecsysError, match=message) as caught:
+        check_store(uri.format(port=free_port(), tmp=tmp_path))
+    assert "\n" not in str(caught.value)
 
 
 def test_busy_port_and_file_store_are_one_line_errors(capsys, tmp_path, monkeypatch):

@@ -157,6 +157,22 @@ def test_ddp_matches_one_process_on_the_global_batch(model, data_dir, tmp_path):
     assert (ddp / "checkpoints" / "epoch-0003.pt").is_file()
 
 
+@pytest.mark.slow
+@pytest.mark.integration
+def test_ddp_resume_continues_exactly_as_the_uninterrupted_run(data_dir, tmp_path):
+    """With dropout on: each rank's noise comes from (seed, epoch, rank), so a run resumed from
+    rank 0's checkpoint draws what the uninterrupted run drew, on every rank."""
+    args = ["train", "multdae", "--data", str(data_dir), *COMMON, "--set", "dropout=0.5",
+            "--set", "hidden_dims=[16]", "--no-track"]
+    for extra, out in (([], "full"), (["--set", "epochs=2"], "resumed"), (["--resume"], "resumed")):
+        done = torchrun([*args, *extra, "--out", str(tmp_path / out)], cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[:4000] + "\n...\n" + done.stderr[-2000:]
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    assert history(resumed) == history(full)
+    w1, w2 = weights(full), weights(resumed)
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+
+
 @pytest.fixture(scope="module")
 def movielens(tmp_path_factory) -> Path:
     """ml-latest-small (embedded), 3.5+ stars as positives, items with >= 10 of them."""

@@ -1,0 +1,121 @@
+"""Batch scoring with Spark: an MLflow model -> top-K lists for a Parquet table of users -> Parquet.
+
+    spark-submit --master yarn --deploy-mode cluster pipelines/spark_score.py \\
+        --model models:/movielens-best@champion --tracking-uri http://mlflow:5000 \\
+        --users hdfs:///recsys/users.parquet --k 100 --out hdfs:///recsys/recs.parquet
+
+    python pipelines/spark_score.py --master 'local[*]' --model runs:/RUN_ID/model \\
+        --users users.parquet --k 100 --out recs.parquet
+
+The model is the pyfunc `recsys train` logs (or registers with --register): any MLflow model URI
+(``models:/NAME@ALIAS``, ``runs:/ID/model``, a local or object-store directory). It is applied
+with ``mlflow.pyfunc.spark_udf``, which ships it to the executors; see recsys.scoring.spark for
+the UDF's one-struct-per-user design. ``--users`` is a Parquet table (a file or a directory of
+parts) with a ``user`` column; without it every user the model knows is scored. The output is a
+Parquet dataset with the columns of `recsys recommend`: user, item, rank, score, cold. The job is
+one MLflow run (experiment ``recsys-batch`` unless --experiment) with its parameters, rows, users
+and one ``step_seconds/<step>`` per step; --no-track skips it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from steps import Steps  # noqa: E402
+
+from recsys.errors import RecsysError  # noqa: E402
+from recsys.tracking.options import add_tracking_args, make_tracker  # noqa: E402
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(__doc__.splitlines()[1:]))
+    p.add_argument("--model", required=True, metavar="URI",
+                   help="MLflow model URI: models:/NAME@ALIAS, runs:/ID/model or a directory")
+    p.add_argument("--out", required=True, metavar="PATH",
+                   help="output Parquet dataset (local path, hdfs://, s3a://...)")
+    p.add_argument("--users", default=None, metavar="PATH",
+                   help="Parquet table with a `user` column (default: every user the model knows)")
+    p.add_argument("--k", type=int, default=100, help="list length (default 100)")
+    p.add_argument("--master", default=None, metavar="URL",
+                   help="Spark master (default: spark-submit's, else local[*])")
+    p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra Spark setting (repeatable), e.g. "
+                        "spark.sql.execution.arrow.maxRecordsPerBatch=5000")
+    p.add_argument("--env-manager", default="local", choices=("local", "virtualenv", "uv", "conda"),
+                   help="Python environment of the UDF: local (the executors' own, with recsys "
+                        "installed; default) or one rebuilt from the model's requirements")
+    add_tracking_args(p)
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except RecsysError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+def run(args: argparse.Namespace) -> int:
+    from recsys.scoring.spark import (
+        get_session,
+        model_users,
+        parse_conf,
+        read_users,
+        score_users,
+        summarise,
+        use_tracking_uri,
+        users_frame,
+        write_lists,
+    )
+
+    if args.k < 1:
+        raise RecsysError(f"--k must be at least 1 (got {args.k})")
+    conf = parse_conf(args.conf)
+    use_tracking_uri(args.tracking_uri)
+    args.experiment = args.experiment or "recsys-batch"
+    tracker = make_tracker(args, run_name="spark-score",
+                           tags={"recsys.kind": "spark_score", "recsys.model_uri": args.model})
+    steps = Steps(total=3, title=f"Spark scoring with {args.model}")
+    spark, owned = None, False
+    status = "FAILED"
+    try:
+        spark, owned = get_session(args.master, conf=conf)
+        with steps("read users", tracker):
+            if args.users:
+                users = read_users(spark, args.users)
+            else:
+                users = users_frame(spark, model_users(args.model))
+            tracker.log_params({"model_uri": args.model, "k": args.k, "out": args.out,
+                                "users": args.users or "all", "master": spark.sparkContext.master,
+                                "env_manager": args.env_manager})
+
+        with steps("score and write", tracker):
+            lists = score_users(spark, args.model, users, args.k, env_manager=args.env_manager)
+            out = write_lists(spark, lists, args.out)
+
+        with steps("summarise", tracker):
+            summary = summarise(spark, out)
+            tracker.log_metrics({"rows": summary["rows"], "users": summary["users"],
+                                 "cold_users": summary["cold"]})
+            tracker.set_tags({"recsys.output": out})
+        print(f"wrote {out}: {summary['users']} users ({summary['cold']} cold), top-{args.k}, "
+              f"{summary['rows']} rows", file=sys.stderr)
+        status = "FINISHED"
+        return 0
+    finally:
+        tracker.close(status)
+        if owned and spark is not None:
+            spark.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
