@@ -66,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from recsys.scoring.spark import (
+        fetched_model,
         get_session,
         model_users,
         parse_conf,
@@ -89,17 +90,19 @@ def run(args: argparse.Namespace) -> int:
     status = "FAILED"
     try:
         spark, owned = get_session(args.master, conf=conf)
-        with steps("read users", tracker):
+        with steps("load model and users", tracker), fetched_model(args.model) as model:
+            # The checked copy of the model is what the executors get (and whose users are
+            # read when --users is not given).
             if args.users:
                 users = read_users(spark, args.users)
             else:
-                users = users_frame(spark, model_users(args.model))
+                users = users_frame(spark, model_users(model))
+            lists = score_users(spark, model, users, args.k, env_manager=args.env_manager)
             tracker.log_params({"model_uri": args.model, "k": args.k, "out": args.out,
                                 "users": args.users or "all", "master": spark.sparkContext.master,
                                 "env_manager": args.env_manager})
 
         with steps("score and write", tracker):
-            lists = score_users(spark, args.model, users, args.k, env_manager=args.env_manager)
             out = write_lists(spark, lists, args.out)
 
         with steps("summarise", tracker):

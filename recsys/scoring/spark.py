@@ -8,7 +8,9 @@ The model is the pyfunc that `recsys train` logs to MLflow (`recsys.tracking.mlf
 `recsys.tracking.pyfunc.TopKPredictor`): the weights plus the vocabularies, the known history and
 the popularity list, so an executor needs nothing but the model. `recsys recommend --engine
 spark` packages RUN_DIR with the prepared data of ``--data`` into such a model first
-(`save_pyfunc_model`), so its lists are those of the local engine.
+(`save_pyfunc_model`), so its lists are those of the local engine. Any model is fetched once on
+the driver and checked to be recsys's own (`fetched_model`) before Spark ships that copy to the
+executors.
 
 A Spark UDF returns one value per input row, so the model is asked for its ``lists`` layout: one
 struct per user, ``items`` and ``scores`` as arrays of length <= K (ranked) and the ``cold`` flag.
@@ -27,10 +29,12 @@ rebuild the environment the model was logged with.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -100,49 +104,69 @@ def use_tracking_uri(tracking_uri: str | None = None) -> str:
     return uri
 
 
-def model_users(model_uri: str) -> Any:
-    """External ids of every user the model knows: the user vocabulary packaged with it (read on
-    the driver without loading the model), the users to score when no table is given."""
+@contextlib.contextmanager
+def fetched_model(model_uri: str) -> Iterator[Path]:
+    """The model at ``model_uri`` downloaded once on the driver into a temporary directory,
+    checked to be recsys's pyfunc before anything of it runs (the rule of
+    `recsys.tracking.mlflow.load_pyfunc`): logged from code, and that code is recsys's own
+    ``pyfunc_model.py`` byte for byte (a pickled model would be unpickled on load, another
+    model's code would be run). Scoring uses this checked copy, so an alias moved meanwhile
+    cannot swap the model."""
     import mlflow
-    import pandas as pd
+    from mlflow.models import Model
 
-    id_types(model_uri)  # a recsys model, logged from code
+    from recsys.tracking.mlflow import PYFUNC_MODEL_CODE, configure_environment
+
+    configure_environment()
     with tempfile.TemporaryDirectory(prefix="recsys-model-") as tmp:
         try:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri,
                                                              dst_path=tmp))
-            return pd.read_parquet(local / "artifacts" / "data" / "users.parquet")["user"
-                                                                                   ].to_numpy()
-        except Exception as exc:  # an artifact store that fails, a model without users
-            raise RecsysError(f"cannot read the users of MLflow model {model_uri} "
-                              f"({_short(exc)})") from None
+            flavors = Model.load(str(local / "MLmodel")).flavors
+        except Exception as exc:  # a missing run, registry name, path or artifact store
+            raise RecsysError(f"cannot read MLflow model {model_uri} ({_short(exc)})") from None
+        pyfunc = flavors.get("python_function") or {}
+        code = pyfunc.get("model_code_path")
+        if pyfunc.get("loader_module") not in CODE_LOADERS or not code:
+            kind = ", ".join(sorted(flavors)) or "no flavour"
+            raise RecsysError(f"MLflow model {model_uri} is not a recsys model logged from code "
+                              f"({kind}); refusing to load it (it may unpickle): log it with "
+                              "`recsys train --register NAME`")
+        copy = local / Path(str(code)).name
+        if not copy.is_file() or copy.read_bytes() != PYFUNC_MODEL_CODE.read_bytes():
+            raise RecsysError(f"MLflow model {model_uri}: its model code ({copy.name}) is not "
+                              f"recsys's {PYFUNC_MODEL_CODE.name}; refusing to run it")
+        yield local
 
 
-def id_types(model_uri: str) -> tuple[str, str]:
-    """Spark SQL types of the model's user and item ids, read from its signature; a model not
-    logged from code (one whose loading would unpickle it) is refused, as `load_pyfunc` does."""
-    from mlflow.models import get_model_info
+def model_users(model: str | Path) -> Any:
+    """External ids of every user a model knows (the user vocabulary packaged with it; read
+    without loading the model): the users to score when no table is given. ``model``: a checked
+    local copy (`fetched_model`)."""
+    import pandas as pd
 
+    path = Path(model) / "artifacts" / "data" / "users.parquet"
     try:
-        info = get_model_info(model_uri)
-    except Exception as exc:  # a missing run, registry name, path or artifact store
-        raise RecsysError(f"cannot read MLflow model {model_uri} ({_short(exc)})") from None
-    pyfunc = info.flavors.get("python_function") or {}
-    if pyfunc.get("loader_module") not in CODE_LOADERS or not pyfunc.get("model_code_path"):
-        kind = ", ".join(sorted(info.flavors)) or "no flavour"
-        raise RecsysError(f"MLflow model {model_uri} is not a recsys model logged from code "
-                          f"({kind}); refusing to load it, since that would unpickle it: log it "
-                          "with `recsys train` (or --register)")
-    signature = info.signature
+        return pd.read_parquet(path)["user"].to_numpy()
+    except (OSError, KeyError, ValueError) as exc:
+        raise RecsysError(f"{model}: cannot read the model's users ({_short(exc)})") from None
+
+
+def id_types(model: str | Path) -> tuple[str, str]:
+    """Spark SQL types of the user and item ids of a model (a checked local copy,
+    `fetched_model`), read from its signature."""
+    from mlflow.models import Model
+
+    signature = Model.load(str(Path(model) / "MLmodel")).signature
     if signature is None or signature.outputs is None:
-        raise RecsysError(f"MLflow model {model_uri} has no signature; it is not a recsys "
-                          "top-K model (log one with `recsys train`)")
+        raise RecsysError(f"MLflow model {model} has no signature; it is not a recsys top-K "
+                          "model (log one with `recsys train`)")
     types = {}
     for schema, column in ((signature.inputs, "user"), (signature.outputs, "item")):
         spec = next((c for c in schema.inputs if c.name == column), None)
         if spec is None:
-            raise RecsysError(f"MLflow model {model_uri}: its signature has no '{column}' "
-                              "column; it is not a recsys top-K model")
+            raise RecsysError(f"MLflow model {model}: its signature has no '{column}' column; "
+                              "it is not a recsys top-K model")
         kind = getattr(spec.type, "name", str(spec.type))
         types[column] = _SPARK_ID_TYPES.get(kind, "string")
     return types["user"], types["item"]
@@ -156,11 +180,13 @@ def lists_type(item_type: str) -> str:
 # -- scoring ----------------------------------------------------------------------------------
 
 
-def score_users(spark: SparkSession, model_uri: str, users: DataFrame, k: int, *,
+def score_users(spark: SparkSession, model: str | Path, users: DataFrame, k: int, *,
                 env_manager: str = "local") -> DataFrame:
     """Top-``k`` lists (user, item, rank, score, cold) of the users in ``users`` (a ``user``
-    column) with the MLflow pyfunc at ``model_uri`` (a local directory, ``runs:/``,
-    ``models:/NAME@ALIAS``...). Lazy: nothing runs until the result is written or collected."""
+    column) with a recsys pyfunc model: a checked local copy from `fetched_model` (``with
+    fetched_model("models:/NAME@ALIAS") as model: ...``). Lazy: nothing is scored until the
+    result is written or collected; the UDF keeps its own copy of the model, so ``model`` may
+    be removed once this returns."""
     import warnings
 
     import mlflow
@@ -177,6 +203,7 @@ def score_users(spark: SparkSession, model_uri: str, users: DataFrame, k: int, *
     if "user" not in users.columns:
         raise RecsysError(f"the users table has no 'user' column (columns: "
                           f"{', '.join(users.columns) or 'none'})")
+    model_uri = str(model)
     user_type, item_type = id_types(model_uri)
     # try_cast: a malformed id becomes NULL (reported below) instead of failing the job.
     ids = users.select(F.col("user").try_cast(user_type).alias("user"),
@@ -390,13 +417,14 @@ def run_recommend(args: Any) -> int:
     spark, owned = get_session(getattr(args, "spark_master", None))
     try:
         with tempfile.TemporaryDirectory(prefix="recsys-pyfunc-") as tmp:
-            model_uri = str(save_pyfunc_model(args.run_dir, args.data, Path(tmp) / "model"))
+            packaged = str(save_pyfunc_model(args.run_dir, args.data, Path(tmp) / "model"))
             if local_users is not None:
                 users = users_frame(spark, local_users)
             else:
                 users = read_users(spark, users_path)
-            lists = score_users(spark, model_uri, users, args.k,
-                                env_manager=getattr(args, "env_manager", "local"))
+            with fetched_model(packaged) as model:
+                lists = score_users(spark, model, users, args.k,
+                                    env_manager=getattr(args, "env_manager", "local"))
             out = write_lists(spark, lists, str(args.out))
         summary = summarise(spark, out)
         master = spark.sparkContext.master

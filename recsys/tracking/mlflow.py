@@ -414,26 +414,49 @@ def register_model(model_uri: str, name: str, alias: str = DEFAULT_ALIAS, *,
 
 def load_pyfunc(model_uri: str, tracking_uri: str | None = None) -> Any:
     """``mlflow.pyfunc.load_model`` with recsys's tracking URI resolution and one-line errors,
-    for a model logged from code only: a pickled model (a PythonModel instance, or any flavour
-    whose pyfunc unpickles) is refused before anything of it is loaded."""
+    for recsys's own models only (`fetch_recsys_model`: anything else is refused before any of
+    it is loaded)."""
     configure_environment()
     mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
+    with tempfile.TemporaryDirectory(prefix="recsys-model-") as tmp:
+        local = fetch_recsys_model(model_uri, tmp)
+        try:
+            # MLflow's own switch, as a second lock: no pickled python model is deserialised.
+            # Everything is read into memory while loading, so the folder can go afterwards.
+            with _environ(MLFLOW_ALLOW_PICKLE_DESERIALIZATION="false"):
+                return mlflow.pyfunc.load_model(str(local))
+        except Exception as exc:
+            raise RecsysError(f"cannot load MLflow model {model_uri} ({_short(exc)})") from None
+
+
+# How MLflow records a pyfunc logged from code (python_model="file.py") in MLmodel.
+CODE_MODEL_LOADER = "mlflow.pyfunc.loaders.code_model"
+
+
+def fetch_recsys_model(model_uri: str, dst: str | Path) -> Path:
+    """Download the model at ``model_uri`` into the folder ``dst`` and check, before anything of
+    it is loaded, that it is recsys's pyfunc: logged from code (a pickled PythonModel would be
+    unpickled on load), and that code is recsys's ``pyfunc_model.py`` byte for byte (MLflow runs
+    the model's copy of it on load). Returns the local model folder; `RecsysError` otherwise."""
     try:
-        flavors = mlflow.models.get_model_info(model_uri).flavors
-    except Exception as exc:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri,
+                                                         dst_path=str(dst)))
+        flavors = Model.load(str(local / "MLmodel")).flavors
+    except Exception as exc:  # a missing run, registry name, path or artifact store
         raise RecsysError(f"cannot load MLflow model {model_uri} ({_short(exc)})") from None
     pyfunc = flavors.get("python_function") or {}
-    if pyfunc.get("loader_module") != "mlflow.pyfunc.model" or not pyfunc.get("model_code_path"):
+    code = pyfunc.get("model_code_path")
+    if pyfunc.get("loader_module") != CODE_MODEL_LOADER or not code:
         kind = ", ".join(sorted(flavors)) or "no flavour"
         raise RecsysError(f"MLflow model {model_uri} is not a recsys model logged from code "
                           f"({kind}); refusing to load it (loading a model logged otherwise may "
                           "unpickle it): log it with `recsys train --register NAME`")
-    try:
-        # MLflow's own switch, as a second lock: no pickled python model is ever deserialised.
-        with _environ(MLFLOW_ALLOW_PICKLE_DESERIALIZATION="false"):
-            return mlflow.pyfunc.load_model(model_uri)
-    except Exception as exc:
-        raise RecsysError(f"cannot load MLflow model {model_uri} ({_short(exc)})") from None
+    copy = local / Path(str(code)).name
+    if not copy.is_file() or copy.read_bytes() != PYFUNC_MODEL_CODE.read_bytes():
+        raise RecsysError(f"MLflow model {model_uri}: its model code ({copy.name}) is not "
+                          f"recsys's {PYFUNC_MODEL_CODE.name}; refusing to run it: log the model "
+                          "with `recsys train --register NAME` (of this recsys version)")
+    return local
 
 
 @contextlib.contextmanager

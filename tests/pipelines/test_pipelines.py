@@ -54,7 +54,10 @@ models:
   - model: itemknn
     tune: {k: [20, 100]}
 """)
-    uri = "sqlite:///mlflow.db"  # the default store, spelled out
+    # The default store, spelled out with its full path: MLflow caches a store per URI for the
+    # life of the process, so a relative URI would stay bound to this test's working directory
+    # and later tests' "sqlite:///mlflow.db" would write here.
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
     benchmark = _load("movielens_benchmark")
     assert benchmark.main([str(config), "--tracking-uri", uri, "--register", "pl-best"]) == 0
     out = capsys.readouterr()
@@ -92,7 +95,7 @@ models:
 def test_batch_score_reports_a_missing_model_in_one_line(workdir, capsys):
     scorer = _load("batch_score")
     code = scorer.main(["--model", "models:/no-such-model@champion", "--out", "r.parquet",
-                        "--tracking-uri", "sqlite:///mlflow.db", "--no-track"])
+                        "--tracking-uri", f"sqlite:///{workdir / 'mlflow.db'}", "--no-track"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert err[-1].startswith("error: cannot load MLflow model models:/no-such-model@champion")
@@ -138,9 +141,34 @@ def test_batch_score_refuses_a_pickled_model_without_unpickling_it(workdir, caps
     model = _pickled_pyfunc(workdir / "pickled-model", marker)
     scorer = _load("batch_score")
     capsys.readouterr()  # MLflow's warnings while saving the model above
-    code = scorer.main(["--model", str(model), "--out", "r.parquet", "--no-track"])
+    code = scorer.main(["--model", str(model), "--out", "r.parquet", "--no-track",
+                        "--tracking-uri", f"sqlite:///{workdir / 'mlflow.db'}"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "Traceback" not in "\n".join(err)
     assert err[-1].startswith(f"error: MLflow model {model} is not a recsys model logged from "
                               "code (python_function); refusing to load it")
+    assert not marker.exists() and not Path("r.parquet").exists()
+
+
+def test_batch_score_refuses_to_run_another_models_code(workdir, capsys):
+    """A pyfunc logged from code that is not recsys's would be run on load: it is refused."""
+    import mlflow
+
+    marker = workdir / "RAN"
+    code = workdir / "evil_model.py"
+    code.write_text("import mlflow\n"
+                    f"open({str(marker)!r}, 'w').close()\n"
+                    "class M(mlflow.pyfunc.PythonModel):\n"
+                    "    def predict(self, context, model_input, params=None):\n"
+                    "        return model_input\n"
+                    "mlflow.models.set_model(M())\n")
+    mlflow.pyfunc.save_model(str(workdir / "code-model"), python_model=str(code),
+                             pip_requirements=["mlflow"])
+    marker.unlink()  # saving ran it once; loading must not
+    scorer = _load("batch_score")
+    capsys.readouterr()
+    assert scorer.main(["--model", str(workdir / "code-model"), "--out", "r.parquet",
+                        "--no-track", "--tracking-uri", f"sqlite:///{workdir / 'mlflow.db'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "its model code (evil_model.py) is not recsys's pyfunc_model.py" in err[-1]
     assert not marker.exists() and not Path("r.parquet").exists()

@@ -137,17 +137,28 @@ def test_pipeline_scores_every_user_with_the_logged_model(spark, trained, capsys
 
 
 def test_user_ids_of_the_wrong_type_are_one_line_errors(spark, trained):
-    from recsys.scoring.spark import score_users, users_frame
+    from recsys.scoring.spark import fetched_model, save_pyfunc_model, score_users, users_frame
 
-    tmp, data, run, db = trained
+    tmp, data, run, _ = trained
     users = users_frame(spark, ["5", "not-a-user"])
-    from recsys.scoring.spark import save_pyfunc_model
+    with fetched_model(str(save_pyfunc_model(run, data, tmp / "pyfunc"))) as model:
+        with pytest.raises(RecsysError, match="'not-a-user' is not of the model's id type"):
+            score_users(spark, model, users, K)
+        with pytest.raises(RecsysError, match="no 'user' column"):
+            score_users(spark, model, users.withColumnRenamed("user", "id"), K)
 
-    model = save_pyfunc_model(run, data, tmp / "pyfunc")
-    with pytest.raises(RecsysError, match="'not-a-user' is not of the model's id type"):
-        score_users(spark, str(model), users, K)
-    with pytest.raises(RecsysError, match="no 'user' column"):
-        score_users(spark, str(model), users.withColumnRenamed("user", "id"), K)
+
+def test_only_recsys_own_model_code_is_run(trained):
+    """A model whose code file is not recsys's pyfunc_model.py is refused before Spark sees it."""
+    from recsys.scoring.spark import fetched_model, save_pyfunc_model
+
+    tmp, data, run, _ = trained
+    model = save_pyfunc_model(run, data, tmp / "tampered")
+    code = model / "pyfunc_model.py"
+    code.write_text(code.read_text() + "\nprint('not recsys')\n")
+    with pytest.raises(RecsysError, match="is not recsys's pyfunc_model.py"):
+        with fetched_model(str(model)):
+            pass
 
 
 @pytest.mark.parametrize(("extra", "says"), [
