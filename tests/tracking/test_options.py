@@ -152,6 +152,12 @@ def test_a_run_in_the_local_sqlite_store(tmp_path, monkeypatch):
 
     expected = TopKPredictor.from_dataset(model, data).predict(users, k=3)
     pd.testing.assert_frame_equal(got.reset_index(drop=True), expected)
+    # recsys's own loader (batch scoring) accepts it: logged from recsys's own model code.
+    from recsys.tracking.mlflow import load_pyfunc
+
+    checked = load_pyfunc(uri, tracking_uri="sqlite:///mlflow.db")
+    pd.testing.assert_frame_equal(checked.predict(users, params={"k": 3}).reset_index(drop=True),
+                                  expected)
 
 
 def test_metric_names_and_failure_summary():
