@@ -7,11 +7,12 @@ The model is the MLflow pyfunc that `recsys train --register` / the benchmark pi
 loading it needs only recsys (its weights and the prepared data's vocabularies and history travel
 with it). It is logged from code, so loading it unpickles nothing; a model URI that is not such a
 model (e.g. one pickled from a PythonModel instance) is refused before anything of it is loaded
-(`recsys.tracking.mlflow.load_pyfunc`). Users are scored in chunks through the pyfunc's ``predict`` and committed one Parquet
-row group at a time (`recsys.scoring.export`: nothing half-written under the final name,
-``--resume`` keeps committed chunks). The columns are those of `recsys recommend`: user, item,
-rank, score, cold. The job is one MLflow run (experiment ``recsys-batch`` unless --experiment)
-with its parameters, users per second and one ``step_seconds/<step>`` per step.
+(`recsys.tracking.mlflow.load_pyfunc`). Users are scored in chunks through the pyfunc's
+``predict`` and committed one Parquet row group at a time (`recsys.scoring.export`: nothing
+half-written under the final name, ``--resume`` keeps committed chunks). The columns are those of
+`recsys recommend`: user, item, rank, score, cold. The job is one MLflow run (experiment
+``recsys-batch`` unless --experiment) with its parameters, users per second and one
+``step_seconds/<step>`` per step.
 """
 
 from __future__ import annotations
