@@ -45,7 +45,6 @@ if TYPE_CHECKING:
 
 APP_NAME = "recsys-score"
 # The pyfunc loaders of models logged from code (MLflow 3; the second in older releases).
-CODE_LOADERS = ("mlflow.pyfunc.loaders.code_model", "mlflow.pyfunc.model")
 ENV_MANAGERS = ("local", "virtualenv", "uv", "conda")
 # MLflow signature types of ids -> Spark SQL types.
 _SPARK_ID_TYPES = {"long": "bigint", "integer": "int", "string": "string"}
@@ -112,31 +111,11 @@ def fetched_model(model_uri: str) -> Iterator[Path]:
     ``pyfunc_model.py`` byte for byte (a pickled model would be unpickled on load, another
     model's code would be run). Scoring uses this checked copy, so an alias moved meanwhile
     cannot swap the model."""
-    import mlflow
-    from mlflow.models import Model
-
-    from recsys.tracking.mlflow import PYFUNC_MODEL_CODE, configure_environment
+    from recsys.tracking.mlflow import configure_environment, fetch_recsys_model
 
     configure_environment()
     with tempfile.TemporaryDirectory(prefix="recsys-model-") as tmp:
-        try:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri,
-                                                             dst_path=tmp))
-            flavors = Model.load(str(local / "MLmodel")).flavors
-        except Exception as exc:  # a missing run, registry name, path or artifact store
-            raise RecsysError(f"cannot read MLflow model {model_uri} ({_short(exc)})") from None
-        pyfunc = flavors.get("python_function") or {}
-        code = pyfunc.get("model_code_path")
-        if pyfunc.get("loader_module") not in CODE_LOADERS or not code:
-            kind = ", ".join(sorted(flavors)) or "no flavour"
-            raise RecsysError(f"MLflow model {model_uri} is not a recsys model logged from code "
-                              f"({kind}); refusing to load it (it may unpickle): log it with "
-                              "`recsys train --register NAME`")
-        copy = local / Path(str(code)).name
-        if not copy.is_file() or copy.read_bytes() != PYFUNC_MODEL_CODE.read_bytes():
-            raise RecsysError(f"MLflow model {model_uri}: its model code ({copy.name}) is not "
-                              f"recsys's {PYFUNC_MODEL_CODE.name}; refusing to run it")
-        yield local
+        yield fetch_recsys_model(model_uri, tmp)
 
 
 def model_users(model: str | Path) -> Any:
