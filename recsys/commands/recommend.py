@@ -289,7 +289,7 @@ def run(args: argparse.Namespace) -> int:
     schema = lists_schema(user_ids, data.items.ids)
     n = len(user_ids)
     n_chunks = -(-n // args.chunk_size)
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # plain: tqdm.auto warns in notebooks without ipywidgets
 
     start = time.perf_counter()
     rows_written = cold_users = 0

@@ -524,7 +524,7 @@ class Trainer:
         return contextlib.nullcontext()
 
     def _bar(self, batches: list[torch.Tensor]) -> Any:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm  # plain: tqdm.auto warns in notebooks without ipywidgets
 
         return tqdm(batches, desc=f"epoch {self.epoch}/{self.config.epochs}", unit="batch",
                     leave=False, disable=self.ctx.quiet or not self.is_main, dynamic_ncols=True)
@@ -532,7 +532,7 @@ class Trainer:
     def _report(self, record: dict[str, float], epoch_seconds: list[float]) -> None:
         if self.ctx.quiet:
             return
-        from tqdm.auto import tqdm
+        from tqdm import tqdm  # plain: tqdm.auto warns in notebooks without ipywidgets
 
         left = (self.config.epochs - self.epoch) * float(np.mean(epoch_seconds[-5:]))
         parts = [f"epoch {self.epoch}/{self.config.epochs}", f"loss {record['loss']:.4g}"]
