@@ -139,7 +139,10 @@ def main() -> int:
 
     rows = []
     for fold in [int(f) for f in args.folds.split(",")]:
-        ds = prepare_movielens("ml-100k", PrepareOptions(split=f"ml100k-u{fold}"),
+        # valid_fraction=0: prepare would otherwise carve its own 10% validation from the base
+        # file, and carve_validation below another 5%, training on ~85% of u{k}.base.
+        ds = prepare_movielens("ml-100k", PrepareOptions(split=f"ml100k-u{fold}",
+                                                         valid_fraction=0.0),
                                mirror=args.mirror, progress=False)
         train, valid = carve_validation(ds.train, args.valid_fraction, args.seed)
         test = read_test(folder, fold)

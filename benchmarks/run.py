@@ -9,8 +9,9 @@ Sections (``--only``, repeatable or comma-separated; default all):
 - ``real`` (CPU, always): ml-100k (from the dataset mirror) and ml-latest-small (embedded):
   prepare time; the accuracy table (pop, tuned ItemKNN / EASE / ALS, Mult-VAE, Mult-DAE, RecVAE,
   CDAE) with fit seconds, through ``recsys prepare`` / ``recsys train``; full-ranking evaluation
-  time of all users (benchmarks/bench_eval.py); I-AutoRec RMSE on u1..u5
-  (benchmarks/bench_autorec.py).
+  time of all users (benchmarks/bench_eval.py).
+- ``ratings`` (CPU): I-AutoRec RMSE on ml-100k's canonical folds u1..u5 beside the global mean
+  and Surprise SVD when installed (benchmarks/bench_autorec.py).
 - ``peers``: RecBole MultiVAE / MultiDAE / RecVAE / EASE on the same ml-100k split, implicit ALS
   untuned (64 factors), Surprise SVD on u1..u5. A peer that is not installed is replaced by the
   figure ../shared/PROTOCOLS.md (or the peer's README) cites, marked "cited, not measured here".
@@ -22,6 +23,8 @@ Sections (``--only``, repeatable or comma-separated; default all):
 
 Every measurement runs in a fresh process (peak memory is its own); timings are medians of
 ``--repeat`` runs; the issue's targets are listed as met / not met / not measured here.
+``--merge`` keeps the sections not run now from the last results.json in ``--out`` (each
+section's command and date are listed in RESULTS.md), to redo one section without the others.
 
     python benchmarks/run.py                          # everything (GPU: full ML-20M scale)
     python benchmarks/run.py --repeat 3 --scale 0.05  # CPU: 0.05, 0.1, 0.2 of ML-20M
@@ -66,7 +69,10 @@ from common import (  # noqa: E402
     versions,
 )
 
-SECTIONS = ("real", "peers", "synthetic")
+SECTIONS = ("real", "ratings", "peers", "synthetic")
+# Where each section keeps its figures in results.json.
+SECTION_KEYS = {"real": "real", "ratings": "autorec", "peers": "peers",
+                "synthetic": "synthetic"}
 DATASETS = ("ml-100k", "ml-latest-small")
 MODELS = ("pop", "itemknn", "ease", "als", "multvae", "multdae", "recvae", "cdae")
 TUNED = {"itemknn", "ease", "als", "bpr"}  # baselines: their config's grid, on validation
@@ -235,10 +241,17 @@ class Suite:
         m, data = self.script("eval-small", "bench_eval.py", "--only", "small", "--devices", "cpu",
                               "--repeat", str(a.repeat), *self.thread_args())
         real["eval"] = data if data is not None else self.fail("bench_eval.py --only small", m)
-        if "ml-100k" in a.datasets and self.available("ml-100k"):
-            self.autorec(with_ours=True)
 
-    def autorec(self, with_ours: bool) -> None:
+    def ratings(self) -> None:
+        if self.available("ml-100k"):
+            self.results["autorec"] = self.autorec(with_ours=True)
+        else:
+            self.results["autorec"] = {"skipped": "ml-100k not found (set RECSYS_MIRROR)"}
+            self.say("skip the u1..u5 folds: ml-100k not found in the mirror")
+
+    def autorec(self, with_ours: bool) -> dict[str, Any]:
+        """bench_autorec.py on the canonical folds: I-AutoRec (``with_ours``), the global mean
+        and, when installed, Surprise SVD."""
         a = self.args
         models = (["iautorec", "mean"] if with_ours else ["mean"])
         if importable("surprise"):
@@ -251,10 +264,9 @@ class Suite:
                      str(out), *self.mirror_args(), *self.thread_args(), *extra],
                     self.logs / "autorec.log", module=False, env=self.env)
         if not m.ok:
-            self.results["autorec"] = self.fail("bench_autorec.py", m)
-            return
-        self.results["autorec"] = {**json.loads((out / "autorec.json").read_text()),
-                                   "models": models, "wall_seconds": m.wall}
+            return self.fail("bench_autorec.py", m)
+        return {**json.loads((out / "autorec.json").read_text()), "models": models,
+                "wall_seconds": m.wall}
 
     def peers(self) -> None:
         a = self.args
@@ -291,9 +303,8 @@ class Suite:
                                                    "peak_mb": m.peak_mb}
                 else:
                     recbole[f"RecBole {model}"] = self.fail(f"RecBole {model}", m)
-        if "autorec" not in self.results and "ml-100k" in a.datasets \
-                and self.available("ml-100k") and importable("surprise"):
-            self.autorec(with_ours=False)
+        if "ratings" not in a.sections and self.available("ml-100k") and importable("surprise"):
+            peers["surprise"] = self.autorec(with_ours=False)
 
     def synthetic(self) -> None:
         a = self.args
@@ -488,8 +499,12 @@ def targets(results: dict[str, Any]) -> list[list[str]]:
         ratio = vae["fit_seconds"] / peer["fit_seconds"]
         ok = ratio <= 0.5 and vae["ndcg@100"] >= peer["ndcg@100"]
         status = ("met" if ok else "not met") + ("" if measured else " (vs the cited figure)")
-        why = (f"{vae['fit_seconds']:.1f} s / {peer['fit_seconds']:.1f} s, NDCG@100 "
-               f"{vae['ndcg@100']:.3f} vs {peer['ndcg@100']:.3f}")
+        why = (f"{vae['fit_seconds']:.1f} s / {peer['fit_seconds']:.1f} s wall, NDCG@100 "
+               f"{vae['ndcg@100']:.3f} vs {peer['ndcg@100']:.3f}; ours ran "
+               f"{vae.get('epochs_run', '?')} epochs (best {vae.get('best_epoch', '?')}) and the "
+               f"whole `recsys train` call used {vae['cpu_seconds']:.0f} CPU s, i.e. "
+               f"{vae['cpu_seconds'] / peer['fit_seconds']:.1f}x the peer's wall time even "
+               "counted in CPU time (cores shared with other jobs inflate wall time)")
         if not measured:
             why += ("; RecBole not installed here: its figure is cited from PROTOCOLS.md "
                     "(their split and machine), so the ratio is indicative only")
@@ -561,8 +576,10 @@ def render(results: dict[str, Any], command: str) -> str:
             ["load average (1 min) at start / end",
              f"{run['load_start'][0]:.2f} / {run['load_end'][0]:.2f} "
              f"(shared machine: other jobs ran beside this one)"],
-            ["threads", f"OMP_NUM_THREADS={run['threads']}" if run["threads"]
-             else "torch's default (all usable cores)"],
+            ["threads per measured process",
+             (f"{run['threads']} (OMP_NUM_THREADS; " if run["threads"]
+              else "torch's default (all usable cores; ") + run.get("threads_reason", "given")
+             + ")"],
             *[[k, v or "not installed"] for k, v in ver.items()],
         ]),
         "",
@@ -579,6 +596,12 @@ def render(results: dict[str, Any], command: str) -> str:
                   "figures cited from ../shared/PROTOCOLS.md (RecBole) or Surprise's README, "
                   "marked *cited, not measured here* (other seed, split or machine: indicative "
                   "only). `make bench` installs them.", ""]
+    merged = {sec: p for sec, p in results.get("provenance", {}).items()
+              if p["command"] != command or p["date"] != run["date"]}
+    if merged:
+        lines += ["Sections kept from earlier runs (`--merge`):", "",
+                  *[f"- {sec}: `{p['command']}` on {p['date']}, commit {p['commit']}, load "
+                    f"{p['load_start']:.2f}" for sec, p in merged.items()], ""]
     if results.get("quick"):
         lines += ["**Smoke run (`--quick`)**: 2 epochs per neural model, tiny scales; the "
                   "figures check that the suite runs, they are not results.", ""]
@@ -724,9 +747,12 @@ def render_peers(results: dict[str, Any]) -> list[str]:
     if isinstance(ar, dict) and ar.get("rows") and "iautorec" in ar["rows"][0]:
         n = len(ar["rows"])
         ours = sum(r["iautorec"]["rmse"] for r in ar["rows"]) / n
-        if "svd" in ar["rows"][0]:
-            peer = sum(r["svd"]["rmse"] for r in ar["rows"]) / n
-            src = f"measured on the same folds ({n})"
+        sv = results.get("peers", {}).get("surprise")
+        svd_rows = (ar["rows"] if "svd" in ar["rows"][0] else
+                    sv["rows"] if isinstance(sv, dict) and sv.get("rows") else None)
+        if svd_rows and "svd" in svd_rows[0]:
+            peer = sum(r["svd"]["rmse"] for r in svd_rows) / len(svd_rows)
+            src = f"measured, folds {','.join(r['fold'] for r in svd_rows)}"
         else:
             peer, src = CITED_SVD["rmse"], f"*cited, not measured here*: {CITED_SVD_SOURCE}"
         lines += [f"I-AutoRec / Surprise SVD, RMSE (lower is better): {ours:.4f} / {peer:.4f} = "
@@ -885,8 +911,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="dataset mirror holding ml-100k (default $RECSYS_MIRROR, else "
                         "../shared/datasets next to the repository if present)")
     p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads of every measured process (OMP_NUM_THREADS; default: "
-                        "torch's choice). On a shared machine 1 is steadier")
+                   help="CPU threads of every measured process (OMP_NUM_THREADS). Default: 1 "
+                        "when the machine is already busy (1-min load average >= usable cores "
+                        "- 0.5), else torch's choice: OpenMP threads that wait on a descheduled "
+                        "sibling made small-batch training ~25x slower on a shared 2-core "
+                        "machine; 0 = torch's choice always")
     p.add_argument("--device", default=None,
                    help="device of the synthetic section (default: cuda if available, else cpu)")
     p.add_argument("--precisions", default=None,
@@ -896,6 +925,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "CPU, the whole epoch on GPU; 0 = whole epoch)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "suite"),
                    help="working folder: prepared data, runs, logs, results.json")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the sections not run now from OUT/results.json (RESULTS.md lists "
+                        "each section's command and date)")
     p.add_argument("--render", metavar="RESULTS_JSON", default=None,
                    help="only rewrite the Markdown from a saved results.json (no measuring)")
     p.add_argument("--results", default=None,
@@ -938,12 +970,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                        else (["fp32", "tf32", "bf16"] if on_gpu else ["fp32"]))
     if args.vae_batches is None:
         args.vae_batches = 0 if on_gpu else 3
+    args.threads_reason = "given"
+    if args.threads is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+            os.cpu_count() or 1)
+        load = os.getloadavg()[0]
+        busy = load >= cores - 0.5
+        args.threads = 1 if busy else None
+        args.threads_reason = (f"auto: load average {load:.2f} on {cores} cores" if busy
+                               else "auto: machine idle")
+    elif args.threads == 0:
+        args.threads = None
     if args.mirror is None:
         default = REPO.parent / "shared" / "datasets"
         args.mirror = os.environ.get("RECSYS_MIRROR") or (str(default) if default.is_dir()
                                                           else None)
     if args.results is None:
-        args.results = (str(Path(args.out) / "RESULTS.md") if args.quick or args.partial
+        scratch = args.quick or (args.partial and not args.merge)
+        args.results = (str(Path(args.out) / "RESULTS.md") if scratch
                         else str(REPO / "benchmarks" / "RESULTS.md"))
     return args
 
@@ -967,19 +1011,36 @@ def main(argv: list[str] | None = None) -> int:
 
     suite = Suite(args)
     suite.out.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(suite.logs, ignore_errors=True)
+    if not args.merge:
+        shutil.rmtree(suite.logs, ignore_errors=True)
     command = "python benchmarks/run.py " + " ".join(sys.argv[1:] if argv is None else argv)
     results = suite.results
     results.update(machine=machine_info(), versions=versions(), quick=args.quick)
     load_start = os.getloadavg()
+    here = {"command": command, "date": now_utc(), "commit": results["versions"]["git commit"],
+            "load_start": load_start[0]}
+    provenance: dict[str, Any] = {s: here for s in args.sections}
+    previous = suite.out / "results.json"
+    if args.merge and previous.is_file():
+        old = read_json(previous)
+        for section in SECTIONS:
+            key = SECTION_KEYS[section]
+            if section not in args.sections and key in old:
+                results[key] = old[key]
+                provenance[section] = old.get("provenance", {}).get(section) or {
+                    "command": old["run"]["command"], "date": old["run"]["date"],
+                    "commit": old["versions"]["git commit"],
+                    "load_start": old["run"]["load_start"][0]}
+    results["provenance"] = provenance
     suite.say(f"{results['machine']['cpu']}, {results['machine']['usable_cores']} cores, GPU: "
               f"{(results['machine']['gpu'] or {}).get('name', 'none')}; load {load_start[0]:.2f}"
               f"; sections: {', '.join(args.sections)}; repeat {args.repeat}")
     for section in args.sections:
         getattr(suite, section)()
     results["failures"] = suite.failures
-    results["run"] = {"date": now_utc(), "command": command, "repeat": args.repeat,
+    results["run"] = {"date": here["date"], "command": command, "repeat": args.repeat,
                       "fit_repeat": args.fit_repeat, "threads": args.threads,
+                      "threads_reason": args.threads_reason,
                       "sections": args.sections, "load_start": load_start,
                       "load_end": os.getloadavg(),
                       "minutes": (time.perf_counter() - suite.started) / 60}
