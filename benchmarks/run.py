@@ -86,6 +86,8 @@ PEER_OF = {"multvae": "RecBole MultiVAE", "multdae": "RecBole MultiDAE",
            "recvae": "RecBole RecVAE", "ease": "RecBole EASE",
            "als": "implicit ALS (untuned, 64 factors)"}
 ALS_PEER = "implicit ALS (untuned, 64 factors)"
+VERSION_ORDER = ("python", "torch", "numpy", "scipy", "pandas", "implicit", "mlflow", "recsys",
+                 "git commit", "recbole", "scikit-surprise")
 TARGET_AUTOREC_RMSE = 0.895  # bench_autorec.py: I-AutoRec's mean RMSE over u1..u5
 
 
@@ -555,8 +557,8 @@ def prepare_growth(results: dict[str, Any]) -> str:
 def render(results: dict[str, Any], command: str) -> str:
     mach, ver, run = results["machine"], results["versions"], results["run"]
     gpu = mach.get("gpu")
-    fits = "one run" if run["fit_repeat"] == 1 else f"medians of {run['fit_repeat']} runs"
-    runs = "one run" if run["repeat"] == 1 else f"{run['repeat']} runs"
+    fits = "one run" if run["fit_repeat"] == 1 else f"the median of {run['fit_repeat']} runs"
+    runs = "one run" if run["repeat"] == 1 else f"the median of {run['repeat']} runs"
     lines = [
         "# Benchmark results",
         "",
@@ -580,15 +582,22 @@ def render(results: dict[str, Any], command: str) -> str:
              (f"{run['threads']} (OMP_NUM_THREADS; " if run["threads"]
               else "torch's default (all usable cores; ") + run.get("threads_reason", "given")
              + ")"],
-            *[[k, v or "not installed"] for k, v in ver.items()],
+            # A fixed order (results.json stores its keys sorted).
+            *[[k, ver.get(k) or "not installed"] for k in VERSION_ORDER if k in ver],
         ]),
         "",
-        f"Timings are medians of {runs} (`--repeat`), each measurement in a fresh process "
+        f"Each timing is {runs} (`--repeat`), each measurement in a fresh process "
         "(peak RSS is that process's high-water mark); model fits are "
         f"{fits} each (`--fit-repeat`); their metrics are deterministic (seed 0). "
         "Ratios are ours / peer: below 1 is faster (seconds) or worse (accuracy).",
         "",
     ]
+    if run["threads"] == 1:
+        lines += ["One thread per measured process: when a machine's cores are already taken by "
+                  "other jobs, torch's default of one OpenMP thread per core makes every "
+                  "parallel region wait for a descheduled sibling; on this 2-core machine that "
+                  "made small-batch training about 25x slower (same metrics). On a dedicated "
+                  "machine use `--threads 0` (torch's default).", ""]
     peers_missing = [p for p, dist in (("RecBole 1.2.1", "recbole"),
                                        ("Surprise", "scikit-surprise")) if not ver.get(dist)]
     if peers_missing:
@@ -1025,7 +1034,8 @@ def main(argv: list[str] | None = None) -> int:
         old = read_json(previous)
         for section in SECTIONS:
             key = SECTION_KEYS[section]
-            if section not in args.sections and key in old:
+            ran = old.get("provenance", {s: None for s in SECTIONS})  # old files: all of them
+            if section not in args.sections and key in old and section in ran:
                 results[key] = old[key]
                 provenance[section] = old.get("provenance", {}).get(section) or {
                     "command": old["run"]["command"], "date": old["run"]["date"],
