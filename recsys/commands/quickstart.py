@@ -16,12 +16,8 @@ from pathlib import Path
 from recsys.errors import RecsysError
 
 DEFAULT_MODELS = "pop,itemknn,ease,als,multvae,multdae"
-# Small, quick settings so the quickstart finishes in a couple of minutes on a laptop CPU.
-QUICK_SETTINGS = {
-    "multvae": ["epochs=60"],
-    "multdae": ["epochs=60"],
-    "autorec": ["epochs=40"],
-}
+# The shipped configs hold the settings chosen on validation data (early stopping included).
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 METRICS = "recall@20,recall@50,ndcg@100,precision@20,coverage@20"
 
 
@@ -78,9 +74,8 @@ def run(args: argparse.Namespace) -> int:
     results: dict[str, dict[str, float]] = {}
     for name in models:
         run_dir = out / "runs" / name
-        sets = [x for s in QUICK_SETTINGS.get(name, []) for x in ("--set", s)]
         _call(["train", name, "--data", str(data), "--out", str(run_dir), "--quiet", "--overwrite",
-               "--seed", str(args.seed), *sets, *track])
+               "--seed", str(args.seed), *_config(name), *track])
         metrics_file = run_dir / "quickstart-metrics.json"
         _call(["evaluate", str(run_dir), "--data", str(data), "--metrics", METRICS,
                "--json", str(metrics_file)])
@@ -98,13 +93,18 @@ def run(args: argparse.Namespace) -> int:
         run_dir = out / "runs" / "autorec"
         _call(["train", "autorec", "--data", str(explicit), "--out", str(run_dir), "--quiet",
                "--overwrite",
-               "--seed", str(args.seed), "--set", "epochs=40", *track])
+               "--seed", str(args.seed), *_config("autorec"), *track])
         metrics_file = run_dir / "quickstart-metrics.json"
         _call(["evaluate", str(run_dir), "--data", str(explicit), "--metrics", "rmse,mae",
                "--json", str(metrics_file)])
         results["autorec (explicit)"] = json.loads(metrics_file.read_text())
     _print_summary(results, time.perf_counter() - started, out)
     return 0
+
+
+def _config(name: str) -> list[str]:
+    config = CONFIGS / f"{name}.yaml"
+    return ["--config", str(config)] if config.is_file() else []
 
 
 def _show_one_user(top10: Path, data: Path, model: str) -> None:
