@@ -46,6 +46,7 @@ default ndcg@20), never on the test part (the authors' script picked the best te
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from typing import Any, ClassVar, Literal
@@ -109,6 +110,9 @@ class CFGANConfig(TrainConfig):
     g_reg: float = Field(0.001, ge=0)
     d_reg: float = Field(0.0, ge=0)
     d_lr: float | None = Field(None, gt=0)  # None: the same as lr
+    # > 0: score with an exponential moving average of G's weights (updated after every G step
+    # with this decay) rather than the last iterate; averaging smooths the GAN's oscillations.
+    g_ema: float = Field(0.0, ge=0, lt=1)
     g_batch_size: int = Field(32, ge=1)  # rows per G update (batch_size is D's)
     g_steps: int = Field(4, ge=1)
     d_steps: int = Field(2, ge=1)
@@ -231,6 +235,20 @@ class CFGANNetwork(nn.Module):
         self.generator = Generator(n_columns, c.g_hidden, c.g_layers, c.activation, c.g_output,
                                    c.noise_dim)
         self.discriminator = Discriminator(n_columns, c.d_hidden, c.d_layers, c.activation)
+        # The averaged generator (g_ema > 0) starts as a copy of G and is never trained directly.
+        self.averaged = copy.deepcopy(self.generator).requires_grad_(False) if c.g_ema else None
+
+    @property
+    def scorer(self) -> Generator:
+        """The generator that scores: the weight average when there is one."""
+        return self.averaged if self.averaged is not None else self.generator
+
+    @torch.no_grad()
+    def update_average(self, decay: float) -> None:
+        if self.averaged is not None:
+            for avg, p in zip(self.averaged.parameters(), self.generator.parameters(),
+                              strict=True):
+                avg.lerp_(p, 1.0 - decay)
 
 
 # -- the recommender ---------------------------------------------------------------------------
@@ -366,6 +384,7 @@ class CFGAN(NeuralRecommender):
                 loss.backward()
                 self._clip(gen)
                 self._opt_g.step()
+                self.network.update_average(c.g_ema)
                 g_loss, g_adv = g_loss + loss.detach(), g_adv + adv.detach()
                 zr_total = zr_total + zr.detach()
                 updates += 1
@@ -405,7 +424,7 @@ class CFGAN(NeuralRecommender):
 
     def forward_scores(self, history: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
         check_history(self.name, history, self.n_items)
-        gen = self.network.generator
+        gen = self.network.scorer
         if not self.item_based:
             return gen(binarize(history))
         codes = self._item_codes()  # (n_items, hidden)
@@ -430,8 +449,8 @@ class CFGAN(NeuralRecommender):
         """
         if self.conditions is None:
             raise RecsysError("cfgan: the model has not been fitted")
-        gen = self.network.generator
-        key = (id(self.network), self.device, tuple(p._version for p in gen.parameters()))
+        gen = self.network.scorer
+        key = (id(gen), self.device, tuple(p._version for p in gen.parameters()))
         if self._codes is None or self._codes_key != key:
             rows = self.conditions
             with torch.no_grad():

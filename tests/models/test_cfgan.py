@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 
 from recsys.cli import main
@@ -270,3 +271,25 @@ def test_saved_item_model_without_conditions_is_refused(item_model):
     fresh.n_users, fresh.n_items = model.n_users, model.n_items
     with pytest.raises(RecsysError, match="conditions"):
         fresh.load_state_dict(state)
+
+
+def test_weight_average_follows_the_generator_and_scores():
+    model = CFGAN(**{**SMALL, "based": "user", "g_ema": 0.9, "g_steps": 1, "g_batch_size": 64})
+    model.build(12, 40)
+    model.configure_optimizers()
+    net = model.network
+    before = [p.detach().clone() for p in net.generator.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(net.averaged.parameters(), before, strict=True))
+    torch.manual_seed(0)
+    rows = (torch.rand(12, 40) < 0.3).float()
+    model.training_step(Batch(rows=rows, index=torch.arange(12)), step=0)
+    for avg, old, new in zip(net.averaged.parameters(), before, net.generator.parameters(),
+                             strict=True):
+        assert not torch.equal(old, new)
+        torch.testing.assert_close(avg, 0.9 * old + 0.1 * new.detach())
+    # Scores come from the average, not from the last iterate.
+    model.network.eval()
+    scores = model.score(np.arange(3), sp.csr_matrix(rows[:3].numpy()))
+    with torch.no_grad():
+        torch.testing.assert_close(scores, net.averaged(rows[:3]))
+        assert not torch.allclose(scores, net.generator(rows[:3]))
