@@ -12,7 +12,7 @@ Each system is fitted by ``recsys train MODEL --data DIR --out RUN --config conf
 its config's values, chosen on validation, unless ``--tune-cfgan``) and scored by
 ``recsys evaluate RUN --data DIR --metrics precision@20,recall@20,ndcg@20 --json F``.
 
-    RECSYS_MIRROR=../shared/datasets python benchmarks/bench_cfgan.py
+    RECSYS_MIRROR=../shared/datasets python benchmarks/bench_cfgan.py --threads 1
     python benchmarks/bench_cfgan.py --models cfgan,ease   # a subset
     python benchmarks/bench_cfgan.py --set based=user      # CFGAN config overrides
 
@@ -43,13 +43,14 @@ PREP = ["--split", "random", "--implicit-threshold", "1", "--test-fraction", "0.
 MODELS = ("cfgan", "ease", "multvae", "als")
 TARGET = {"precision@20": 0.29, "ndcg@20": 0.42}  # issue 6
 PAPER = {"precision@20": 0.294, "recall@20": 0.360, "ndcg@20": 0.433}  # their split, test epochs
+THREADS: dict[str, str] = {}  # OMP_NUM_THREADS for the CLI calls, from --threads
 
 
 def recsys(*args: str) -> None:
     """One public CLI call; its output goes to our stderr, a failure stops the benchmark."""
     cmd = [sys.executable, "-m", "recsys.cli", *args]
     print("$ recsys " + " ".join(args), file=sys.stderr, flush=True)
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", **THREADS}
     done = subprocess.run(cmd, cwd=REPO, env=env, stdout=sys.stderr, stderr=sys.stderr)
     if done.returncode != 0:
         sys.exit(f"bench_cfgan: `recsys {' '.join(args)}` failed (exit {done.returncode})")
@@ -155,7 +156,13 @@ def main(argv: list[str] | None = None) -> int:
                              "full GAN fit: slow on CPU)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a CFGAN config key (repeatable)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads of every CLI call (OMP_NUM_THREADS; default: "
+                             "torch's own). On a machine whose cores are shared, 1 is faster and "
+                             "steadier: spinning OpenMP threads stall when cores are taken")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        THREADS["OMP_NUM_THREADS"] = str(args.threads)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = sorted(set(models) - set(MODELS))
     if unknown:
@@ -176,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "results.md").write_text(text)
     write_json(out / "results.json", {"data": str(data), "prepare": PREP, "rows": rows,
                                       "cfgan_overrides": args.set, "verdict": lines,
-                                      "torch_threads": _threads()})
+                                      "torch_threads": args.threads or _threads()})
     return 0
 
 

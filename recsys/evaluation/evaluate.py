@@ -74,6 +74,11 @@ def evaluate(model: object, split: EvalSplit, metrics: list[str] | str, *,
     place_model(model, dev)
     users = np.asarray(split.users, dtype=np.int64)
     history = split.history.tocsr()
+    # A transductive model (item-based CFGAN) conditions on every interaction known when this
+    # part is scored, for all users at once, not only on each batch's histories.
+    observe = getattr(model, "observe", None)
+    if callable(observe):
+        observe(history)
     target = split.target.tocsr()
     n_items = target.shape[1]
 

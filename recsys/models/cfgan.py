@@ -28,13 +28,17 @@ the data, i.e. one of the authors' outer iterations (their "epochs" count G pass
 
 Scoring. A user-based G scores any user from their history (fold-in for free; the noise input,
 if any, is set to its mean 0). An item-based G is transductive, as in the paper: a user's scores
-are G's output units for that user over every item's training condition, so the history passed
-at scoring time cannot change them (a user's own new purchases only touch the entries of those
-very items, which are masked before ranking). Hidden codes of all items are cached (until the
-weights change) and a batch of users costs one ``items x hidden x users`` product. A user the
-model has no training data for (id ``-1``, or a known user without training interactions) gets a
-popularity-like list: G's output for the average training user (the mean of the trained users'
-output weights).
+are G's output units for that user over every item's condition (its buyers). The batch history
+passed to ``score`` cannot usefully change them: a user's own new purchases only touch the
+entries of those very items, which are masked before ranking; what helps is *other* users' new
+purchases. So the conditions are the training interactions plus whatever `observe` declared
+known for all users at once (the evaluation harness passes the history of the part it scores:
+train + valid for the test part, as every other model folds them in), never a function of who
+shares the batch. Hidden codes of all items are cached (until the weights or the known
+interactions change) and a batch of users costs one ``items x hidden x users`` product; memory
+grows with items x hidden plus G's users x hidden output layer. A user the model has no training
+data for (id ``-1``, or a known user without training interactions) gets a popularity-like list:
+G's output for the average trained user (the mean of their output weights).
 
 Training logs ``g_loss``, ``d_loss``, their parts, D's mean probabilities on real and generated
 vectors, ``g_std`` (the spread of G's output across the rows of a batch) and ``collapsed`` (the
@@ -266,8 +270,11 @@ class CFGAN(NeuralRecommender):
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
-        # Item-based only: the training matrix as items x users 0/1 (each item's condition).
+        # Item-based only: the training matrix as items x users 0/1 (each item's condition),
+        # and the conditions at scoring time: those plus whatever `observe` was told.
         self.conditions: sp.csr_matrix | None = None
+        self.known: sp.csr_matrix | None = None
+        self._warm_users: torch.Tensor | None = None
         self.collapse_epochs_: list[int] = []
         self._codes_key: tuple[Any, ...] | None = None
         self._codes: torch.Tensor | None = None
@@ -296,7 +303,7 @@ class CFGAN(NeuralRecommender):
         if train.nnz == 0:
             raise RecsysError("cfgan: the training data has no interactions")
         if self.item_based:
-            self.conditions = train.binary().T.tocsr()
+            self._set_conditions(train.binary().T.tocsr())
 
     def training_matrix(self, train: Interactions) -> sp.csr_matrix:
         binary = train.binary()
@@ -422,6 +429,31 @@ class CFGAN(NeuralRecommender):
 
     # -- scoring -------------------------------------------------------------------------------
 
+    def observe(self, history: sp.csr_matrix) -> None:
+        """Declare the users x items interactions known at scoring time (evaluation calls this
+        with the whole history of the part it scores, e.g. train + valid for the test part).
+
+        Item-based: every item's condition becomes its training buyers plus the buyers in
+        ``history``, for all users at once, so a user's scores do not depend on which users
+        share their batch. User-based: nothing to do (each user is folded in from their own
+        history when scored).
+        """
+        if not self.item_based:
+            return
+        if self.conditions is None:
+            raise RecsysError("cfgan: the model has not been fitted")
+        if history.shape != (self.n_users, self.n_items):
+            raise RecsysError(
+                f"cfgan: the history covers {history.shape[0]} users x {history.shape[1]} items "
+                f"but the model was trained on {self.n_users} x {self.n_items}; score with the "
+                "dataset the model was trained on")
+        seen = history.T.tocsr().astype(np.float32)
+        seen.data[:] = 1.0
+        known = (self.conditions + seen).tocsr()
+        known.data[:] = 1.0
+        self.known = known
+        self._codes_key = self._codes = None
+
     def forward_scores(self, history: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
         check_history(self.name, history, self.n_items)
         gen = self.network.scorer
@@ -441,26 +473,35 @@ class CFGAN(NeuralRecommender):
         return gen.activate(w @ codes.T + b[:, None])
 
     def _item_codes(self) -> torch.Tensor:
-        """G's hidden codes of every item's training condition, cached until the weights change.
+        """G's hidden codes of every item's condition, cached until the weights or the known
+        interactions change.
 
         The key holds the generator parameters' version counters, which every in-place update
         (an optimiser step, ``load_state_dict``) advances: validation during training and the
-        restored best weights never see stale codes.
+        restored best weights never see stale codes; `observe` and `to` drop the cache.
         """
-        if self.conditions is None:
+        if self.conditions is None or self._warm_users is None:
             raise RecsysError("cfgan: the model has not been fitted")
         gen = self.network.scorer
         key = (id(gen), self.device, tuple(p._version for p in gen.parameters()))
         if self._codes is None or self._codes_key != key:
-            rows = self.conditions
+            rows = self.known if self.known is not None else self.conditions
             with torch.no_grad():
                 chunks = [gen.encode(csr_to_dense(rows[s:s + _ROW_CHUNK], self.device))
                           for s in range(0, rows.shape[0], _ROW_CHUNK)]
             self._codes = torch.cat(chunks).float()
             self._codes_key = key
-            counts = np.bincount(rows.indices, minlength=self.n_users)
-            self._warm_users = torch.as_tensor(counts > 0, device=self.device)
+            self._warm_users = self._warm_users.to(self.device)
         return self._codes
+
+    def _set_conditions(self, conditions: sp.csr_matrix) -> None:
+        self.conditions = conditions
+        self.known = None
+        self._codes_key = self._codes = None
+        # Users with training interactions: only their output units of G were trained on data
+        # (an interaction that `observe` adds later does not change that).
+        counts = np.bincount(conditions.indices, minlength=self.n_users)
+        self._warm_users = torch.as_tensor(counts > 0)
 
     def to(self, device: torch.device | str) -> CFGAN:
         super().to(device)
@@ -489,8 +530,8 @@ class CFGAN(NeuralRecommender):
                               f"({first})") from None
         if indptr is not None and indices is not None:
             data = np.ones(len(indices), dtype=np.float32)
-            self.conditions = sp.csr_matrix((data, indices.numpy(), indptr.numpy()),
-                                            shape=(self.n_items, self.n_users))
+            self._set_conditions(sp.csr_matrix((data, indices.numpy(), indptr.numpy()),
+                                               shape=(self.n_items, self.n_users)))
         elif self.item_based:
             raise RecsysError(f"{self.name}: the saved item-based model lacks its items' "
                               "training conditions (conditions.indptr/indices)")

@@ -197,6 +197,50 @@ def test_item_based_unknown_users_get_the_average_users_scores(item_model):
     torch.testing.assert_close(out[0], expected, rtol=1e-5, atol=1e-6)
 
 
+def test_observe_conditions_every_item_on_the_known_interactions(item_model):
+    model, data = item_model
+    fitted_scores = model.score(data.users, data.history)
+    # Every user's held-out item becomes known (as the validation part is when the test part is
+    # scored): each item's condition gains those buyers, for all users at once.
+    known = (data.train.binary() + data.valid.target).tocsr()
+    model.observe(known)
+    try:
+        with torch.no_grad():
+            expected = model.network.scorer(torch.from_numpy(known.T.toarray())).T
+        batch = model.score(data.users, known)
+        torch.testing.assert_close(batch, expected, rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(batch, fitted_scores)
+        # Scores no longer depend on the batch: one by one equals all at once.
+        single = torch.cat([model.score(data.users[i:i + 1], known[i]) for i in data.users])
+        torch.testing.assert_close(single, batch, rtol=1e-5, atol=1e-6)
+        # Training interactions are never forgotten (observe adds, it does not replace).
+        model.observe(data.valid.target)
+        torch.testing.assert_close(model.score(data.users, known), batch)
+    finally:
+        model.observe(data.train.matrix)
+    torch.testing.assert_close(model.score(data.users, data.history), fitted_scores)
+
+
+def test_evaluation_observes_the_history_of_the_part_it_scores(item_model, monkeypatch):
+    from recsys.data.interactions import EvalSplit
+    from recsys.evaluation.evaluate import evaluate
+
+    model, data = item_model
+    seen = []
+    monkeypatch.setattr(model, "observe", lambda history: seen.append(history))
+    split = EvalSplit(history=data.history, target=data.valid.target, users=data.users)
+    evaluate(model, split, ["ndcg@5"])
+    assert len(seen) == 1 and (seen[0] != data.history).nnz == 0
+
+
+def test_observe_refuses_another_shape_and_is_a_no_op_user_based(item_model):
+    model, data = item_model
+    with pytest.raises(RecsysError, match="trained on 32 x 16"):
+        model.observe(sp.csr_matrix((5, 16)))
+    user = CFGAN(**{**SMALL, "based": "user"})
+    user.observe(sp.csr_matrix((5, 7)))  # folds each user in from the history it is given
+
+
 def test_training_logs_both_losses_per_epoch(item_model):
     model, _ = item_model
     assert [r["epoch"] for r in model.history_] == [1, 2, 3, 4, 5]
