@@ -13,7 +13,6 @@ the same scores when recbole is importable (pip install recbole==1.2.1; not a de
 from __future__ import annotations
 
 import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from common import peak_rss_mb  # noqa: E402, F401 - re-exported for bench_topk
 
 from recsys.data.interactions import EvalSplit  # noqa: E402
 
@@ -86,19 +87,6 @@ def svd_scorer(history: sp.csr_matrix, factors: int = 64) -> DotScorer:
     u, s, vt = svds(history.astype(np.float64), k=factors, random_state=0)
     return DotScorer(*history.shape, user_factors=(u * s).astype(np.float32),
                      item_factors=vt.T.astype(np.float32).copy())
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process (VmHWM: unlike getrusage's maxrss, it is not
-    inherited from the parent across fork/exec)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def devices(requested: str) -> list[torch.device]:
