@@ -276,6 +276,8 @@ class CFGAN(NeuralRecommender):
         self.known: sp.csr_matrix | None = None
         self._warm_users: torch.Tensor | None = None
         self.collapse_epochs_: list[int] = []
+        self._checked_epochs = 0  # epochs of history_ already looked at for collapse
+        self._warned = False
         self._codes_key: tuple[Any, ...] | None = None
         self._codes: torch.Tensor | None = None
         self._last_g_std = float("nan")
@@ -411,15 +413,14 @@ class CFGAN(NeuralRecommender):
     def _check_collapse(self) -> None:
         """Look at the epochs finished since the last call; warn once for the first collapse."""
         history = self.history_
-        start = getattr(self, "_checked_epochs", 0)
-        for record in history[start:]:
+        for record in history[self._checked_epochs:]:
             reason = collapse_reason(record, self.config.collapse_d_loss,
                                      self.config.collapse_std)
             if reason is None:
                 continue
             epoch = int(record.get("epoch", 0))
             self.collapse_epochs_.append(epoch)
-            if not getattr(self, "_warned", False):
+            if not self._warned:
                 self._warned = True
                 warnings.warn(
                     f"cfgan: training collapsed at epoch {epoch}: {reason}; try a lower d_lr, "
