@@ -40,12 +40,13 @@ grows with items x hidden plus G's users x hidden output layer. A user the model
 data for (id ``-1``, or a known user without training interactions) gets a popularity-like list:
 G's output for the average trained user (the mean of their output weights).
 
-Training logs ``g_loss``, ``d_loss``, their parts, D's mean probabilities on real and generated
-vectors, ``g_std`` (the spread of G's output across the rows of a batch) and ``collapsed`` (the
-share of steps where D's loss fell below ``collapse_d_loss`` or ``g_std`` below
-``collapse_std``). A collapsed epoch is reported once as a `CollapseWarning`; the epochs are kept
-in ``collapse_epochs_``. Epochs are selected on the validation part by the engine (``metric``,
-default ndcg@20), never on the test part (the authors' script picked the best test epoch).
+Training logs ``g_loss``, ``d_loss`` (``loss``, their sum, is what the engine's NaN guard reads),
+their parts, D's mean probabilities on real and generated vectors, ``g_std`` (the spread of G's
+output across the rows of a batch) and ``collapsed`` (the share of steps where D's loss fell below
+``collapse_d_loss`` or ``g_std`` below ``collapse_std``). A collapsed epoch is reported once as a
+`CollapseWarning`; the epochs are kept in ``collapse_epochs_``. Epochs are selected on the
+validation part by the engine (``metric``, default ndcg@20), never on the test part (the authors'
+script picked the best test epoch).
 """
 
 from __future__ import annotations
