@@ -101,11 +101,10 @@ def recbole_build(csv: Path, workdir: Path) -> dict | None:
     frame.to_csv(data_dir / "synthetic.inter", sep="\t", index=False)
     del frame
     script = f"""
-import numpy as np
-for name, value in (("float", float), ("int", int), ("bool", bool), ("float_", np.float64),
-                    ("complex_", np.complex128), ("unicode_", np.str_)):
-    if not hasattr(np, name):
-        setattr(np, name, value)  # NumPy-2 shim: RecBole 1.2.1 still uses these aliases
+import sys
+sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
+from common import recbole_shims
+recbole_shims()  # NumPy-2 aliases RecBole 1.2.1 still uses
 from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
 config = Config(model="MultiVAE", dataset="synthetic", config_dict={{

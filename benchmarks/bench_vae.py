@@ -38,6 +38,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from common import importable, recbole_fit  # noqa: E402
 
 from recsys.data.io import write_json  # noqa: E402
 
@@ -120,44 +123,9 @@ def training_summary(run: Path) -> dict[str, Any]:
 # -- RecBole on the same split (optional) --------------------------------------------------------
 
 
-def recbole_available() -> bool:
-    try:
-        import recbole  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def run_recbole(model: str, data: Path, out: Path) -> dict[str, Any]:
-    """RecBole's own pipeline on our three parts, written as its atomic files.
-
-    Untested here (RecBole is not installed on the machine this was written on): it follows
-    RecBole 1.2.1's documented `benchmark_filename` mechanism for pre-split data.
-    """
-    from recbole.quick_start import run_recbole
-
-    from recsys.data.interactions import Dataset
-
-    dataset = Dataset.load(data)
-    folder = out / "recbole" / "bench"
-    folder.mkdir(parents=True, exist_ok=True)
-    for ours, theirs in (("train", "train"), ("valid", "valid"), ("test", "test")):
-        coo = dataset.parts[ours].matrix.tocoo()
-        lines = ["user_id:token\titem_id:token"]
-        lines += [f"{u}\t{i}" for u, i in zip(coo.row.tolist(), coo.col.tolist(), strict=True)]
-        (folder / f"bench.{theirs}.inter").write_text("\n".join(lines) + "\n")
-    config = {"data_path": str(out / "recbole"), "benchmark_filename": ["train", "valid", "test"],
-              "load_col": {"inter": ["user_id", "item_id"]}, "eval_args": {"mode": "full"},
-              "metrics": ["Recall", "NDCG"], "topk": [20, 50, 100], "valid_metric": "NDCG@100",
-              "device": "cpu", "use_gpu": False, "show_progress": False, "seed": 0}
-    started = time.perf_counter()
-    result = run_recbole(model=model, dataset="bench", config_dict=config)
-    seconds = time.perf_counter() - started
-    test = result["test_result"]
-    # RecBole's recall divides by |relevant| (not min(K, |relevant|)): reported as is.
-    return {"model": f"RecBole {model}", "ndcg@100": float(test["ndcg@100"]),
-            "recall@20": float(test["recall@20"]), "recall@50": float(test["recall@50"]),
-            "fit_seconds": seconds, "measured": True}
+    """RecBole's ``model`` on our three parts (benchmarks/common.py ``recbole_fit``)."""
+    return recbole_fit(model, data, out)
 
 
 # -- the tables ----------------------------------------------------------------------------------
@@ -166,7 +134,7 @@ def run_recbole(model: str, data: Path, out: Path) -> dict[str, Any]:
 def quality(out: Path, mirror: str | None, tune: bool) -> dict[str, Any]:
     data = prepare("ml-100k", QUALITY_PREP, out, mirror)
     rows = [train(m, data, out / "runs" / "quality" / m, tune) for m in ("ease", *AUTOENCODERS)]
-    if recbole_available():
+    if importable("recbole"):
         peers = [run_recbole(m, data, out) for m in ("MultiVAE", "MultiDAE")]
     else:
         peers = [{"model": f"RecBole {m} (cited)", **v, "measured": False}
@@ -195,7 +163,7 @@ def speed(out: Path, mirror: str | None, quality: dict[str, Any] | None) -> dict
     peers = (quality or {}).get("peers", [])
     peer = next((p for p in peers if p["model"].startswith("RecBole MultiVAE")), None)
     if peer is None:
-        peer = (run_recbole("MultiVAE", data, out) if recbole_available()
+        peer = (run_recbole("MultiVAE", data, out) if importable("recbole")
                 else {"model": "RecBole MultiVAE (cited)", **RECBOLE_CITED["MultiVAE"],
                       "measured": False})
     return {"multvae": vae, "recbole_multivae": peer,

@@ -348,7 +348,7 @@ def vae_epoch(scale: float, device: str, repeat: int, max_batches: int | None,
 # -- worker: RecBole 1.2.1 on our split ----------------------------------------------------------
 
 
-def _recbole_shims() -> None:
+def recbole_shims() -> None:
     """RecBole 1.2.1 predates NumPy 2 (np.float etc.) and torch's weights-only torch.load
     default (2.6+), which refuses its checkpoints (they pickle the Config)."""
     import numpy as np
@@ -366,10 +366,10 @@ def recbole_fit(model: str, data: Path, work: Path, device: str = "cpu",
     file (train / valid / test), early stopping on validation NDCG@100 as ours does; RecBole
     masks train items when scoring validation and train + valid when scoring test, as we do.
 
-    Untested on the machine this was written on (RecBole is not installed there): it follows
-    RecBole 1.2.1's documented API and avoids ``recbole.quick_start``, which imports ray.
+    Avoids ``recbole.quick_start``, which imports ray (ray 2.6 needs ``pkg_resources``, gone
+    from current setuptools).
     """
-    _recbole_shims()
+    recbole_shims()
     import numpy as np
     from recbole.config import Config
     from recbole.data import create_dataset, data_preparation

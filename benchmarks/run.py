@@ -118,7 +118,10 @@ class Suite:
         tail = m.tail() if m is not None else ""
         self.failures.append(what)
         self.say(f"FAILED: {what} (log: {m.log if m is not None else '-'})\n{tail}")
-        return {"error": f"failed, see {m.log.relative_to(REPO) if m is not None else '-'}"}
+        log = "-" if m is None else m.log
+        if m is not None and m.log.is_relative_to(REPO):
+            log = m.log.relative_to(REPO)
+        return {"error": f"failed, see {log}"}
 
     def cli(self, log: str, *args: str) -> Any:
         return measure("recsys.cli", list(args), self.logs / f"{log}.log", env=self.env)
@@ -416,6 +419,14 @@ def first_ok(items: list[dict[str, Any]] | None, **match: Any) -> dict[str, Any]
     return None
 
 
+def same_metrics_row(evals: list[dict[str, Any]] | None, data: str | None = None
+                     ) -> dict[str, Any] | None:
+    """Our evaluation on exactly RecBole's metrics (older results: our default set)."""
+    match = {} if data is None else {"data": data}
+    return (first_ok(evals, engine="recsys, same metrics", **match)
+            or first_ok(evals, engine="recsys", **match))
+
+
 def best_vae(row: dict[str, Any]) -> dict[str, Any] | None:
     ok = [v for v in row.get("vae", []) if "error" not in v]
     return min(ok, key=lambda v: v["epoch_seconds"]) if ok else None
@@ -514,14 +525,33 @@ def targets(results: dict[str, Any]) -> list[list[str]]:
 
     text = "Full-ranking evaluation <= 0.2x RecBole's evaluator (CPU)"
     evals = results.get("real", {}).get("eval")
-    ours = first_ok(evals if isinstance(evals, list) else None, data="ml-100k", engine="recsys")
-    theirs = first_ok(evals if isinstance(evals, list) else None, data="ml-100k",
-                      engine="recbole")
+    evals = evals if isinstance(evals, list) else None
+    ours = first_ok(evals, data="ml-100k", engine="recsys")
+    theirs = first_ok(evals, data="ml-100k", engine="recbole")
     if ours and theirs:
-        ratio = ours["seconds"] / theirs["seconds"]
-        out.append([text, f"{ratio:.2f}x", "met" if ratio <= 0.2 else "not met",
-                    f"ml-100k, {ours['users']} users: {ours['seconds']:.3f} s vs "
-                    f"{theirs['seconds']:.3f} s, same scores"])
+        cells = []
+        for name in DATASETS:
+            a = same_metrics_row(evals, name)
+            b = first_ok(evals, data=name, engine="recbole")
+            if a and b:
+                cells.append((name, a, b, a["seconds"] / b["seconds"]))
+        worst = max(r for *_, r in cells)
+        defaults = [(name, a["seconds"] / d["seconds"]) for name, a, _, _ in cells
+                    for d in [first_ok(evals, data=name, engine="recbole defaults")] if d]
+        why = ("; ".join(f"{name}, {a['users']} users: {a['seconds']:.3f} s vs "
+                         f"{b['seconds']:.3f} s ({r:.2f}x)" for name, a, b, r in cells)
+               + "; RecBole's `Trainer.evaluate` on the same scores, same metrics (recall and "
+               "NDCG at 20 and 100), as many users per batch as ours, medians after a warm-up; "
+               "the worse dataset is the figure")
+        if defaults:
+            why += ("; against RecBole's default eval_batch_size: " + ", ".join(
+                f"{name} {r:.2f}x" for name, r in defaults))
+        if worst > 0.2:
+            why += (". Not met because both engines spend most of the time in the same two "
+                    "kernels, the scores matmul and torch.topk (torch.topk alone is ~75% of ours "
+                    "on ml-latest-small); what differs, the bookkeeping around them, cannot be "
+                    "5x of the total")
+        out.append([text, f"{worst:.2f}x", "met" if worst <= 0.2 else "not met", why])
     else:
         out.append([text, f"{ours['seconds']:.3f} s (ours)" if ours else "-",
                     "not measured here", "RecBole is not installed, and PROTOCOLS.md cites no "
@@ -678,10 +708,13 @@ def render_real(results: dict[str, Any]) -> list[str]:
     if isinstance(ev, list):
         lines += ["### Full-ranking evaluation of all users (CPU)", "",
                   "`benchmarks/bench_eval.py --only small`: every user with history and test "
-                  "items, full catalogue, history masked, the default metric set of `recsys "
-                  "evaluate`, scores from a truncated SVD (32 factors) so that the time is the "
-                  "harness's; RecBole's evaluator on the same scores when installed. The split "
-                  "is bench_eval's own (same filters, per-interaction 80/20).", "",
+                  "items, full catalogue, history masked, scores from a truncated SVD (32 "
+                  "factors) so that the time is the harness's. *recsys*: the default metric set "
+                  "of `recsys evaluate`; *recsys, same metrics*: recall and NDCG at 20 and 100, "
+                  "what RecBole's evaluator (its full-sort collector and metric classes, on the "
+                  "same scores, when installed) computes here. Both warmed up, medians. RecBole's "
+                  "recall@20 divides by |relevant|. The split is bench_eval's own (same "
+                  "filters, per-interaction 80/20).", "",
                   table(["data", "engine", "users", "seconds", "users/s", "ndcg@100",
                          "recall@20"],
                         [[r["data"], r["engine"], f(r["users"], 0), f(r["seconds"], 3),
@@ -769,7 +802,7 @@ def render_peers(results: dict[str, Any]) -> list[str]:
     ev = results.get("real", {}).get("eval")
     if isinstance(ev, list):
         for name in DATASETS:
-            a = first_ok(ev, data=name, engine="recsys")
+            a = same_metrics_row(ev, name)
             b = first_ok(ev, data=name, engine="recbole")
             if a and b:
                 lines += [f"Full-ranking evaluation, {name}: ours / RecBole's evaluator = "
@@ -823,6 +856,7 @@ def render_synthetic(results: dict[str, Any]) -> list[str]:
     for r in syn["rows"]:
         ev = r.get("eval")
         ours = first_ok(ev if isinstance(ev, list) else None, engine="recsys")
+        same = same_metrics_row(ev if isinstance(ev, list) else None)
         theirs = first_ok(ev if isinstance(ev, list) else None, engine="recbole")
         tk = first_ok(r.get("topk") if isinstance(r.get("topk"), list) else None)
         row = [f"{r['scale']:g}"]
@@ -831,8 +865,8 @@ def render_synthetic(results: dict[str, Any]) -> list[str]:
             row += [f(ours["users"], 0), f(ours["seconds"], 3), f(ours["users_per_s"], 0),
                     f(ours.get("cuda_peak_mb", ours.get("peak_rss_mb")), 0),
                     f(gbs, 0) if on_gpu else "-",
-                    f"{theirs['seconds']:.2f} s ({ours['seconds'] / theirs['seconds']:.2f})"
-                    if theirs else "not installed"]
+                    f"{theirs['seconds']:.2f} s ({same['seconds'] / theirs['seconds']:.2f}, "
+                    "same metrics)" if theirs and same else "not installed"]
         else:
             row += [(ev or {}).get("error", "-") if isinstance(ev, dict) else "-", "", "", "", "",
                     ""]
