@@ -2,14 +2,16 @@
 
 Evaluation (recsys.evaluation.evaluate) and `recsys recommend` share this code: a batch of users
 is scored by the model, the items in their history (and any deny-listed item, and every item
-outside an allow-list) are set to ``-inf``, and one ``torch.topk`` picks the best K. When a user
-has fewer than K eligible items, the tail of the list holds ``-inf`` scores; the item id there is
+outside an allow-list) are set to ``-inf``, and `topk_rows` picks the best K. When a user has
+fewer than K eligible items, the tail of the list holds ``-inf`` scores; the item id there is
 reported as -1 so that writers drop those rows.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import scipy.sparse as sp
@@ -72,6 +74,47 @@ def mask_rows(scores: torch.Tensor, rows: sp.csr_matrix) -> torch.Tensor:
     return scores
 
 
+# On CPU, torch.topk slows down sharply once K is more than a few thousandths of the row (it was
+# 4x slower than a selection + sort at K=100 over 6,298 items, one thread, torch 2.13), while for
+# small K it wins. Measured crossover: K / n_items ~ 0.004 (benchmarks/bench_eval.py).
+_SELECT_MIN_RATIO = 0.004
+_pool: ThreadPoolExecutor | None = None
+
+
+def _select_topk(block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    m = block.shape[1]
+    idx = np.argpartition(block, m - k, axis=1)[:, m - k:]
+    vals = np.take_along_axis(block, idx, axis=1)
+    # Best first; equal scores by item index, so that the order does not depend on the selection.
+    order = np.lexsort((idx, -vals), axis=1)
+    return np.take_along_axis(vals, order, axis=1), np.take_along_axis(idx, order, axis=1)
+
+
+def topk_rows(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.topk(scores, k, dim=1, sorted=True)`` for a float32 matrix without NaN; on CPU,
+    when K is a large share of the row, a linear-time selection per row (numpy's argpartition,
+    rows split over torch's thread count; it releases the GIL) and a sort of the K selected."""
+    n, m = scores.shape
+    if (scores.device.type != "cpu" or k < _SELECT_MIN_RATIO * m or n * m < 65_536
+            or scores.requires_grad):
+        return torch.topk(scores, k, dim=1, sorted=True)
+    global _pool
+    block = scores.detach().contiguous().numpy()
+    parts = min(torch.get_num_threads(), max(1, n // 64))
+    if parts == 1:
+        vals, idx = _select_topk(block, k)
+    else:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1,
+                                       thread_name_prefix="recsys-topk")
+        chunks = np.array_split(np.arange(n), parts)
+        done = list(_pool.map(lambda rows: _select_topk(block[rows[0]:rows[-1] + 1], k),
+                              chunks))
+        vals = np.concatenate([v for v, _ in done])
+        idx = np.concatenate([i for _, i in done])
+    return torch.from_numpy(vals), torch.from_numpy(idx.astype(np.int64, copy=False))
+
+
 def masked_topk(scores: torch.Tensor, seen: sp.csr_matrix | None, k: int,
                 banned: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(values, indices)`` of the best ``min(k, n_items)`` items per row, seen/banned masked.
@@ -86,7 +129,7 @@ def masked_topk(scores: torch.Tensor, seen: sp.csr_matrix | None, k: int,
         scores.masked_fill_(banned.to(scores.device).unsqueeze(0), float("-inf"))
     # NaN would outrank everything in topk; a model that emits NaN must not look perfect.
     scores.nan_to_num_(nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
-    return torch.topk(scores, min(k, scores.shape[1]), dim=1, sorted=True)
+    return topk_rows(scores, min(k, scores.shape[1]))
 
 
 def score_batch(model: object, users: np.ndarray, history: sp.csr_matrix,

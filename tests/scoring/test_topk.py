@@ -9,7 +9,7 @@ import torch
 from evaluation.doubles import FixedScores
 
 from recsys.errors import RecsysError
-from recsys.scoring.topk import masked_topk, topk
+from recsys.scoring.topk import masked_topk, topk, topk_rows
 
 
 def _collect(model, users, history, k, **kw):
@@ -84,3 +84,38 @@ def test_cuda_lists_equal_cpu_lists():
     gpu = _collect(FixedScores(scores), np.arange(100), history, 10, device="cuda")
     for x, y in zip(cpu, gpu, strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize(("n", "m", "k", "threads"), [
+    (300, 1390, 100, 1),   # selection path (K / items large)
+    (300, 1390, 100, 2),   # ... rows split over two threads
+    (300, 6298, 10, 1),    # torch.topk path (K / items small)
+    (5, 40, 7, 1),         # tiny: torch.topk
+])
+def test_topk_rows_equals_torch_topk(n, m, k, threads):
+    g = torch.Generator().manual_seed(n + m + k)
+    scores = torch.randn(n, m, generator=g)
+    scores[torch.rand(n, m, generator=g) < 0.05] = float("-inf")
+    scores[0, : m - 3] = float("-inf")  # a row with fewer eligible items than k
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        values, items = topk_rows(scores, k)
+    finally:
+        torch.set_num_threads(before)
+    expected_values, expected_items = torch.topk(scores, k, dim=1)
+    assert torch.equal(values, expected_values)
+    finite = torch.isfinite(expected_values)
+    # continuous scores: no ties, so the items are the same too (where the score is finite)
+    assert torch.equal(items[finite], expected_items[finite])
+    assert torch.equal(torch.gather(scores, 1, items), values)
+    assert items.dtype == torch.int64 and values.dtype == torch.float32
+
+
+def test_topk_rows_orders_equal_scores_by_item():
+    scores = torch.zeros(200, 1000)
+    scores[:, ::7] = 1.0  # 143 items tie at 1.0 in every row; K = 100 takes 100 of them
+    values, items = topk_rows(scores, 100)
+    assert torch.all(values == 1.0)
+    assert torch.all(items % 7 == 0)
+    assert torch.all(items[:, 1:] > items[:, :-1])  # ties listed by item index
