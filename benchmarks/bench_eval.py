@@ -18,6 +18,7 @@ is warmed up first; times are medians.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
@@ -225,7 +226,8 @@ def recbole_trainer_evaluate(model: DotScorer, split: EvalSplit, work: Path, rep
         **({} if batch_users is None else
            {"eval_batch_size": batch_users * split.history.shape[1]}), "use_gpu": False,
         "show_progress": False, "checkpoint_dir": str(work / "saved"), "state": "ERROR"})
-    init_logger(config)
+    with contextlib.chdir(work):
+        init_logger(config)
     logging.getLogger().setLevel(logging.ERROR)
     dataset = create_dataset(config)
     _, valid, _ = data_preparation(config, dataset)
@@ -247,10 +249,12 @@ def recbole_trainer_evaluate(model: DotScorer, split: EvalSplit, work: Path, rep
         def full_sort_predict(self, interaction):
             return (user_f[interaction[self.USER_ID]] @ item_f.T).view(-1)
 
-    trainer = Trainer(config, FixedScores(config, dataset))
-    trainer.evaluate(valid, load_best_model=False)  # warm-up
-    seconds, times, result = median_time(
-        lambda: trainer.evaluate(valid, load_best_model=False), torch.device("cpu"), repeat)
+    # RecBole writes log/ and log_tensorboard/ into the working directory: keep them in `work`.
+    with contextlib.chdir(work):
+        trainer = Trainer(config, FixedScores(config, dataset))
+        trainer.evaluate(valid, load_best_model=False)  # warm-up
+        seconds, times, result = median_time(
+            lambda: trainer.evaluate(valid, load_best_model=False), torch.device("cpu"), repeat)
     return seconds, times, {k: float(v) for k, v in result.items()}
 
 

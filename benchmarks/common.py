@@ -401,6 +401,8 @@ def recbole_fit(model: str, data: Path, work: Path, device: str = "cpu",
     build = time.perf_counter() - started
     init_seed(config["seed"], config["reproducibility"])
     net = get_model(config["model"])(config, train._dataset).to(config["device"])
+    # RecBole's trainer writes log_tensorboard/ into the working directory: keep it in `work`.
+    os.chdir(work)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
     started = time.perf_counter()
     trainer.fit(train, valid, verbose=False, saved=True, show_progress=False)
