@@ -28,20 +28,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pyarrow as pa  # noqa: E402
-from steps import Steps  # noqa: E402
+from steps import Steps, run_main, scoring_parser  # noqa: E402
 
 from recsys.errors import RecsysError  # noqa: E402
 from recsys.tracking.options import add_tracking_args, make_tracker  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n".join(__doc__.splitlines()[1:]))
-    p.add_argument("--model", required=True, metavar="URI",
-                   help="MLflow model URI, e.g. models:/NAME@champion or runs:/ID/model")
-    p.add_argument("--out", required=True, metavar="FILE.parquet", help="output Parquet file")
-    p.add_argument("--k", type=int, default=100, help="list length (default 100)")
+    p = scoring_parser(__doc__, "MLflow model URI, e.g. models:/NAME@champion or runs:/ID/model",
+                       "FILE.parquet", "output Parquet file")
     p.add_argument("--users", default=None, metavar="FILE",
                    help="score only these user ids (a `user` column, or one per line)")
     p.add_argument("--chunk-size", type=int, default=10000, metavar="N",
@@ -52,12 +47,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except RecsysError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    return run_main(run, parse_args(argv))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -26,23 +26,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from steps import Steps  # noqa: E402
+from steps import Steps, run_main, scoring_parser  # noqa: E402
 
 from recsys.errors import RecsysError  # noqa: E402
 from recsys.tracking.options import add_tracking_args, make_tracker  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n".join(__doc__.splitlines()[1:]))
-    p.add_argument("--model", required=True, metavar="URI",
-                   help="MLflow model URI: models:/NAME@ALIAS, runs:/ID/model or a directory")
-    p.add_argument("--out", required=True, metavar="PATH",
-                   help="output Parquet dataset (local path, hdfs://, s3a://...)")
+    p = scoring_parser(__doc__, "MLflow model URI: models:/NAME@ALIAS, runs:/ID/model or a "
+                       "directory", "PATH", "output Parquet dataset (local path, hdfs://, s3a://...)")
     p.add_argument("--users", default=None, metavar="PATH",
                    help="Parquet table with a `user` column (default: every user the model knows)")
-    p.add_argument("--k", type=int, default=100, help="list length (default 100)")
     p.add_argument("--master", default=None, metavar="URL",
                    help="Spark master (default: spark-submit's, else local[*])")
     p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
@@ -56,12 +50,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except RecsysError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    return run_main(run, parse_args(argv))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,13 +7,37 @@ or ``failed``), so the MLflow UI shows which step ran, for how long, and where a
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from recsys.errors import RecsysError
 from recsys.tracking.base import Tracker
+
+
+def scoring_parser(doc: str, model_help: str, out_metavar: str, out_help: str
+                   ) -> argparse.ArgumentParser:
+    """The arguments every scoring pipeline shares: the model URI, the output, the list length;
+    the module docstring becomes the description (first line) and the epilog (the rest)."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(doc.splitlines()[1:]))
+    p.add_argument("--model", required=True, metavar="URI", help=model_help)
+    p.add_argument("--out", required=True, metavar=out_metavar, help=out_help)
+    p.add_argument("--k", type=int, default=100, help="list length (default 100)")
+    return p
+
+
+def run_main(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """``run(args)``, with a user error printed as one line and its exit code returned."""
+    try:
+        return run(args)
+    except RecsysError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
 
 
 class Steps:
