@@ -8,6 +8,8 @@ Layout::
       model/          model.json + weights.pt (see Recommender.save)
       metrics.json    final metrics on the test part (when evaluated)
       checkpoints/    training checkpoints (neural models)
+      tracking.json   the MLflow run id, URI and experiment, written when the run starts
+                      (`--resume` continues that run)
 """
 
 from __future__ import annotations

@@ -31,7 +31,8 @@ from recsys.errors import RecsysError
 DEFAULT_METRIC = "ndcg@100"
 EVAL_BATCH_SIZE = 2048
 # What `recsys train` writes into RUN_DIR (removed first by --overwrite; nothing else is).
-RUN_ENTRIES = ("run.json", "config.yaml", "metrics.json", "model", "checkpoints")
+RUN_ENTRIES = ("run.json", "config.yaml", "metrics.json", "model", "checkpoints",
+               "tracking.json")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -78,12 +79,33 @@ def add_tracking_args(parser: argparse.ArgumentParser) -> None:
 
 def make_tracker(args: argparse.Namespace, model: Any = None) -> Any:
     """The tracker this run reports to: an MLflow run checked reachable before any training
-    (one clear line if not), or the null `Tracker` with --no-track."""
+    (one clear line if not), or the null `Tracker` with --no-track. Its run id is recorded in
+    RUN_DIR/tracking.json at once; --resume continues the run recorded there (a new one, with a
+    note, when the store no longer has it)."""
+    from recsys.tracking.base import flatten
     from recsys.tracking.options import make_tracker as make
-    from recsys.tracking.options import training_tags
+    from recsys.tracking.options import record_tracking, recorded_tracking, training_tags
+    from recsys.training.trainer import RESUMABLE_CHANGES
 
+    out = Path(args.out)
     tags = training_tags(model, args.device) if model is not None else None
-    return make(args, run_name=Path(args.out).name or None, tags=tags)
+    recorded = recorded_tracking(out) if args.resume and not args.no_track else None
+    # The config is checked against the run's params before training (after --tune it can
+    # only be known once tuned: the tracker then keeps a changed value as a tag).
+    expected = (flatten({"model": model.name, **model.get_params()})
+                if recorded and model is not None and not args.tune else None)
+    tracker = make(args, run_name=out.name or None, tags=tags,
+                   resume_run_id=recorded["run_id"] if recorded else None,
+                   expected_params=expected, may_change=RESUMABLE_CHANGES)
+    failure = getattr(tracker, "resume_failure", None)
+    if recorded and failure:
+        where = recorded.get("tracking_uri")
+        print(f"note: --resume: MLflow run {recorded['run_id']}"
+              + (f" (recorded at {where})" if where and where != tracker.tracking_uri else "")
+              + f" is not at {tracker.tracking_uri} ({failure}); logging to a new run "
+              f"{tracker.run_id}", file=sys.stderr)
+    record_tracking(out, tracker)
+    return tracker
 
 
 # -- the command ----------------------------------------------------------------------------------
@@ -279,6 +301,9 @@ def _train(args: argparse.Namespace, dist_info: Any = None) -> int:
         started = time.perf_counter()
         model.fit(dataset.train, valid, ctx)
         fit_seconds = time.perf_counter() - started
+        log_history = getattr(tracker, "log_history", None)
+        if log_history is not None:  # a resumed MLflow run: the epochs it never received
+            log_history(getattr(model, "history_", None) or [])
         if not main:
             status = "FINISHED"
             return 0  # rank 0 writes, evaluates and logs the (identical) trained model

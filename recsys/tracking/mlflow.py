@@ -13,6 +13,14 @@ cost a training run:
 - HTTP retries and timeouts are short by default (MLFLOW_HTTP_REQUEST_MAX_RETRIES=2,
   MLFLOW_HTTP_REQUEST_TIMEOUT=20; set them in the environment to override).
 
+``resume_run_id`` reopens an existing run instead of creating one (`recsys train --resume`): the
+run goes back to RUNNING, params already logged are not logged again (a changed value that may
+change on resume, such as ``epochs``, is kept as a ``recsys.resumed.KEY`` tag, since MLflow
+refuses to change a param), and a per-epoch metric at a step the run already has is skipped,
+so each epoch appears once (`log_history` fills in the epochs the killed process never sent).
+A run that cannot be reopened (deleted, or not in this store) leaves `resume_failure` set and a
+new run is created.
+
 The default store is ``sqlite:///mlflow.db`` in the working directory, MLflow 3's own default;
 ``MLFLOW_TRACKING_URI`` or ``--tracking-uri`` point elsewhere. The deprecated file store is
 refused.
@@ -32,7 +40,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -124,12 +132,19 @@ def _quiet_mlflow() -> Iterator[None]:
 
 
 class MlflowTracker(Tracker):
-    """One MLflow run. ``parent`` makes it a child run (``recsys compare``)."""
+    """One MLflow run. ``parent`` makes it a child run (``recsys compare``).
+
+    ``resume_run_id``: continue that run (see the module notes); ``expected_params`` are then
+    checked against the params it already has before anything changes, and a value that differs
+    (other than the keys in ``may_change``) is refused with one line.
+    """
 
     def __init__(self, *, tracking_uri: str | None = None,
                  experiment: str = DEFAULT_EXPERIMENT, run_name: str | None = None,
                  tags: dict[str, str] | None = None, parent: MlflowTracker | None = None,
-                 log_system_metrics: bool = False) -> None:
+                 log_system_metrics: bool = False, resume_run_id: str | None = None,
+                 expected_params: dict[str, Any] | None = None,
+                 may_change: Collection[str] = ()) -> None:
         configure_environment()
         self.tracking_uri = parent.tracking_uri if parent else resolve_tracking_uri(tracking_uri)
         check_reachable(self.tracking_uri)
@@ -147,19 +162,29 @@ class MlflowTracker(Tracker):
         self.registered: tuple[str, str] | None = None  # (name, version)
         self._first_error: str | None = None
         self._monitor: Any = None
+        self.experiment_name = experiment
+        self.resumed = False  # True when this tracker continues an existing run
+        self.resume_failure: str | None = None  # why resume_run_id could not be reopened
+        self._params: dict[str, str] = {}  # what the run holds: never logged twice
+        self._logged_steps: dict[str, set[int]] = {}  # per metric, in a reopened run
         run_tags = {"recsys.version": __version__, **(tags or {})}
         if commit := git_commit():
             run_tags["mlflow.source.git.commit"] = commit
         run_tags.setdefault("mlflow.source.name", Path(sys.argv[0]).name or "recsys")
         run_tags.setdefault("mlflow.source.type", "LOCAL")
         try:
-            if parent is not None:
-                self.experiment_id = parent.experiment_id
-                run_tags["mlflow.parentRunId"] = parent.run_id
-            else:
-                self.experiment_id = self._experiment_id(experiment)
-            run = self.client.create_run(self.experiment_id, run_name=run_name,
-                                         tags={k: str(v) for k, v in run_tags.items()})
+            run = None
+            if resume_run_id is not None and parent is None:
+                run = self._reopen(resume_run_id, flatten(expected_params or {}),
+                                   frozenset(may_change))
+            if run is None:
+                if parent is not None:
+                    self.experiment_id = parent.experiment_id
+                    run_tags["mlflow.parentRunId"] = parent.run_id
+                else:
+                    self.experiment_id = self._experiment_id(experiment)
+                run = self.client.create_run(self.experiment_id, run_name=run_name,
+                                             tags={k: str(v) for k, v in run_tags.items()})
         except RecsysError:
             raise
         except Exception as exc:
@@ -169,6 +194,44 @@ class MlflowTracker(Tracker):
         self.run_name: str = run.info.run_name
         if log_system_metrics:
             self._start_system_metrics()
+
+    def _reopen(self, run_id: str, expected: dict[str, Any],
+                may_change: frozenset[str]) -> Any:
+        """The run ``run_id``, back to RUNNING; None (and `resume_failure`) if it is gone."""
+        try:
+            run = self.client.get_run(run_id)
+            experiment = self.client.get_experiment(run.info.experiment_id)
+        except Exception as exc:  # not in this store (another URI) or deleted for good
+            self.resume_failure = _short(exc)
+            return None
+        if run.info.lifecycle_stage != "active" or experiment.lifecycle_stage != "active":
+            what = "run" if run.info.lifecycle_stage != "active" else "experiment"
+            self.resume_failure = f"its {what} is deleted"
+            return None
+        recorded = dict(run.data.params)
+        # Refused here, before the run's status changes: MLflow would refuse the new value
+        # later, and the interrupted run is left exactly as it was.
+        for key, value in sorted(expected.items()):
+            if key in recorded and key not in may_change and recorded[key] != _param_value(value):
+                raise RecsysError(
+                    f"--resume: MLflow run {run_id} was logged with {key}={recorded[key]}, the "
+                    f"config now gives {key}={_param_value(value)}; resume with the same config, "
+                    "or pass --overwrite to start a new run")
+        # Epochs after the last checkpoint were logged by the killed process and are trained
+        # again on resume; the epoch of the last checkpoint may not have been logged at all
+        # (killed in between). Knowing the steps the run has, each is logged exactly once.
+        for key in run.data.metrics:
+            self._logged_steps[key] = {int(m.step)
+                                       for m in self.client.get_metric_history(run_id, key)}
+        resumes = run.data.tags.get("recsys.resumes", "0")
+        self.client.update_run(run_id, status="RUNNING")
+        self.client.set_tag(run_id, "recsys.resumes",
+                            str(int(resumes) + 1 if resumes.isdigit() else 1))
+        self.experiment_id = run.info.experiment_id
+        self.experiment_name = experiment.name
+        self._params = recorded
+        self.resumed = True
+        return run
 
     def _experiment_id(self, name: str) -> str:
         experiment = self.client.get_experiment_by_name(name)
@@ -184,6 +247,7 @@ class MlflowTracker(Tracker):
 
         try:
             self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=5,
+                                                 resume_logging=self.resumed,
                                                  tracking_uri=self.tracking_uri)
             self._monitor.start()
         except Exception as exc:  # psutil missing or a platform without counters
@@ -222,24 +286,51 @@ class MlflowTracker(Tracker):
     # -- the Tracker hooks --------------------------------------------------------------------
 
     def log_params(self, params: dict[str, Any]) -> None:
-        flat = flatten(params)
-        items = [Param(str(k), _param_value(v)) for k, v in sorted(flat.items())]
+        values = {str(k): _param_value(v) for k, v in flatten(params).items()}
+        if self.resumed:
+            # MLflow refuses a new value for a logged param; what a resume may change (epochs,
+            # device) is kept as a tag instead (other changes were refused in _reopen).
+            changed = {k: v for k, v in values.items() if self._params.get(k, v) != v}
+            if changed:
+                self.set_tags({f"recsys.resumed.{k}": v for k, v in changed.items()})
+            values = {k: v for k, v in values.items() if k not in self._params}
+        else:
+            values = {k: v for k, v in values.items() if self._params.get(k) != v}
+        items = [Param(k, v) for k, v in sorted(values.items())]
         for start in range(0, len(items), _BATCH):
-            self._call("params", self.client.log_batch, self.run_id,
-                       params=items[start:start + _BATCH])
+            batch = items[start:start + _BATCH]
+            failed = len(self.failures)
+            self._call("params", self.client.log_batch, self.run_id, params=batch)
+            if len(self.failures) == failed:
+                self._params.update((p.key, p.value) for p in batch)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         now = int(time.time() * 1000)
         items = []
         for name, value in metrics.items():
             number = _as_float(value)
-            if number is not None:
-                items.append(Metric(metric_key(str(name)), number, now, int(step or 0)))
+            key = metric_key(str(name))
+            if number is None:
+                continue
+            if self.resumed and step is not None:
+                seen = self._logged_steps.setdefault(key, set())
+                if step in seen:
+                    continue  # logged before this resume (or a moment ago)
+                seen.add(step)
+            items.append(Metric(key, number, now, int(step or 0)))
         if items:
             what = "metrics" if step is None else f"metrics of step {step}"
             for start in range(0, len(items), 1000):
                 self._call(what, self.client.log_batch, self.run_id,
                            metrics=items[start:start + 1000])
+
+    def log_history(self, history: list[dict[str, float]]) -> None:
+        """Per-epoch records (``model.history_``, epoch i+1 at index i) the run does not have yet:
+        after a resume, the epoch whose checkpoint was written just before a kill -9 was never
+        logged, and is not trained again."""
+        if self.resumed:
+            for epoch, record in enumerate(history, start=1):
+                self.log_metrics(record, step=epoch)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         items = [RunTag(str(k), str(v)) for k, v in tags.items() if v is not None]

@@ -7,6 +7,8 @@ them into an `MlflowTracker` (checked reachable before anything is trained) or, 
 ``--no-track``, the null `Tracker`. ``log_training_start`` / ``log_training_end`` record what
 `recsys train` logs for every model: dataset input, learning curve, final metrics, per-user
 table, a sample of top-K lists, the config file and the packaged (optionally registered) model.
+``record_tracking`` / ``recorded_tracking`` keep the run's MLflow run id in RUN_DIR/tracking.json
+from the moment the run is created, so `recsys train --resume` continues that same run.
 
 mlflow itself is imported only when tracking is on (it takes seconds to import).
 """
@@ -17,6 +19,7 @@ import argparse
 import os
 import re
 import sys
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +36,8 @@ if TYPE_CHECKING:
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "recsys"
 DEFAULT_ALIAS = "champion"
+# In the run directory: which MLflow run the training logs to (written when the run is created).
+TRACKING_FILE = "tracking.json"
 SAMPLE_USERS = 20
 SAMPLE_K = 10
 # Per-user tables above this many users are logged as Parquet (a JSON table would be huge).
@@ -79,11 +84,14 @@ def check_registry_names(register: str | None, alias: str) -> None:
 
 
 def make_tracker(args: argparse.Namespace, *, run_name: str | None = None,
-                 tags: dict[str, str] | None = None, parent: Tracker | None = None) -> Tracker:
+                 tags: dict[str, str] | None = None, parent: Tracker | None = None,
+                 resume_run_id: str | None = None, expected_params: dict[str, Any] | None = None,
+                 may_change: Collection[str] = ()) -> Tracker:
     """The tracker the flags ask for; raises `RecsysError` (one line) if the store is unreachable.
 
     ``parent``: make the run a child of that tracker's run (``recsys compare``); a null parent
-    gives a null child.
+    gives a null child. ``resume_run_id``: continue that run when the store still has it (see
+    `MlflowTracker`; ``expected_params``/``may_change`` say which param changes are refused).
     """
     if getattr(args, "no_track", False) or (parent is not None and type(parent) is Tracker):
         return Tracker()
@@ -97,12 +105,49 @@ def make_tracker(args: argparse.Namespace, *, run_name: str | None = None,
     return MlflowTracker(tracking_uri=getattr(args, "tracking_uri", None), experiment=experiment,
                          run_name=run_name, tags=tags,
                          parent=parent,  # type: ignore[arg-type]
-                         log_system_metrics=bool(getattr(args, "log_system_metrics", False)))
+                         log_system_metrics=bool(getattr(args, "log_system_metrics", False)),
+                         resume_run_id=resume_run_id, expected_params=expected_params,
+                         may_change=may_change)
 
 
 def is_recording(tracker: Tracker) -> bool:
     """False for the null tracker: nothing needs to be built for it."""
     return type(tracker) is not Tracker
+
+
+def record_tracking(run_dir: str | Path, tracker: Tracker) -> None:
+    """Write RUN_DIR/tracking.json (atomically) naming the tracker's MLflow run; nothing for the
+    null tracker. Written as the run starts, so a killed training can be resumed into it."""
+    if not is_recording(tracker):
+        return
+    from recsys.data.io import write_json
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / TRACKING_FILE, {
+        "run_id": getattr(tracker, "run_id", None),
+        "tracking_uri": getattr(tracker, "tracking_uri", None),
+        "experiment_id": getattr(tracker, "experiment_id", None),
+        "experiment": getattr(tracker, "experiment_name", None)})
+
+
+def recorded_tracking(run_dir: str | Path) -> dict[str, Any] | None:
+    """What RUN_DIR says about its MLflow run (``run_id``, ``tracking_uri``, ...): tracking.json,
+    else the ``mlflow`` record of run.json (runs written before tracking.json existed); None
+    when neither names a run (an unreadable file counts as none: the caller starts a new run)."""
+    from recsys.data.io import read_json
+
+    run_dir = Path(run_dir)
+    for name, field in ((TRACKING_FILE, None), ("run.json", "mlflow")):
+        try:
+            record = read_json(run_dir / name)
+        except (OSError, ValueError):
+            continue
+        if field is not None and isinstance(record, dict):
+            record = record.get(field)
+        if isinstance(record, dict) and isinstance(record.get("run_id"), str) and record["run_id"]:
+            return record
+    return None
 
 
 # -- what a training run records -----------------------------------------------------------------
