@@ -419,6 +419,11 @@ class Trainer:
         if self.is_main:
             self.ctx.tracker.log_params(flatten({"model": model.name, **cfg.model_dump(),
                                                  "resolved_device": str(self.device)}))
+            log_history = getattr(self.ctx.tracker, "log_history", None)
+            if resumed_from is not None and log_history is not None:
+                # Epochs checkpointed but never logged (a kill between the two) are not trained
+                # again: send them now, so that a resume killed in turn loses none.
+                log_history(self.history)
         if valid is None and cfg.patience is not None and not self.ctx.quiet and self.is_main:
             print(f"note: {model.name}: no validation data, so no early stopping: training all "
                   f"{cfg.epochs} epochs and keeping the last weights", file=sys.stderr)

@@ -187,6 +187,21 @@ def test_epoch_checkpointed_but_never_logged_is_filled_in(store, mls_data, tmp_p
     assert logged[3] == pytest.approx(final[2]["loss"], rel=1e-6)
 
 
+def test_a_resume_interrupted_in_turn_still_fills_in_the_gap(store, mls_data, tmp_path,
+                                                             monkeypatch):
+    """The same gap (epoch 3 checkpointed, never logged), and the resume is itself stopped
+    during its first epoch: epoch 3 reached the run when the resume started."""
+    out = tmp_path / "run"
+    argv = train(mls_data, out, store, "resume-twice", "--set", "epochs=5")
+    interrupted(monkeypatch, argv, after_step=3, logged=False)
+    client = MlflowClient(store)
+    run_id = recorded_run(out)
+    assert steps(client, run_id) == [1, 2]
+    interrupted(monkeypatch, [*argv, "--resume"], after_step=4, logged=False)
+    assert steps(client, run_id) == [1, 2, 3]
+    assert [r.info.run_id for r in runs_of(client, "resume-twice")] == [run_id]
+
+
 def test_resume_with_a_changed_config_is_refused_up_front(store, mls_data, tmp_path, capsys,
                                                           monkeypatch):
     out = tmp_path / "run"
