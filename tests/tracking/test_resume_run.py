@@ -59,6 +59,27 @@ def interrupted(monkeypatch, argv: list[str], after_step: int, logged: bool = Tr
         assert main(argv) == 130
 
 
+def stopped_after_epoch_2(monkeypatch, store: str, data: Path, tmp_path: Path, experiment: str
+                          ) -> tuple[Path, list[str], MlflowClient, str]:
+    """A 4-epoch training stopped by Ctrl-C after epoch 2: (run dir, argv, client, run id)."""
+    out = tmp_path / "run"
+    argv = train(data, out, store, experiment, "--set", "epochs=4")
+    interrupted(monkeypatch, argv, after_step=2)
+    return out, argv, MlflowClient(store), recorded_run(out)
+
+
+def stopped_before_logging_epoch_3(monkeypatch, store: str, data: Path, tmp_path: Path,
+                                   experiment: str) -> tuple[Path, list[str], MlflowClient, str]:
+    """A 5-epoch training stopped between epoch 3's checkpoint and its metrics."""
+    out = tmp_path / "run"
+    argv = train(data, out, store, experiment, "--set", "epochs=5")
+    interrupted(monkeypatch, argv, after_step=3, logged=False)
+    client, run_id = MlflowClient(store), recorded_run(out)
+    assert steps(client, run_id) == [1, 2]
+    assert [e for e, _ in list_checkpoints(out / "checkpoints")][-1] == 3
+    return out, argv, client, run_id
+
+
 def recorded_run(out: Path) -> str:
     record = json.loads((out / "tracking.json").read_text())
     return record["run_id"]
@@ -167,13 +188,8 @@ def test_epoch_checkpointed_but_never_logged_is_filled_in(store, mls_data, tmp_p
                                                           monkeypatch):
     """Killed between writing epoch 3's checkpoint and logging it (what kill -9 usually hits):
     the resume starts after epoch 3 and never trains it again, yet the run gets its metrics."""
-    out = tmp_path / "run"
-    argv = train(mls_data, out, store, "resume-gap", "--set", "epochs=5")
-    interrupted(monkeypatch, argv, after_step=3, logged=False)
-    client = MlflowClient(store)
-    run_id = recorded_run(out)
-    assert steps(client, run_id) == [1, 2]
-    assert [e for e, _ in list_checkpoints(out / "checkpoints")][-1] == 3
+    out, argv, client, run_id = stopped_before_logging_epoch_3(monkeypatch, store, mls_data,
+                                                               tmp_path, "resume-gap")
 
     capsys.readouterr()
     assert main([*argv, "--resume"]) == 0
@@ -191,12 +207,8 @@ def test_a_resume_interrupted_in_turn_still_fills_in_the_gap(store, mls_data, tm
                                                              monkeypatch):
     """The same gap (epoch 3 checkpointed, never logged), and the resume is itself stopped
     during its first epoch: epoch 3 reached the run when the resume started."""
-    out = tmp_path / "run"
-    argv = train(mls_data, out, store, "resume-twice", "--set", "epochs=5")
-    interrupted(monkeypatch, argv, after_step=3, logged=False)
-    client = MlflowClient(store)
-    run_id = recorded_run(out)
-    assert steps(client, run_id) == [1, 2]
+    _, argv, client, run_id = stopped_before_logging_epoch_3(monkeypatch, store, mls_data,
+                                                             tmp_path, "resume-twice")
     interrupted(monkeypatch, [*argv, "--resume"], after_step=4, logged=False)
     assert steps(client, run_id) == [1, 2, 3]
     assert [r.info.run_id for r in runs_of(client, "resume-twice")] == [run_id]
@@ -204,11 +216,8 @@ def test_a_resume_interrupted_in_turn_still_fills_in_the_gap(store, mls_data, tm
 
 def test_resume_with_a_changed_config_is_refused_up_front(store, mls_data, tmp_path, capsys,
                                                           monkeypatch):
-    out = tmp_path / "run"
-    argv = train(mls_data, out, store, "resume-changed", "--set", "epochs=4")
-    interrupted(monkeypatch, argv, after_step=2)
-    client = MlflowClient(store)
-    run_id = recorded_run(out)
+    out, argv, client, run_id = stopped_after_epoch_2(monkeypatch, store, mls_data, tmp_path,
+                                                      "resume-changed")
     before = list_checkpoints(out / "checkpoints")
 
     capsys.readouterr()
@@ -226,11 +235,8 @@ def test_resume_with_a_changed_config_is_refused_up_front(store, mls_data, tmp_p
 
 def test_resume_with_no_track_leaves_the_run_alone(store, mls_data, tmp_path, capsys,
                                                     monkeypatch):
-    out = tmp_path / "run"
-    argv = train(mls_data, out, store, "resume-untracked", "--set", "epochs=4")
-    interrupted(monkeypatch, argv, after_step=2)
-    client = MlflowClient(store)
-    run_id = recorded_run(out)
+    out, argv, client, run_id = stopped_after_epoch_2(monkeypatch, store, mls_data, tmp_path,
+                                                      "resume-untracked")
 
     capsys.readouterr()
     assert main([*argv, "--no-track", "--resume"]) == 0
