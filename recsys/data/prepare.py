@@ -266,18 +266,25 @@ def _build(data: Encoded, labels: np.ndarray, split_info: dict[str, Any], meta: 
     users = Vocabulary(data.user_ids[used_users])
     items = Vocabulary(data.item_ids[used_items])
     shape = (len(users), len(items))
+    masks = {name: mask for name, code in S.PART_LABELS.items()
+             for mask in [labels == code] if mask.any()}
+    # Column by column, each of `data`'s columns is released once split into the parts, so the
+    # whole table and all its parts never coexist (this is the peak of `prepare`'s memory).
+    # `data` is emptied: no caller reads it afterwards.
+    stamps = {n: None if data.timestamp is None else data.timestamp[m] for n, m in masks.items()}
+    data.timestamp = None
+    ratings = {n: data.rating[m] for n, m in masks.items()}
+    data.rating = np.empty(0, np.float32)
+    cols = {n: remap_i[data.item[m]] for n, m in masks.items()}
+    data.item = np.empty(0, np.int32)
     parts: dict[str, Interactions] = {}
-    for name, code in S.PART_LABELS.items():
-        mask = labels == code
-        if not mask.any():
-            continue
-        u = remap_u[data.user[mask]]
+    for name, mask in masks.items():
         indptr = np.zeros(shape[0] + 1, dtype=np.int64)
-        np.cumsum(np.bincount(u, minlength=shape[0]), out=indptr[1:])
-        matrix = sp.csr_matrix((data.rating[mask], remap_i[data.item[mask]], indptr),
-                               shape=shape, copy=False)
-        ts = None if data.timestamp is None else data.timestamp[mask]
-        parts[name] = Interactions(matrix, users, items, ts)
+        np.cumsum(np.bincount(remap_u[data.user[mask]], minlength=shape[0]), out=indptr[1:])
+        matrix = sp.csr_matrix((ratings.pop(name), cols.pop(name), indptr), shape=shape,
+                               copy=False)
+        parts[name] = Interactions(matrix, users, items, stamps.pop(name))
+    data.user = np.empty(0, np.int32)
     if item_info is not None:
         item_info = _align_item_info(item_info, items)
     meta.update({

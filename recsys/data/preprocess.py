@@ -108,23 +108,32 @@ def encode(user: np.ndarray, item: np.ndarray, rating: np.ndarray | None,
     """
     u, user_ids = _codes(user)
     i, item_ids = _codes(item)
-    return _encode_codes(u, user_ids, i, item_ids, rating, timestamp, extra, report, threshold)
+    return _encode_codes(u, user_ids, i, item_ids, {"rating": rating, "timestamp": timestamp},
+                         extra, report, threshold)
 
 
 def _encode_codes(u: np.ndarray, user_ids: np.ndarray, i: np.ndarray, item_ids: np.ndarray,
-                  rating: np.ndarray | None, timestamp: np.ndarray | None,
-                  extra: dict[str, np.ndarray] | None, report: dict[str, Any] | None,
-                  threshold: float | None) -> Encoded:
+                  columns: dict[str, np.ndarray | None], extra: dict[str, np.ndarray] | None,
+                  report: dict[str, Any] | None, threshold: float | None) -> Encoded:
+    """``columns`` holds ``rating`` and ``timestamp`` (or None). They are popped from it, so that
+    a caller keeping no other reference (`preprocess_log`) lets each raw column go as soon as it
+    is gathered: this function is the peak of `recsys prepare`'s memory."""
     report = report if report is not None else {}
+    rating, timestamp = columns.pop("rating"), columns.pop("timestamp")
     n_rows = len(u)
     n_items = len(item_ids)
-    key = u.astype(np.int64)
-    key *= n_items
-    key += i
+    # 32-bit keys and positions when they fit (ML-20M's 138k users x 27k items do): half the
+    # memory of int64 for the key, the sort's buffer and the permutation.
+    key_type = np.uint32 if len(user_ids) * n_items <= np.iinfo(np.uint32).max else np.int64
+    key = u.astype(key_type)
+    key *= key_type(n_items)
+    key += i.astype(key_type, copy=False)
     # One sort gives CSR order; a stable one keeps equal keys in input order (and is linear on
     # files already sorted by user and item, as MovieLens ships them).
     order = np.argsort(key, kind="stable")
     del key
+    if n_rows < np.iinfo(np.int32).max:
+        order = order.astype(np.int32)
     u, i = u[order], i[order]
     same = (u[1:] == u[:-1]) & (i[1:] == i[:-1])
     n_dup = int(same.sum())
@@ -148,15 +157,21 @@ def _encode_codes(u: np.ndarray, user_ids: np.ndarray, i: np.ndarray, item_ids: 
         positive = rating[order] >= np.float32(threshold)
         report["below_threshold_dropped"] = int(len(order) - positive.sum())
         order, u, i = order[positive], u[positive], i[positive]
-        del positive
-        rating_arr = np.ones(len(order), np.float32)
+        del positive, rating
+        rating = None  # every kept row is a positive of value 1
     else:
         report["below_threshold_dropped"] = 0
-        rating_arr = np.ones(len(order), np.float32) if rating is None else \
-            rating[order].astype(np.float32, copy=False)
-    return Encoded(u, i, rating_arr,
-                   None if timestamp is None else timestamp[order].astype(np.int64, copy=False),
-                   user_ids, item_ids, {k: v[order] for k, v in (extra or {}).items()})
+        if rating is not None:
+            rating = rating[order].astype(np.float32, copy=False)
+    # One raw column at a time: gathered, then released, before the next is allocated.
+    if timestamp is not None:
+        timestamp = timestamp[order].astype(np.int64, copy=False)
+    gathered = {k: v[order] for k, v in (extra or {}).items()}
+    n_kept = len(order)
+    del order
+    if rating is None:
+        rating = np.ones(n_kept, np.float32)
+    return Encoded(u, i, rating, timestamp, user_ids, item_ids, gathered)
 
 
 def apply_min_counts(data: Encoded, min_user: int, min_item: int, kcore: bool,
@@ -204,9 +219,9 @@ def preprocess_log(log: RatingLog, options: PreprocessOptions, source: str = "th
     log.user = np.empty(0, np.int64)
     i, item_ids = _codes(log.item)
     log.item = np.empty(0, np.int64)
-    rating, timestamp = log.rating, log.timestamp
+    columns = {"rating": log.rating, "timestamp": log.timestamp}
     log.rating = log.timestamp = None
-    data = _encode_codes(u, user_ids, i, item_ids, rating, timestamp, None, report,
+    data = _encode_codes(u, user_ids, i, item_ids, columns, None, report,
                          options.implicit_threshold)
     return _filter(data, options, report, source)
 
