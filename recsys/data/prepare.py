@@ -269,7 +269,7 @@ def _build(data: Encoded, labels: np.ndarray, split_info: dict[str, Any], meta: 
     masks = {name: mask for name, code in S.PART_LABELS.items()
              for mask in [labels == code] if mask.any()}
     # Column by column, each of `data`'s columns is released once split into the parts, so the
-    # whole table and all its parts never coexist (this is the peak of `prepare`'s memory).
+    # whole table and all its parts never coexist (they did at the former peak of `prepare`).
     # `data` is emptied: no caller reads it afterwards.
     stamps = {n: None if data.timestamp is None else data.timestamp[m] for n, m in masks.items()}
     data.timestamp = None

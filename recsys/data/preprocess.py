@@ -117,7 +117,7 @@ def _encode_codes(u: np.ndarray, user_ids: np.ndarray, i: np.ndarray, item_ids: 
                   report: dict[str, Any] | None, threshold: float | None) -> Encoded:
     """``columns`` holds ``rating`` and ``timestamp`` (or None). They are popped from it, so that
     a caller keeping no other reference (`preprocess_log`) lets each raw column go as soon as it
-    is gathered: this function is the peak of `recsys prepare`'s memory."""
+    is gathered, which keeps this step below the peak of `recsys prepare`'s memory."""
     report = report if report is not None else {}
     rating, timestamp = columns.pop("rating"), columns.pop("timestamp")
     n_rows = len(u)

@@ -45,7 +45,8 @@ def _check_sorted(user: np.ndarray) -> None:
 def random_keys(rng: np.random.Generator, n: int) -> np.ndarray:
     """Random integer sort keys in [0, 2**31 - 1): exact, so packing them beside a user index
     into one int64 loses nothing. Drawn as int64 (the stream every split so far was made
-    from), held as int32: the keys live through the sort at the peak of `prepare`'s memory."""
+    from), held as int32: the keys live through the sort, one of the high points of `prepare`'s
+    memory."""
     return rng.integers(0, 2**31 - 1, n, dtype=np.int64).astype(np.int32)
 
 
