@@ -130,6 +130,35 @@ def build_params(model_cls: type, args: argparse.Namespace) -> tuple[dict[str, A
     return params, grid
 
 
+def finished_training(out: Path, config: dict[str, Any], data_dir: Path) -> str | None:
+    """Why the run in ``out`` has nothing left to train (None if it has, or if this resume
+    differs from it: the resume then refuses it with its own message). Nothing is left when the
+    run completed (run.json), on the same prepared data, and its last checkpoint, of the same
+    config, stopped early or reached ``config["epochs"]``. Every rank of a distributed run reads
+    the same files, so all agree."""
+    from recsys.data.io import sha256_file
+    from recsys.run import read_run
+    from recsys.training.checkpoint import CHECKPOINT_DIR, list_checkpoints, load_checkpoint
+    from recsys.training.trainer import RESUMABLE_CHANGES
+
+    found = list_checkpoints(out / CHECKPOINT_DIR) if (out / "run.json").exists() else []
+    meta = data_dir / "metadata.json"
+    if not found or not meta.is_file() or read_run(out).get("data_digest") != sha256_file(meta):
+        return None
+    try:
+        payload = load_checkpoint(found[-1][1])
+    except RecsysError:
+        return None  # the resume itself reports an unsound checkpoint
+    if any(payload["config"].get(k) != v for k, v in config.items()
+           if k not in RESUMABLE_CHANGES):
+        return None
+    if payload.get("stopped_early"):
+        return f"stopped early at epoch {payload['epoch']}"
+    if int(payload["epoch"]) >= config["epochs"]:
+        return f"{payload['epoch']} of {config['epochs']} epochs trained"
+    return None
+
+
 def check_out(out: Path, resume: bool, overwrite: bool, model: str | None = None,
               checkpoints: bool = True) -> None:
     """Refuse to clobber a run; with ``resume``, the run in ``out`` must be one ``model`` can
@@ -250,6 +279,15 @@ def _train(args: argparse.Namespace, dist_info: Any = None) -> int:
 
         share_error(check_out, out, args.resume, args.overwrite, model=model.name,
                     checkpoints=True)
+
+    if args.resume and not args.tune and isinstance(model, NeuralRecommender):
+        done = finished_training(out, model.config.model_dump(), Path(args.data))
+        if done:
+            if main:
+                print(f"note: --resume: {out} holds a finished run ({done}); nothing to resume. "
+                      f"Train further with --set epochs=N above it, or start again with "
+                      "--overwrite", file=sys.stderr)
+            return 0
 
     data_dir = Path(args.data)
     dataset = Dataset.load(data_dir)

@@ -23,6 +23,7 @@ from recsys.models.base import Recommender
 from recsys.models.tuning import DEFAULT_GRIDS, tune
 from recsys.run import load_run, read_run
 from recsys.tracking.base import Tracker, flatten
+from recsys.training.checkpoint import list_checkpoints
 
 
 def blocks_dataset(n_users: int = 60, n_items: int = 30, n_blocks: int = 3, seed: int = 0,
@@ -245,6 +246,22 @@ def test_an_existing_run_needs_overwrite_or_resume(data_dir, tmp_path, capsys):
     assert train(data_dir, out, "ease", "--overwrite", "--quiet") == 0
     assert read_run(out)["model"] == "ease"
     assert (out / "notes.txt").read_text() == "mine"  # only what train writes is replaced
+
+
+def test_resume_of_a_finished_run_has_nothing_to_do_unless_epochs_grow(data_dir, tmp_path,
+                                                                          capsys):
+    out = tmp_path / "r"
+    dae = ["multdae", "--set", "hidden_dims=[8]", "--set", "patience=null", "--quiet"]
+    assert train(data_dir, out, *dae, "--set", "epochs=2") == 0
+    before = {p.name: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert train(data_dir, out, *dae, "--set", "epochs=2", "--resume") == 0
+    err = capsys.readouterr().err
+    assert err.startswith(f"note: --resume: {out} holds a finished run (2 of 2 epochs trained)")
+    assert {p.name: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+    # more epochs: the resume trains on from epoch 2
+    assert train(data_dir, out, *dae, "--set", "epochs=3", "--resume") == 0
+    assert list_checkpoints(out / "checkpoints")[-1][0] == 3
 
 
 # -- errors a user can cause --------------------------------------------------------------------
