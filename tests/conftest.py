@@ -33,3 +33,15 @@ def mirror() -> Path:
     if m is None or not (m / "ml-100k.zip").exists():
         pytest.skip("no dataset mirror with ml-100k (set RECSYS_MIRROR)")
     return m
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: thread hand-offs cost more than the arithmetic on a shared 2-core box
+    (whatever OMP_NUM_THREADS the caller's environment set)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

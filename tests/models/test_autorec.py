@@ -25,13 +25,7 @@ SMALL = {"hidden": 16, "epochs": 150, "lr": 0.02, "l2_lambda": 1.0, "device": "c
 META = {"implicit": False, "rating_scale": [1.0, 5.0]}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: thread hand-offs cost more than the arithmetic on a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class TestIAutoRec(RecommenderContract):

@@ -28,13 +28,7 @@ SMALL = {"g_hidden": 32, "d_hidden": 16, "lr": 3e-3, "epochs": 60, "batch_size":
 CONTRACT = {**SMALL, "g_output": "sigmoid", "zr_coefficient": 0.3, "epochs": 100}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: thread hand-offs cost more than the arithmetic on a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class TestItemCFGAN(RecommenderContract):

@@ -1,11 +1,7 @@
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: thread hand-offs cost more than the arithmetic on a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_torch_thread(one_thread):
+    """Every training test runs on one torch thread (tests/conftest.py `one_thread`)."""
     yield
-    torch.set_num_threads(before)
