@@ -34,6 +34,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from common import training_summary  # noqa: E402
 
 from recsys.data.io import write_json  # noqa: E402
 
@@ -93,20 +96,8 @@ def fit_and_evaluate(model: str, data: Path, runs: Path, tune: bool, overrides: 
                            "tune_seconds": float(info.get("tune_seconds") or 0.0),
                            "wall_seconds": wall,
                            "tuned": (info.get("tuned") or {}).get("params")}
-    row.update(training_summary(run))
+    row.update(training_summary(run, SELECT_BY))
     return row
-
-
-def training_summary(run: Path) -> dict[str, Any]:
-    """Best and last epoch of a neural fit, from its last checkpoint (none for baselines)."""
-    from recsys.training.checkpoint import CHECKPOINT_DIR, latest_checkpoint, load_checkpoint
-
-    path = latest_checkpoint(run / CHECKPOINT_DIR)
-    if path is None:
-        return {}
-    payload = load_checkpoint(path)
-    return {"epochs_run": int(payload["epoch"]), "best_epoch": payload["best"]["epoch"],
-            f"valid_{SELECT_BY}": payload["best"]["value"]}
 
 
 def fmt(value: Any, digits: int = 4) -> str:

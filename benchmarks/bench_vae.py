@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from common import importable, recbole_fit  # noqa: E402
+from common import importable, recbole_fit, training_summary  # noqa: E402
 
 from recsys.data.io import write_json  # noqa: E402
 
@@ -106,18 +106,6 @@ def train(model: str, data: Path, run: Path, tune: bool) -> dict[str, Any]:
            "tuned": (info.get("tuned") or {}).get("params")}
     row.update(training_summary(run))
     return row
-
-
-def training_summary(run: Path) -> dict[str, Any]:
-    """Best and last epoch of a neural fit, from its last checkpoint (none for baselines)."""
-    from recsys.training.checkpoint import CHECKPOINT_DIR, latest_checkpoint, load_checkpoint
-
-    path = latest_checkpoint(run / CHECKPOINT_DIR)
-    if path is None:
-        return {}
-    payload = load_checkpoint(path)
-    return {"epochs_run": int(payload["epoch"]), "best_epoch": payload["best"]["epoch"],
-            "valid_ndcg@100": payload["best"]["value"]}
 
 
 # -- RecBole on the same split (optional) --------------------------------------------------------

@@ -348,6 +348,20 @@ def vae_epoch(scale: float, device: str, repeat: int, max_batches: int | None,
 # -- worker: RecBole 1.2.1 on our split ----------------------------------------------------------
 
 
+def training_summary(run: Path, metric: str = "ndcg@100") -> dict[str, Any]:
+    """Best and last epoch of a neural fit and its best validation ``metric``, from the run's
+    last checkpoint (empty for baselines, which write none)."""
+    from recsys.training.checkpoint import CHECKPOINT_DIR, latest_checkpoint, load_checkpoint
+
+    path = latest_checkpoint(run / CHECKPOINT_DIR)
+    if path is None:
+        return {}
+    payload = load_checkpoint(path)
+    best = payload.get("best") or {}
+    return {"epochs_run": int(payload["epoch"]), "best_epoch": best.get("epoch"),
+            f"valid_{metric}": best.get("value")}
+
+
 def recbole_shims() -> None:
     """RecBole 1.2.1 predates NumPy 2 (np.float etc.) and torch's weights-only torch.load
     default (2.6+), which refuses its checkpoints (they pickle the Config)."""

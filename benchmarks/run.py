@@ -66,6 +66,7 @@ from common import (  # noqa: E402
     median,
     now_utc,
     ranking_bytes,
+    training_summary,
     versions,
 )
 
@@ -210,7 +211,7 @@ class Suite:
                "wall_seconds": median([f.wall for f, _ in fits]),
                "cpu_seconds": median([f.cpu for f, _ in fits]),
                "peak_mb": median([f.peak_mb for f, _ in fits])}
-        row.update(epochs(run))
+        row.update(training_summary(run))
         return row
 
     # -- sections --------------------------------------------------------------------------------
@@ -357,18 +358,6 @@ class Suite:
                                   str(ML20M_RAW_ROWS), "--repeat", str(a.repeat), "--sources",
                                   "ml-20m")
             syn["prepare_full"] = data if data is not None else self.fail("prepare x1", m)
-
-
-def epochs(run: Path) -> dict[str, Any]:
-    """Best and last epoch of a neural fit, from its last checkpoint (none for baselines)."""
-    from recsys.training.checkpoint import CHECKPOINT_DIR, latest_checkpoint, load_checkpoint
-
-    path = latest_checkpoint(run / CHECKPOINT_DIR)
-    if path is None:
-        return {}
-    payload = load_checkpoint(path)
-    best = payload.get("best") or {}
-    return {"epochs_run": int(payload["epoch"]), "best_epoch": best.get("epoch")}
 
 
 # -- figures and targets -------------------------------------------------------------------------
