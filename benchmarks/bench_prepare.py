@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import CHILD
 
 from recsys.data.interactions import Dataset
 from recsys.data.synthetic import ML20M_SHAPE, synthetic_ratings, write_ml20m_csv
@@ -43,30 +44,17 @@ PREPARE_ARGS = ["--split", "random", "--implicit-threshold", "4", "--min-user-in
                 "5", "--test-fraction", "0.2", "--valid-fraction", "0.1", "--seed", "0"]
 
 
-# Run the CLI in a child that reports its own high-water mark (VmHWM) when it exits.
-# ru_maxrss from wait4 is not usable: Linux carries the parent's peak across fork+exec into the
-# child's ru_maxrss, so it would show this script's own peak from drawing the synthetic data.
-_CHILD = """
-import atexit, sys
-def _report():
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    sys.stderr.write("__VMHWM_KB__ " + line.split()[1] + "\\n")
-    except OSError:
-        pass
-atexit.register(_report)
-from recsys.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
+# The CLI runs in a child that reports its own high-water mark (VmHWM) when it exits
+# (common.CHILD). ru_maxrss from wait4 is not usable: Linux carries the parent's peak across
+# fork+exec into the child's ru_maxrss, so it would show this script's own peak from drawing the
+# synthetic data.
 
 
 def run_measured(args: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
     """(wall seconds, peak RSS MB, stdout) of ``recsys ARGS`` in a fresh process."""
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", _CHILD, *args], capture_output=True, text=True,
-                          env=env)
+    proc = subprocess.run([sys.executable, "-c", CHILD, "module", "recsys.cli", *args],
+                          capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - start
     if proc.returncode:
         raise SystemExit(f"recsys {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
@@ -118,9 +106,8 @@ data_preparation(config, dataset)
     script_path = workdir / "recbole_build.py"
     script_path.write_text(script)
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", _CHILD.replace(
-        "from recsys.cli import main\nsys.exit(main(sys.argv[1:]))",
-        f"exec(open({str(script_path)!r}).read())")], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", CHILD, "script", str(script_path)],
+                          capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if proc.returncode:
         print(f"RecBole build failed:\n{proc.stderr[-2000:]}")

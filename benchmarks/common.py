@@ -171,8 +171,9 @@ def versions() -> dict[str, str | None]:
 
 # -- children measured from outside -------------------------------------------------------------
 
-# Runs a module or a script and reports its own high-water mark at exit (see peak_rss_mb).
-_CHILD = """
+# Runs a module or a script and reports its own high-water mark at exit (see peak_rss_mb):
+# python -c CHILD module|script TARGET ARGS...
+CHILD = """
 import atexit, runpy, sys
 def _report():
     try:
@@ -222,7 +223,7 @@ def measure(target: str, args: list[str], log: Path, *, module: bool = True,
     appended to ``log``; a failure is returned, not raised, so one broken row does not stop the
     suite."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-c", _CHILD, "module" if module else "script", target, *args]
+    cmd = [sys.executable, "-c", CHILD, "module" if module else "script", target, *args]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     with open(log, "a") as out:
