@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from common import training_summary  # noqa: E402
+from common import rows_markdown, training_summary  # noqa: E402
 
 from recsys.data.io import write_json  # noqa: E402
 
@@ -98,22 +98,6 @@ def fit_and_evaluate(model: str, data: Path, runs: Path, tune: bool, overrides: 
                            "tuned": (info.get("tuned") or {}).get("params")}
     row.update(training_summary(run, SELECT_BY))
     return row
-
-
-def fmt(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, dict):
-        return ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-
-
-def markdown(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for r in rows:
-        cells = [fmt(r.get(c), 1 if c.endswith("seconds") else 4) for c in columns]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def mean_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -193,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
 
     columns = ["model", *METRICS.split(","), f"valid_{SELECT_BY}", "best_epoch", "epochs_run",
                "fit_seconds", "tune_seconds", "tuned"]
-    table = markdown(rows, columns)
+    table = rows_markdown(rows, columns)
     lines = verdict(rows)
     text = (f"## ml-100k, every rating positive, random 80/20 (10% of train for validation), "
             f"test part\n\n{table}\n\n" + "\n".join(f"- {ln}" for ln in lines) + "\n")

@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from common import importable, recbole_fit, training_summary  # noqa: E402
+from common import importable, recbole_fit, rows_markdown, training_summary  # noqa: E402
 
 from recsys.data.io import write_json  # noqa: E402
 
@@ -158,20 +158,6 @@ def speed(out: Path, mirror: str | None, quality: dict[str, Any] | None) -> dict
             "ratio": vae["fit_seconds"] / peer["fit_seconds"]}
 
 
-def fmt(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-
-
-def markdown(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for r in rows:
-        cells = [fmt(r.get(c), 1 if c.endswith("seconds") else 4) for c in columns]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -200,9 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         q = quality(out, args.mirror, args.tune)
         results["quality"] = q
         print("\n## ml-100k, ratings >= 4, users >= 5 positives, random 80/20 (test part)\n")
-        print(markdown(q["rows"], cols))
+        print(rows_markdown(q["rows"], cols))
         print()
-        print(markdown(q["peers"], ["model", "ndcg@100", "recall@20", "fit_seconds"]))
+        print(rows_markdown(q["peers"], ["model", "ndcg@100", "recall@20", "fit_seconds"]))
         if not any(p["measured"] for p in q["peers"]):
             print("\n(RecBole is not importable here: its rows are the figures cited in "
                   "PROTOCOLS.md, measured on the same protocol with another seed.)")
@@ -211,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         results["strong"] = s
         for name, table in s.items():
             print(f"\n## strong generalisation, {name} (held-out test users)\n")
-            print(markdown(table["rows"], cols))
+            print(rows_markdown(table["rows"], cols))
     if "speed" in only:
         sp_ = speed(out, args.mirror, results.get("quality"))
         results["speed"] = sp_

@@ -349,6 +349,24 @@ def vae_epoch(scale: float, device: str, repeat: int, max_batches: int | None,
 # -- worker: RecBole 1.2.1 on our split ----------------------------------------------------------
 
 
+def cell(value: Any, digits: int = 4) -> str:
+    """A Markdown table cell: floats rounded, dicts as k=v, None as '-'."""
+    if value is None:
+        return "-"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def rows_markdown(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """Rows as a Markdown table over ``columns`` (seconds to 0.1, the rest to 4 digits)."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in rows:
+        lines.append("| " + " | ".join(cell(r.get(c), 1 if c.endswith("seconds") else 4)
+                                       for c in columns) + " |")
+    return "\n".join(lines)
+
+
 def training_summary(run: Path, metric: str = "ndcg@100") -> dict[str, Any]:
     """Best and last epoch of a neural fit and its best validation ``metric``, from the run's
     last checkpoint (empty for baselines, which write none)."""
