@@ -15,6 +15,8 @@ Sections (``--only``, repeatable or comma-separated; default all):
 - ``peers``: RecBole MultiVAE / MultiDAE / RecVAE / EASE on the same ml-100k split, implicit ALS
   untuned (64 factors), Surprise SVD on u1..u5. A peer that is not installed is replaced by the
   figure ../shared/PROTOCOLS.md (or the peer's README) cites, marked "cited, not measured here".
+- ``cfgan``: CFGAN on its own protocol (ml-100k, every rating a positive) beside tuned EASE,
+  Mult-VAE and ALS (benchmarks/bench_cfgan.py; ~10 minutes on CPU).
 - ``synthetic``: ML-20M shape (136,677 x 20,108, ~10M interactions; recsys.data.synthetic) at
   ``--scale`` and 2x, 4x of it: prepare of the raw ratings.csv (bench_prepare.py), full-ranking
   evaluation of all users (bench_eval.py), top-100 for all users (bench_topk.py), one Mult-VAE
@@ -60,6 +62,7 @@ from common import (  # noqa: E402
     ML20M_RAW_ROWS,
     ML20M_USERS,
     REPO,
+    cell,
     importable,
     machine_info,
     measure,
@@ -70,9 +73,9 @@ from common import (  # noqa: E402
     versions,
 )
 
-SECTIONS = ("real", "ratings", "peers", "synthetic")
+SECTIONS = ("real", "ratings", "peers", "cfgan", "synthetic")
 # Where each section keeps its figures in results.json.
-SECTION_KEYS = {"real": "real", "ratings": "autorec", "peers": "peers",
+SECTION_KEYS = {"real": "real", "ratings": "autorec", "peers": "peers", "cfgan": "cfgan",
                 "synthetic": "synthetic"}
 DATASETS = ("ml-100k", "ml-latest-small")
 MODELS = ("pop", "itemknn", "ease", "als", "multvae", "multdae", "recvae", "cdae")
@@ -311,6 +314,25 @@ class Suite:
                     recbole[f"RecBole {model}"] = self.fail(f"RecBole {model}", m)
         if "ratings" not in a.sections and self.available("ml-100k") and importable("surprise"):
             peers["surprise"] = self.autorec(with_ours=False)
+
+    def cfgan(self) -> None:
+        """CFGAN beside tuned EASE, Mult-VAE and ALS on its own protocol (every rating a
+        positive): benchmarks/bench_cfgan.py, one fit of configs/cfgan.yaml (~7 min on CPU)."""
+        a = self.args
+        if not self.available("ml-100k"):
+            self.results["cfgan"] = {"error": "ml-100k not in the dataset mirror"}
+            return
+        self.say("ml-100k, every rating positive: CFGAN beside tuned EASE, Mult-VAE and ALS "
+                 "(bench_cfgan.py)")
+        work = self.out / "cfgan"
+        shutil.rmtree(work / "runs", ignore_errors=True)
+        extra = ["--models", "cfgan,ease", "--set", "epochs=2"] if a.quick else []
+        m = measure(str(BENCH / "bench_cfgan.py"),
+                    ["--out", str(work), *self.mirror_args(), *self.thread_args(), *extra],
+                    self.logs / "cfgan.log", module=False, env=self.env)
+        done = work / "results.json"
+        self.results["cfgan"] = (json.loads(done.read_text()) if m.ok and done.is_file()
+                                 else self.fail("bench_cfgan.py", m))
 
     def synthetic(self) -> None:
         a = self.args
@@ -569,6 +591,17 @@ def targets(results: dict[str, Any]) -> list[list[str]]:
                     f"{mean:.4f}", ("met" if mean <= TARGET_AUTOREC_RMSE else "not met")
                     + ("" if len(ar["rows"]) == 5 else " (partial)"),
                     f"folds {folds}" + (f", median {rmse:.4f}" if len(ar["rows"]) > 1 else "")])
+    cf = results.get("cfgan")
+    rows = {r["model"]: r for r in (cf or {}).get("rows", [])}
+    if "cfgan" in rows:
+        c, ease = rows["cfgan"], rows.get("ease")
+        met = c["precision@20"] >= 0.29 and c["ndcg@20"] >= 0.42
+        out.append(["(issue 6) CFGAN precision@20 >= 0.29 and NDCG@20 >= 0.42 (ml-100k, every "
+                    "rating positive)", f"{c['precision@20']:.4f} / {c['ndcg@20']:.4f}",
+                    "met" if met else "not met",
+                    "one fit of configs/cfgan.yaml, epochs chosen on validation"
+                    + (f"; tuned EASE on the same split {ease['precision@20']:.4f} / "
+                       f"{ease['ndcg@20']:.4f}" if ease else "")])
     return out
 
 
@@ -652,6 +685,7 @@ def render(results: dict[str, Any], command: str) -> str:
               table(["target", "measured", "status", "figures and reason"], targets(results)), ""]
     lines += render_real(results)
     lines += render_peers(results)
+    lines += render_cfgan(results)
     lines += render_synthetic(results)
     if results.get("failures"):
         lines += ["## Failures", "", *[f"- {f}" for f in results["failures"]], ""]
@@ -754,6 +788,24 @@ def ratio(a: float | None, b: float | None) -> str:
     if a is None or b is None or not b:
         return "-"
     return f"{a / b:.2f}"
+
+
+def render_cfgan(results: dict[str, Any]) -> list[str]:
+    cf = results.get("cfgan")
+    if not cf:
+        return []
+    if "error" in cf:
+        return ["## CFGAN", "", f"CFGAN: {cf['error']}", ""]
+    columns = ["model", "precision@20", "recall@20", "ndcg@20", "valid_ndcg@20", "best_epoch",
+               "epochs_run", "fit_seconds", "tuned"]
+    return ["## CFGAN (ml-100k, every rating a positive)", "",
+            "`benchmarks/bench_cfgan.py`: random 80/20 per user, 10% of train for validation "
+            "(seed 0); CFGAN with configs/cfgan.yaml, the others tuned on validation; epochs "
+            "and settings chosen on validation, test read once. Its `--cfgan-seeds 0,1,2` gives "
+            "the spread over seeds (README).", "",
+            table(columns, [[cell(r.get(c), 1 if c.endswith("seconds") else 4) for c in columns]
+                            for r in cf["rows"]]), "",
+            *[f"- {line}" for line in cf.get("verdict", [])], ""]
 
 
 def render_peers(results: dict[str, Any]) -> list[str]:
