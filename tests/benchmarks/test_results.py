@@ -72,3 +72,15 @@ def test_peers_are_marked_measured_and_gpu_targets_not_measured(rendered):
     _, markdown = rendered
     assert "cited, not measured here" not in markdown.split("## Ours / peer")[1].split("##")[0]
     assert _target_row(markdown, "Mult-VAE training epoch")[2] == "not measured here (GPU)"
+
+
+def test_cfgan_target_row_states_its_fit_beside_tuned_ease(rendered):
+    results, markdown = rendered
+    rows = {r["model"]: r for r in results["cfgan"]["rows"]}
+    cfgan, ease = rows["cfgan"], rows["ease"]
+    row = _target_row(markdown, "(issue 6) CFGAN")
+    assert row[1] == f"{cfgan['precision@20']:.4f} / {cfgan['ndcg@20']:.4f}"
+    met = cfgan["precision@20"] >= 0.29 and cfgan["ndcg@20"] >= 0.42
+    assert row[2] == ("met" if met else "not met")
+    assert f"{ease['precision@20']:.4f} / {ease['ndcg@20']:.4f}" in row[3]
+    assert "## CFGAN (ml-100k, every rating a positive)" in markdown
