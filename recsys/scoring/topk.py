@@ -81,6 +81,15 @@ _SELECT_MIN_RATIO = 0.004
 _pool: ThreadPoolExecutor | None = None
 
 
+def _forget_pool() -> None:
+    # A forked child inherits the pool object but not its threads: it must make its own.
+    global _pool
+    _pool = None
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
 def _select_topk(block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     m = block.shape[1]
     idx = np.argpartition(block, m - k, axis=1)[:, m - k:]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -119,3 +122,24 @@ def test_topk_rows_orders_equal_scores_by_item():
     assert torch.all(values == 1.0)
     assert torch.all(items % 7 == 0)
     assert torch.all(items[:, 1:] > items[:, :-1])  # ties listed by item index
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_topk_rows_works_in_a_child_forked_after_use():
+    scores = torch.randn(512, 1390, generator=torch.Generator().manual_seed(1))
+    expected = torch.topk(scores, 100, dim=1).values
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # rows split over the pool, which the child inherits
+    try:
+        topk_rows(scores, 100)
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(1) as pool:
+            values = pool.apply_async(_child_topk, (scores,)).get(timeout=60)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(values, expected)
+
+
+def _child_topk(scores):
+    torch.set_num_threads(2)
+    return topk_rows(scores, 100)[0]
