@@ -339,9 +339,6 @@ def _train(args: argparse.Namespace, dist_info: Any = None) -> int:
         started = time.perf_counter()
         model.fit(dataset.train, valid, ctx)
         fit_seconds = time.perf_counter() - started
-        log_history = getattr(tracker, "log_history", None)
-        if log_history is not None:  # a resumed MLflow run: the epochs it never received
-            log_history(getattr(model, "history_", None) or [])
         if not main:
             status = "FINISHED"
             return 0  # rank 0 writes, evaluates and logs the (identical) trained model
