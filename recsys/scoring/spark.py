@@ -44,7 +44,6 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 APP_NAME = "recsys-score"
-# The pyfunc loaders of models logged from code (MLflow 3; the second in older releases).
 ENV_MANAGERS = ("local", "virtualenv", "uv", "conda")
 # MLflow signature types of ids -> Spark SQL types.
 _SPARK_ID_TYPES = {"long": "bigint", "integer": "int", "string": "string"}
