@@ -32,7 +32,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from common import importable, peak_rss_mb, recbole_shims  # noqa: E402, F401 - peak_rss_mb re-exported for bench_topk
+from common import (  # noqa: E402, F401 - peak_rss_mb re-exported for bench_topk
+    importable,
+    peak_rss_mb,
+    recbole_shims,
+    write_recbole_parts,
+)
 
 from recsys.data.interactions import EvalSplit  # noqa: E402
 
@@ -210,14 +215,11 @@ def recbole_trainer_evaluate(model: DotScorer, split: EvalSplit, work: Path, rep
     from recbole.trainer import Trainer
     from recbole.utils import InputType, init_logger
 
-    folder = work / "bench"
-    folder.mkdir(parents=True, exist_ok=True)
     history, target = split.history[split.users].tocoo(), split.target[split.users].tocoo()
     users = np.asarray(split.users)
-    for part, coo in (("train", history), ("valid", target), ("test", target)):
-        rows = np.column_stack([users[coo.row], coo.col])[: 1 if part == "test" else None]
-        np.savetxt(folder / f"bench.{part}.inter", rows, fmt="%d", delimiter="\t",
-                   header="user_id:token\titem_id:token", comments="")
+    pairs = {part: np.column_stack([users[coo.row], coo.col])
+             for part, coo in (("train", history), ("valid", target))}
+    write_recbole_parts(work / "bench", {**pairs, "test": pairs["valid"][:1]})
     config = Config(model="Pop", dataset="bench", config_dict={
         "data_path": str(work), "benchmark_filename": ["train", "valid", "test"],
         "load_col": {"inter": ["user_id", "item_id"]},

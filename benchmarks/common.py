@@ -14,6 +14,7 @@ reports its test metrics and timings. Both print one JSON line (and write it to 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -393,6 +394,18 @@ def recbole_shims() -> None:
     os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
 
 
+def write_recbole_parts(folder: Path, parts: dict[str, Any]) -> None:
+    """RecBole's pre-split atomic files ``bench.{train,valid,test}.inter`` in ``folder`` (its
+    dataset "bench", loaded with ``benchmark_filename``): each part is an (n, 2) array of
+    (user, item) ids, written as tokens."""
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for part, pairs in parts.items():
+        np.savetxt(folder / f"bench.{part}.inter", pairs, fmt="%d", delimiter="\t",
+                   header="user_id:token\titem_id:token", comments="")
+
+
 def recbole_fit(model: str, data: Path, work: Path, device: str = "cpu",
                 seed: int = 0) -> dict[str, Any]:
     """Fit RecBole's ``model`` on our prepared split, each part written as a RecBole benchmark
@@ -411,13 +424,9 @@ def recbole_fit(model: str, data: Path, work: Path, device: str = "cpu",
     from recsys.data.interactions import Dataset
 
     dataset = Dataset.load(data)
-    folder = work / "recbole" / "bench"
-    folder.mkdir(parents=True, exist_ok=True)
-    for part in ("train", "valid", "test"):
-        coo = dataset.parts[part].matrix.tocoo()
-        np.savetxt(folder / f"bench.{part}.inter", np.column_stack([coo.row, coo.col]),
-                   fmt="%d", delimiter="\t", header="user_id:token\titem_id:token",
-                   comments="")
+    coos = {part: dataset.parts[part].matrix.tocoo() for part in ("train", "valid", "test")}
+    write_recbole_parts(work / "recbole" / "bench",
+                        {part: np.column_stack([c.row, c.col]) for part, c in coos.items()})
     config = Config(model=model, dataset="bench", config_dict={
         "data_path": str(work / "recbole"), "benchmark_filename": ["train", "valid", "test"],
         "load_col": {"inter": ["user_id", "item_id"]},
@@ -434,15 +443,16 @@ def recbole_fit(model: str, data: Path, work: Path, device: str = "cpu",
     build = time.perf_counter() - started
     init_seed(config["seed"], config["reproducibility"])
     net = get_model(config["model"])(config, train._dataset).to(config["device"])
-    # RecBole's trainer writes log_tensorboard/ into the working directory: keep it in `work`.
-    os.chdir(work)
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
-    started = time.perf_counter()
-    trainer.fit(train, valid, verbose=False, saved=True, show_progress=False)
-    fit = time.perf_counter() - started
-    started = time.perf_counter()
-    result = trainer.evaluate(test, load_best_model=True, show_progress=False)
-    evaluate = time.perf_counter() - started
+    # RecBole's trainer writes log_tensorboard/ into the working directory: keep it in `work`
+    # (and give the caller its own directory back: bench_vae calls this in-process).
+    with contextlib.chdir(work):
+        trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
+        started = time.perf_counter()
+        trainer.fit(train, valid, verbose=False, saved=True, show_progress=False)
+        fit = time.perf_counter() - started
+        started = time.perf_counter()
+        result = trainer.evaluate(test, load_best_model=True, show_progress=False)
+        evaluate = time.perf_counter() - started
     # RecBole's recall divides by |relevant| (ours by min(K, |relevant|)): reported as is.
     return {"model": f"RecBole {model}", "measured": True,
             **{k: float(result[k]) for k in ("recall@20", "recall@50", "ndcg@100")},
