@@ -17,19 +17,27 @@ Sections (``--only``, repeatable or comma-separated; default all):
   figure ../shared/PROTOCOLS.md (or the peer's README) cites, marked "cited, not measured here".
 - ``cfgan``: CFGAN on its own protocol (ml-100k, every rating a positive) beside tuned EASE,
   Mult-VAE and ALS (benchmarks/bench_cfgan.py; ~10 minutes on CPU).
-- ``synthetic``: ML-20M shape (136,677 x 20,108, ~10M interactions; recsys.data.synthetic) at
-  ``--scale`` and 2x, 4x of it: prepare of the raw ratings.csv (bench_prepare.py), full-ranking
-  evaluation of all users (bench_eval.py), top-100 for all users (bench_topk.py), one Mult-VAE
-  training epoch, batch 500 (benchmarks/common.py vae-epoch): time, peak memory, and on a GPU
-  achieved TFLOP/s and modelled memory bandwidth against the H100's figures.
+- ``synthetic`` (CPU): ML-20M shape (136,677 x 20,108, ~10M interactions;
+  recsys.data.synthetic) at ``--scale`` and 2x, 4x of it: prepare of the raw ratings.csv
+  (bench_prepare.py, also at the full 20M rows), full-ranking evaluation of all users
+  (bench_eval.py), top-100 for all users (bench_topk.py), one Mult-VAE training epoch, batch 500
+  (benchmarks/common.py vae-epoch): time and peak memory.
+- ``gpu`` (when torch sees a CUDA device; left out otherwise): the same evaluation, top-100 and
+  Mult-VAE epoch (fp32, tf32, bf16) at ``--gpu-scale`` (default the full ML-20M shape) and its
+  multiples, with achieved TFLOP/s and modelled memory bandwidth against the H100's figures; the
+  GPU and its host are recorded with the section.
 
 Every measurement runs in a fresh process (peak memory is its own); timings are medians of
 ``--repeat`` runs; the issue's targets are listed as met / not met / not measured here.
 ``--merge`` keeps the sections not run now from the last results.json in ``--out`` (each
-section's command and date are listed in RESULTS.md), to redo one section without the others.
+section's command, date and machine are listed in RESULTS.md), to redo one section without the
+others; ``--merge-from`` takes them from another run's results.json, e.g. a GPU machine's.
 
-    python benchmarks/run.py                          # everything (GPU: full ML-20M scale)
-    python benchmarks/run.py --repeat 3 --scale 0.05  # CPU: 0.05, 0.1, 0.2 of ML-20M
+    python benchmarks/run.py                          # everything (gpu section if CUDA)
+    python benchmarks/run.py --repeat 3 --scale 0.05  # CPU synthetic: 0.05, 0.1, 0.2 of ML-20M
+    python benchmarks/run.py --only gpu --out /tmp/g  # on a GPU machine; then, on a CPU one,
+    python benchmarks/run.py --merge-from /tmp/g/results.json  # the rest beside its figures
+    python benchmarks/run.py --render OUT/results.json --merge-from /tmp/g/results.json
     python benchmarks/run.py --quick                  # smoke run, a few minutes
     python benchmarks/run.py --only synthetic --scale 0.1
     make bench                                        # installs the bench extra, then runs this
@@ -74,10 +82,10 @@ from common import (  # noqa: E402
     versions,
 )
 
-SECTIONS = ("real", "ratings", "peers", "cfgan", "synthetic")
+SECTIONS = ("real", "ratings", "peers", "cfgan", "synthetic", "gpu")
 # Where each section keeps its figures in results.json.
 SECTION_KEYS = {"real": "real", "ratings": "autorec", "peers": "peers", "cfgan": "cfgan",
-                "synthetic": "synthetic"}
+                "synthetic": "synthetic", "gpu": "gpu"}
 DATASETS = ("ml-100k", "ml-latest-small")
 MODELS = ("pop", "itemknn", "ease", "als", "multvae", "multdae", "recvae", "cdae")
 TUNED = {"itemknn", "ease", "als", "bpr"}  # baselines: their config's grid, on validation
@@ -336,42 +344,10 @@ class Suite:
                                  else self.fail("bench_cfgan.py", m))
 
     def synthetic(self) -> None:
+        """ML-20M shape on the CPU at ``--scale`` (prepare, evaluation, top-100, VAE epoch)."""
         a = self.args
-        syn = self.results.setdefault("synthetic", {"scale": a.scale, "sizes": a.sizes,
-                                                    "device": a.synthetic_device, "rows": []})
-        dev = a.synthetic_device
-        for mult in a.sizes:
-            s = a.scale * mult
-            label = f"x{s:g}"
-            row: dict[str, Any] = {"scale": s, "mult": mult}
-            rows_csv = max(1000, round(ML20M_RAW_ROWS * s))
-            self.say(f"synthetic {label}: prepare of a {rows_csv:,}-row ratings.csv "
-                     f"(bench_prepare.py, x{a.repeat})")
-            m, data = self.script(f"prepare-{label}", "bench_prepare.py", "--rows", str(rows_csv),
-                                  "--repeat", str(a.repeat), "--sources", "ml-20m")
-            row["prepare"] = data if data is not None else self.fail(f"prepare {label}", m)
-            self.say(f"synthetic {label}: full-ranking evaluation of all users on {dev}")
-            m, data = self.script(f"eval-{label}", "bench_eval.py", "--only", "large", "--scale",
-                                  str(s), "--devices", dev, "--repeat", str(a.repeat),
-                                  *self.thread_args())
-            row["eval"] = data if data is not None else self.fail(f"eval {label}", m)
-            self.say(f"synthetic {label}: top-100 for all users on {dev} (bench_topk.py)")
-            m, data = self.script(f"topk-{label}", "bench_topk.py", "--scale", str(s), "--mults",
-                                  "1", "--modes", "scoring", "--devices", dev, "--repeat",
-                                  str(a.repeat), *self.thread_args())
-            row["topk"] = data if data is not None else self.fail(f"topk {label}", m)
-            row["vae"] = []
-            for precision in a.precisions:
-                self.say(f"synthetic {label}: Mult-VAE epoch, batch 500, {precision} on {dev}")
-                extra = ["--max-batches", str(a.vae_batches)] if a.vae_batches else []
-                m, data = self.script(f"vae-{label}-{precision}", "common.py", "vae-epoch",
-                                      "--scale", str(s), "--device", dev, "--repeat",
-                                      str(a.repeat), "--precision", precision, *extra,
-                                      *self.thread_args())
-                row["vae"].append(data if data is not None
-                                  else {"precision": precision,
-                                        **self.fail(f"vae {label} {precision}", m)})
-            syn["rows"].append(row)
+        syn = self.synthetic_rows("synthetic", "cpu", a.scale, ["fp32"], a.vae_batches,
+                                  prepare=True)
         if not a.quick and all(abs(a.scale * mult - 1) > 1e-9 for mult in a.sizes):
             # Prepare is CPU work and cheap at full size: its 20M-row target is measured as set,
             # not extrapolated, whatever scale the rest ran at.
@@ -381,6 +357,55 @@ class Suite:
                                   str(ML20M_RAW_ROWS), "--repeat", str(a.repeat), "--sources",
                                   "ml-20m")
             syn["prepare_full"] = data if data is not None else self.fail("prepare x1", m)
+
+    def gpu(self) -> None:
+        """ML-20M shape on the GPU at ``--gpu-scale`` (full size by default): evaluation, top-100,
+        a Mult-VAE epoch per precision. Its machine is recorded with it, since ``--merge-from``
+        puts it beside CPU sections measured elsewhere."""
+        a = self.args
+        syn = self.synthetic_rows("gpu", "cuda", a.gpu_scale, a.precisions, 0, prepare=False)
+        syn["machine"] = machine_info()
+
+    def synthetic_rows(self, key: str, dev: str, scale: float, precisions: list[str],
+                       vae_batches: int, prepare: bool) -> dict[str, Any]:
+        a = self.args
+        syn = self.results.setdefault(key, {"scale": scale, "sizes": a.sizes, "device": dev,
+                                            "rows": []})
+        for mult in a.sizes:
+            s = scale * mult
+            label = f"{key} x{s:g}"
+            row: dict[str, Any] = {"scale": s, "mult": mult}
+            if prepare:
+                rows_csv = max(1000, round(ML20M_RAW_ROWS * s))
+                self.say(f"{label}: prepare of a {rows_csv:,}-row ratings.csv "
+                         f"(bench_prepare.py, x{a.repeat})")
+                m, data = self.script(f"prepare-x{s:g}", "bench_prepare.py", "--rows",
+                                      str(rows_csv), "--repeat", str(a.repeat), "--sources",
+                                      "ml-20m")
+                row["prepare"] = data if data is not None else self.fail(f"prepare {label}", m)
+            self.say(f"{label}: full-ranking evaluation of all users on {dev}")
+            m, data = self.script(f"eval-{dev}-x{s:g}", "bench_eval.py", "--only", "large",
+                                  "--scale", str(s), "--devices", dev, "--repeat",
+                                  str(a.repeat), *self.thread_args())
+            row["eval"] = data if data is not None else self.fail(f"eval {label}", m)
+            self.say(f"{label}: top-100 for all users on {dev} (bench_topk.py)")
+            m, data = self.script(f"topk-{dev}-x{s:g}", "bench_topk.py", "--scale", str(s),
+                                  "--mults", "1", "--modes", "scoring", "--devices", dev,
+                                  "--repeat", str(a.repeat), *self.thread_args())
+            row["topk"] = data if data is not None else self.fail(f"topk {label}", m)
+            row["vae"] = []
+            for precision in precisions:
+                self.say(f"{label}: Mult-VAE epoch, batch 500, {precision} on {dev}")
+                extra = ["--max-batches", str(vae_batches)] if vae_batches else []
+                m, data = self.script(f"vae-{dev}-x{s:g}-{precision}", "common.py",
+                                      "vae-epoch", "--scale", str(s), "--device", dev,
+                                      "--repeat", str(a.repeat), "--precision", precision,
+                                      *extra, *self.thread_args())
+                row["vae"].append(data if data is not None
+                                  else {"precision": precision,
+                                        **self.fail(f"vae {label} {precision}", m)})
+            syn["rows"].append(row)
+        return syn
 
 
 # -- figures and targets -------------------------------------------------------------------------
@@ -429,8 +454,8 @@ def peer_row(results: dict[str, Any], name: str, peer: str) -> tuple[dict[str, A
     return None, False
 
 
-def synthetic_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-    return results.get("synthetic", {}).get("rows", [])
+def synthetic_rows(results: dict[str, Any], key: str = "synthetic") -> list[dict[str, Any]]:
+    return results.get(key, {}).get("rows", [])
 
 
 def first_ok(items: list[dict[str, Any]] | None, **match: Any) -> dict[str, Any] | None:
@@ -456,17 +481,18 @@ def best_vae(row: dict[str, Any]) -> dict[str, Any] | None:
 def targets(results: dict[str, Any]) -> list[list[str]]:
     """Issue 9's targets: [target, measured, status, why]."""
     out: list[list[str]] = []
-    gpu = results["machine"].get("gpu")
-    syn = results.get("synthetic", {})
+    section = results.get("gpu", {})
+    gpu = section.get("machine", {}).get("gpu")
+    gpu_full = [r for r in synthetic_rows(results, "gpu") if abs(r["scale"] - 1.0) < 1e-9]
+    at_gpu = gpu_full[0] if gpu_full and gpu is not None else None
     full = [r for r in synthetic_rows(results) if abs(r["scale"] - 1.0) < 1e-9]
     at_full = full[0] if full else None
-    on_gpu = syn.get("device", "cpu").startswith("cuda") and gpu is not None
     h100 = bool(gpu and "H100" in gpu["name"])
     smallest = synthetic_rows(results)[0] if synthetic_rows(results) else None
 
     def gpu_target(text: str, limit: float, pick: Any, cited: str) -> None:
-        if at_full is not None and on_gpu:
-            value = pick(at_full)
+        if at_gpu is not None:
+            value = pick(at_gpu)
             if value is None:
                 out.append([text, "-", "not measured", "the measurement failed (see logs)"])
                 return
@@ -474,12 +500,11 @@ def targets(results: dict[str, Any]) -> list[list[str]]:
             why = "" if h100 else f"measured on {gpu['name']}, not an H100"
             out.append([text, f"{value:.3f} s", status, f"{why}; {cited}".strip("; ")])
             return
-        where = ("no GPU on this machine" if gpu is None else
-                 "the synthetic section did not run at full scale on the GPU")
+        where = ("the gpu section did not run (no CUDA device)" if gpu is None else
+                 "the gpu section did not run at full scale")
         hint = ""
         if smallest is not None and pick(smallest) is not None:
-            hint = (f"; here: {pick(smallest):.3f} s at {smallest['scale']:g} of ML-20M's users "
-                    f"on {syn.get('device', 'cpu')}")
+            hint = (f"; CPU: {pick(smallest):.3f} s at {smallest['scale']:g} of ML-20M's users")
         out.append([text, "-", "not measured here (GPU)", where + hint + f"; {cited}"])
 
     gpu_target("Mult-VAE training epoch, ML-20M shape, H100 <= 0.25 s", 0.25,
@@ -512,8 +537,8 @@ def targets(results: dict[str, Any]) -> list[list[str]]:
         out.append([prep_text, "-", "not measured here", "the synthetic section ran below full "
                     "scale" + (f"; {growth}" if growth else "")])
 
-    if at_full is not None and on_gpu:
-        v = best_vae(at_full)
+    if at_gpu is not None:
+        v = best_vae(at_gpu)
         if v is not None:
             peak = H100_SXM[f"{v['precision']}_tflops"]
             out.append(["Achieved TFLOP/s and memory bandwidth vs the H100's",
@@ -523,7 +548,7 @@ def targets(results: dict[str, Any]) -> list[list[str]]:
                         "3.35 TB/s (H100 SXM datasheet; bandwidth from a traffic model)"])
     else:
         out.append(["Achieved TFLOP/s and memory bandwidth vs the H100's", "-",
-                    "not measured here (GPU)", "no GPU run at full scale"])
+                    "not measured here (GPU)", "the gpu section did not run at full scale"])
 
     # CPU targets, ml-100k.
     vae = ours_row(results, "ml-100k", "multvae")
@@ -622,6 +647,12 @@ def prepare_growth(results: dict[str, Any]) -> str:
 # -- RESULTS.md ----------------------------------------------------------------------------------
 
 
+def machine_line(mach: dict[str, Any]) -> str:
+    gpu = mach.get("gpu")
+    return (f"{mach['cpu']}, {mach['usable_cores']} cores, "
+            + (f"GPU {gpu['name']}" if gpu else "no GPU"))
+
+
 def render(results: dict[str, Any], command: str) -> str:
     mach, ver, run = results["machine"], results["versions"], results["run"]
     gpu = mach.get("gpu")
@@ -678,7 +709,8 @@ def render(results: dict[str, Any], command: str) -> str:
     if merged:
         lines += ["Sections kept from earlier runs (`--merge`):", "",
                   *[f"- {sec}: `{p['command']}` on {p['date']}, commit {p['commit']}, load "
-                    f"{p['load_start']:.2f}" for sec, p in merged.items()], ""]
+                    f"{p['load_start']:.2f}" + (f", {p['machine']}" if p.get("machine") else "")
+                    for sec, p in merged.items()], ""]
     if results.get("quick"):
         lines += ["**Smoke run (`--quick`)**: 2 epochs per neural model, tiny scales; the "
                   "figures check that the suite runs, they are not results.", ""]
@@ -688,7 +720,8 @@ def render(results: dict[str, Any], command: str) -> str:
     lines += render_real(results)
     lines += render_peers(results)
     lines += render_cfgan(results)
-    lines += render_synthetic(results)
+    lines += render_synthetic(results, "synthetic")
+    lines += render_synthetic(results, "gpu")
     if results.get("failures"):
         lines += ["## Failures", "", *[f"- {f}" for f in results["failures"]], ""]
     return "\n".join(lines) + "\n"
@@ -868,28 +901,34 @@ def render_peers(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def render_synthetic(results: dict[str, Any]) -> list[str]:
-    syn = results.get("synthetic")
+def render_synthetic(results: dict[str, Any], key: str) -> list[str]:
+    syn = results.get(key)
     if not syn or not syn.get("rows"):
         return []
     dev = syn["device"]
     on_gpu = dev.startswith("cuda")
-    gpu = results["machine"].get("gpu")
-    scale_note = ("full ML-20M scale and 2x, 4x" if abs(syn["scale"] - 1) < 1e-9 else
+    mach = syn.get("machine", results["machine"])
+    gpu = mach.get("gpu")
+    multiples = ", ".join(f"{m:g}x" for m in syn["sizes"] if m != 1)
+    scale_note = ("full ML-20M scale" + (f" and {multiples}" if multiples else "")
+                  if abs(syn["scale"] - 1) < 1e-9 else
                   f"**{', '.join(format(syn['scale'] * m, 'g') for m in syn['sizes'])} of "
                   "ML-20M's "
                   "users** (interactions in proportion, items fixed) so that the run takes "
                   "minutes on this machine, not hours: the GPU targets are set for the full "
                   "scale on an H100")
-    lines = ["## Synthetic ML-20M shape", "",
+    where = (f"GPU: {gpu['name']} (CUDA {gpu['cuda']}; host {mach['cpu']}, "
+             f"{mach['usable_cores']} cores)" if on_gpu and gpu else "CPU")
+    lines = [f"## Synthetic ML-20M shape, {'GPU' if on_gpu else 'CPU'}", "",
              f"{ML20M_USERS:,} users x {ML20M_ITEMS:,} items, ~{ML20M_NNZ / 1e6:.0f}M "
              f"interactions at scale 1 (power-law popularity, recsys.data.synthetic); here at "
-             f"{scale_note}. Device: {dev}" + (f" ({gpu['name']})" if gpu and dev != "cpu"
-                                                else "") + ".", ""]
-    # prepare
+             f"{scale_note}. Device: {where}.", ""]
+    # prepare (CPU work: the CPU section only)
     rows = []
     full = syn.get("prepare_full")
     for r in [*syn["rows"], *([{"scale": 1, "prepare": full}] if full else [])]:
+        if "prepare" not in r:
+            continue
         p = r.get("prepare")
         if not isinstance(p, dict) or "runs" not in p:
             rows.append([f"{r['scale']:g}", (p or {}).get("error", "-"), "", "", "", "", ""])
@@ -900,7 +939,8 @@ def render_synthetic(results: dict[str, Any]) -> list[str]:
                      f(run["peak_rss_mb"], 0), f(run["peak_minus_baseline_over_csr"], 1),
                      f"{rb['seconds']:.1f} s ({run['seconds'] / rb['seconds']:.2f})" if rb
                      else "not installed"])
-    lines += ["### Prepare of the raw ratings.csv (`recsys prepare ml-20m --path`)", "",
+    lines += [] if not rows else [
+              "### Prepare of the raw ratings.csv (`recsys prepare ml-20m --path`)", "",
               "Parse, threshold (>= 4), users with >= 5, per-user random 80/20 + 10% "
               "validation, save (benchmarks/bench_prepare.py). Peak over the final CSR arrays "
               "after subtracting the interpreter's own peak.", "",
@@ -968,7 +1008,8 @@ def render_synthetic(results: dict[str, Any]) -> list[str]:
                          f(v.get("cuda_peak_mb", v["peak_rss_mb"]), 0)])
     lines += ["### One Mult-VAE training epoch (batch 500, I-600-200-600-I)", "",
               "Through the training engine (`recsys.training`: dense batch rows gathered from a "
-              "device CSR, Adam, the NaN guard), median of the timed epochs after a warm-up. "
+              "device CSR, Adam, the NaN guard; on CUDA fused Adam and each full batch's step "
+              "replayed as one CUDA graph), median of the timed epochs after a warm-up. "
               "Throughput counts the matmul FLOPs of forward and backward (benchmarks/common.py "
               "`vae_train_flops`); GB/s comes from a traffic model (`vae_train_bytes`)."
               + (" On CPU a full epoch takes minutes, so each epoch ran over a random subset of "
@@ -998,8 +1039,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fit-repeat", type=int, default=1,
                    help="fits of each model (median fit seconds; metrics are deterministic)")
     p.add_argument("--scale", type=float, default=None,
-                   help="synthetic size as a fraction of ML-20M's users (default: 1 with a GPU, "
-                        "0.05 on CPU); --sizes multiplies it")
+                   help="CPU synthetic size as a fraction of ML-20M's users (default 0.05); "
+                        "--sizes multiplies it")
+    p.add_argument("--gpu-scale", type=float, default=1.0,
+                   help="GPU synthetic size as a fraction of ML-20M's users (default 1)")
     p.add_argument("--sizes", default="1,2,4", help="multiples of --scale (default 1,2,4)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: repeat 1, 2 epochs per neural model, ml-latest-small, tiny "
@@ -1017,20 +1060,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "- 0.5), else torch's choice: OpenMP threads that wait on a descheduled "
                         "sibling made small-batch training ~25x slower on a shared 2-core "
                         "machine; 0 = torch's choice always")
-    p.add_argument("--device", default=None,
-                   help="device of the synthetic section (default: cuda if available, else cpu)")
-    p.add_argument("--precisions", default=None,
-                   help="Mult-VAE epoch precisions (default: fp32 on CPU; fp32,tf32,bf16 on GPU)")
+    p.add_argument("--precisions", default="fp32,tf32,bf16",
+                   help="Mult-VAE epoch precisions of the gpu section (the CPU runs fp32)")
     p.add_argument("--vae-batches", type=int, default=None,
-                   help="time this many batches per Mult-VAE epoch and scale up (default: 3 on "
-                        "CPU, the whole epoch on GPU; 0 = whole epoch)")
+                   help="CPU: time this many batches per Mult-VAE epoch and scale up (default "
+                        "3; 0 = whole epoch); the GPU always runs whole epochs")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "suite"),
                    help="working folder: prepared data, runs, logs, results.json")
     p.add_argument("--merge", action="store_true",
                    help="keep the sections not run now from OUT/results.json (RESULTS.md lists "
-                        "each section's command and date)")
+                        "each section's command, date and machine)")
+    p.add_argument("--merge-from", action="append", default=[], metavar="RESULTS_JSON",
+                   help="also take the sections not run now from this results.json of another "
+                        "run (e.g. the gpu section from a GPU machine); repeatable, later wins")
     p.add_argument("--render", metavar="RESULTS_JSON", default=None,
-                   help="only rewrite the Markdown from a saved results.json (no measuring)")
+                   help="only rewrite the Markdown from a saved results.json (no measuring); "
+                        "with --merge-from, the combined results.json goes to --out")
     p.add_argument("--results", default=None,
                    help="the Markdown to write (default benchmarks/RESULTS.md for a full run, "
                         "OUT/RESULTS.md with --quick or --only)")
@@ -1045,8 +1090,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"unknown section(s) {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
     args.partial = bool(only)
     args.sections = [s for s in SECTIONS if not only or s in only]
-    args.synthetic_device = args.device or ("cuda" if cuda else "cpu")
-    on_gpu = args.synthetic_device.startswith("cuda")
+    if "gpu" in args.sections and not cuda:
+        if "gpu" in only:
+            p.error("--only gpu needs a CUDA device, and torch sees none here")
+        # Not an error on a CPU machine: the section is left out (and --merge keeps an earlier
+        # GPU run's figures).
+        args.sections.remove("gpu")
     if args.quick:
         args.repeat = args.repeat or 1
         args.scale = args.scale or 0.01
@@ -1057,9 +1106,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             args.models = "pop,ease,multvae"
         args.folds = "1"
         args.vae_batches = args.vae_batches if args.vae_batches is not None else 1
+        args.gpu_scale = min(args.gpu_scale, 0.05)
     args.repeat = max(1, args.repeat or 3)
     args.fit_repeat = max(1, args.fit_repeat)
-    args.scale = args.scale or (1.0 if on_gpu else 0.05)
+    args.scale = args.scale or 0.05
     args.sizes = [float(x) for x in args.sizes.split(",") if x.strip()]
     args.datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
     bad = set(args.datasets) - set(DATASETS)
@@ -1067,10 +1117,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"unknown dataset(s) {sorted(bad)}; choose from {', '.join(DATASETS)}")
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     args.folds = [f.strip() for f in args.folds.split(",") if f.strip()]
-    args.precisions = ([x.strip() for x in args.precisions.split(",")] if args.precisions
-                       else (["fp32", "tf32", "bf16"] if on_gpu else ["fp32"]))
+    args.precisions = [x.strip() for x in args.precisions.split(",") if x.strip()]
     if args.vae_batches is None:
-        args.vae_batches = 0 if on_gpu else 3
+        args.vae_batches = 3
     args.threads_reason = "given"
     if args.threads is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
@@ -1101,12 +1150,38 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         Path(tmp).write_text(text)
 
 
+def merge_sections(results: dict[str, Any], provenance: dict[str, Any], sources: list[Path],
+                   keep: list[str]) -> None:
+    """Copy into ``results`` every section of the saved runs ``sources`` (later files win)
+    except those in ``keep`` (measured now), with where and when each was measured."""
+    from recsys.data.io import read_json
+
+    for source in sources:
+        old = read_json(source)
+        for section in SECTIONS:
+            key = SECTION_KEYS[section]
+            ran = old.get("provenance", {s: None for s in SECTIONS})  # old files: all of them
+            if section not in keep and key in old and section in ran:
+                results[key] = old[key]
+                provenance[section] = dict(old.get("provenance", {}).get(section) or {
+                    "command": old["run"]["command"], "date": old["run"]["date"],
+                    "commit": old["versions"]["git commit"],
+                    "load_start": old["run"]["load_start"][0]})
+                provenance[section].setdefault("machine", machine_line(old["machine"]))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from recsys.data.io import read_json, write_json
 
     if args.render:
-        write_markdown(read_json(args.render), Path(args.results))
+        results = read_json(args.render)
+        if args.merge_from:
+            provenance = results.setdefault("provenance", {})
+            merge_sections(results, provenance, [Path(x) for x in args.merge_from], keep=[])
+            write_json(Path(args.out) / "results.json", results)
+            print(f"wrote {Path(args.out) / 'results.json'}")
+        write_markdown(results, Path(args.results))
         print(f"wrote {args.results}")
         return 0
 
@@ -1119,20 +1194,16 @@ def main(argv: list[str] | None = None) -> int:
     results.update(machine=machine_info(), versions=versions(), quick=args.quick)
     load_start = os.getloadavg()
     here = {"command": command, "date": now_utc(), "commit": results["versions"]["git commit"],
-            "load_start": load_start[0]}
+            "load_start": load_start[0], "machine": machine_line(results["machine"])}
     provenance: dict[str, Any] = {s: here for s in args.sections}
     previous = suite.out / "results.json"
-    if args.merge and previous.is_file():
-        old = read_json(previous)
-        for section in SECTIONS:
-            key = SECTION_KEYS[section]
-            ran = old.get("provenance", {s: None for s in SECTIONS})  # old files: all of them
-            if section not in args.sections and key in old and section in ran:
-                results[key] = old[key]
-                provenance[section] = old.get("provenance", {}).get(section) or {
-                    "command": old["run"]["command"], "date": old["run"]["date"],
-                    "commit": old["versions"]["git commit"],
-                    "load_start": old["run"]["load_start"][0]}
+    sources = ([previous] if args.merge and previous.is_file() else []) + [
+        Path(x) for x in args.merge_from]
+    missing = [x for x in sources if not x.is_file()]
+    if missing:
+        print(f"error: --merge-from {missing[0]}: no such file", file=sys.stderr)
+        return 2
+    merge_sections(results, provenance, sources, keep=args.sections)
     results["provenance"] = provenance
     suite.say(f"{results['machine']['cpu']}, {results['machine']['usable_cores']} cores, GPU: "
               f"{(results['machine']['gpu'] or {}).get('name', 'none')}; load {load_start[0]:.2f}"

@@ -43,6 +43,9 @@ class TrainConfig(StrictConfig):
     seed: int = 0
     deterministic: bool = False
     bf16: bool = False
+    # Replay each full batch's step as one CUDA graph (models that support it, no lr schedule,
+    # one process); no effect on CPU.
+    cuda_graph: bool = True
 
 
 C = TypeVar("C", bound=StrictConfig)

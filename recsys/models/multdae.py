@@ -61,6 +61,7 @@ class MultDAE(NeuralRecommender):
 
     name = "multdae"
     family = "autoencoder"
+    cuda_graph_safe = True
     Config = MultDAEConfig
     config: MultDAEConfig
 

@@ -36,13 +36,17 @@ PositiveInt = Annotated[int, Field(ge=1)]
 # -- shared pieces (plain functions) -----------------------------------------------------------
 
 
-def kl_beta(step: int, anneal_cap: float, total_anneal_steps: int) -> float:
+def kl_beta(step: int | torch.Tensor, anneal_cap: float, total_anneal_steps: int
+            ) -> float | torch.Tensor:
     """KL weight at global step ``step``: ``min(anneal_cap, step / total_anneal_steps)``.
 
-    ``total_anneal_steps = 0`` means no annealing (beta = anneal_cap from the first step).
+    ``total_anneal_steps = 0`` means no annealing (beta = anneal_cap from the first step). A
+    0-dim tensor ``step`` (a CUDA-graph replay) gives a tensor, computed on its device.
     """
     if total_anneal_steps <= 0:
         return float(anneal_cap)
+    if isinstance(step, torch.Tensor):
+        return torch.clamp(step / total_anneal_steps, max=anneal_cap)
     return float(min(anneal_cap, step / total_anneal_steps))
 
 
@@ -205,6 +209,7 @@ class MultVAE(NeuralRecommender):
 
     name = "multvae"
     family = "vae"
+    cuda_graph_safe = True
     Config = MultVAEConfig
     config: MultVAEConfig
 

@@ -26,6 +26,10 @@ config key) and implements:
   parts to log (floats or scalar tensors, e.g. ``"kl"``, ``"beta"``); the trainer logs per-epoch
   means of every key. ``step`` is the global step (batches since the start, resume-safe):
   schedules such as KL annealing are plain functions of it, never hidden counters.
+- ``cuda_graph_safe = True`` (opt-in): ``training_step`` can be captured as a CUDA graph: no
+  host sync or Python branch on tensor values, fixed shapes for a fixed batch size, and ``step``
+  may arrive as a 0-dim int64 device tensor (schedules then use tensor ops, see
+  `recsys.models.multvae.kl_beta`). The trainer then replays full batches as one graph on CUDA.
 - Models with several optimisers (GANs) set ``manual_optimization = True``, create them in
   ``configure_optimizers`` (from ``self.config``: ``lr``, ``weight_decay``, ``grad_clip``) and
   zero/backward/clip/step them inside ``training_step``; the trainer then only reads the returned
@@ -76,6 +80,7 @@ class NeuralRecommender(Recommender):
     family: ClassVar[str] = "autoencoder"
     manual_optimization: ClassVar[bool] = False
     train_on_empty_rows: ClassVar[bool] = False
+    cuda_graph_safe: ClassVar[bool] = False
     # How ``training_step``'s loss combines the batch's rows: "mean" (a per-row average) or "sum".
     # Distributed training reads it so that the gradient over all ranks equals one process's
     # gradient on the global batch (DDP averages gradients; a summed loss needs their sum).

@@ -84,3 +84,30 @@ def test_cfgan_target_row_states_its_fit_beside_tuned_ease(rendered):
     assert row[2] == ("met" if met else "not met")
     assert f"{ease['precision@20']:.4f} / {ease['ndcg@20']:.4f}" in row[3]
     assert "## CFGAN (ml-100k, every rating a positive)" in markdown
+
+
+def test_a_gpu_run_merged_from_another_machine_fills_the_gpu_targets(tmp_path):
+    # The gpu section of a real run on an H100 (`run.py --only gpu`), merged beside the CPU run.
+    gpu_run = FIXTURE.parent / "gpu-results.json"
+    out = tmp_path / "RESULTS.md"
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--render",
+                    str(FIXTURE), "--merge-from", str(gpu_run), "--out", str(tmp_path),
+                    "--results", str(out)], check=True, capture_output=True)
+    markdown = out.read_text()
+    gpu = json.loads(gpu_run.read_text())["gpu"]
+    full = next(r for r in gpu["rows"] if r["scale"] == 1)
+    best = min(full["vae"], key=lambda v: v["epoch_seconds"])
+    row = _target_row(markdown, "Mult-VAE training epoch")
+    assert row[1] == f"{best['epoch_seconds']:.3f} s"
+    assert row[2] == ("met" if best["epoch_seconds"] <= 0.25 else "not met")
+    topk = full["topk"][0]["seconds"]
+    assert _target_row(markdown, "Top-100 for all users")[1:3] == [
+        f"{topk:.3f} s", "met" if topk <= 0.3 else "not met"]
+    # Both synthetic sections, the GPU one naming its own machine; the CPU targets unchanged.
+    assert "## Synthetic ML-20M shape, CPU" in markdown
+    assert f"Device: GPU: {gpu['machine']['gpu']['name']}" in markdown
+    assert "gpu: `python benchmarks/run.py --only gpu" in markdown
+    assert _target_row(markdown, "Prepare of a 20M-row ratings.csv")[2] == "met"
+    combined = json.loads((tmp_path / "results.json").read_text())
+    assert combined["gpu"] == gpu and combined["synthetic"] == json.loads(
+        FIXTURE.read_text())["synthetic"]

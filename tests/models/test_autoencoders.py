@@ -131,6 +131,9 @@ def test_kl_beta_is_the_capped_linear_ramp_of_the_global_step():
     assert [kl_beta(s, 0.2, 1000) for s in (0, 100, 200, 5000)] == pytest.approx(
         [0.0, 0.1, 0.2, 0.2])
     assert kl_beta(0, 0.3, 0) == pytest.approx(0.3)  # no annealing
+    # A CUDA-graph replay passes the step as a 0-dim tensor: same ramp, computed with tensor ops.
+    assert [float(kl_beta(torch.tensor(s), 0.2, 1000)) for s in (0, 100, 200, 5000)] == (
+        pytest.approx([0.0, 0.1, 0.2, 0.2]))
 
 
 def test_multinomial_nll_matches_a_hand_computed_case():

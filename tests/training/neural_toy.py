@@ -97,5 +97,5 @@ def toy_data(n_users: int = 40, n_items: int = 25, seed: int = 0
 def holdout_loss(model: NeuralRecommender, valid: EvalSplit) -> float:
     """A deterministic validation value (lower is better): multinomial loss on the targets."""
     scores = model.score(valid.users, valid.history[valid.users])
-    target = torch.as_tensor(valid.target[valid.users].toarray())
+    target = torch.as_tensor(valid.target[valid.users].toarray(), device=scores.device)
     return float(-(torch.log_softmax(scores, 1) * target).sum(1).mean())

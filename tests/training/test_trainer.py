@@ -247,6 +247,9 @@ def test_device_rows_match_the_csr_rows():
     index = torch.as_tensor(rng.permutation(30)[:11])
     np.testing.assert_array_equal(rows.rows(index).numpy(), matrix[index.numpy()].toarray())
     assert rows.rows(torch.as_tensor([5, 5])).shape == (2, 17)
+    buffer = torch.full((11, 17), 7.0)  # a reused batch buffer: every old value is cleared
+    assert rows.rows(index, out=buffer) is buffer
+    np.testing.assert_array_equal(buffer.numpy(), matrix[index.numpy()].toarray())
 
 
 def test_sampler_covers_every_row_once_and_shards_evenly():
