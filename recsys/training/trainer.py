@@ -217,6 +217,12 @@ class GraphedStep:
         self.index = torch.zeros(batch_size, dtype=torch.int64, device=dev)
         self.step = torch.zeros((), dtype=torch.int64, device=dev)
         self.stream = torch.cuda.Stream(dev)
+        # Capture and warm-up run on side streams and the last, smaller batch on the default
+        # one, so autograd warns that gradients accumulate across streams: expected here (the
+        # streams are ordered by wait_stream), so the warning is off while graphs are used.
+        quiet = getattr(torch.autograd.graph, "set_warn_on_accumulate_grad_stream_mismatch", None)
+        if quiet is not None:
+            quiet(False)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.out: dict[str, Any] = {}
         self.warm = 0
