@@ -317,12 +317,10 @@ def vae_epoch(scale: float, device: str, repeat: int, max_batches: int | None,
     timed_batches = math.ceil(train_matrix.shape[0] / VAE_BATCH)
     train = Interactions(train_matrix.tocsr(), Vocabulary(np.arange(train_matrix.shape[0])),
                          Vocabulary(np.arange(ML20M_ITEMS)))
-    if precision == "tf32":
-        torch.set_float32_matmul_precision("high")  # float32 matmuls on TF32 tensor cores
     model = MultVAE(hidden_dims=[VAE_HIDDEN], latent_dim=VAE_LATENT, dropout=0.5,
                     batch_size=VAE_BATCH, lr=1e-3, anneal_cap=0.2, total_anneal_steps=200_000,
                     epochs=1 + repeat, patience=None, device=device, seed=seed,
-                    bf16=precision == "bf16")
+                    bf16=precision == "bf16", tf32=precision == "tf32")
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     model.fit(train, None, FitContext(quiet=True))

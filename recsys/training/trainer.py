@@ -48,7 +48,8 @@ LOWER_IS_BETTER = frozenset({"rmse", "mae", "mse", "loss"})
 
 # Config keys that may differ between an interrupted run and its resumption: they change how long
 # or where training runs, not what one epoch computes.
-RESUMABLE_CHANGES = frozenset({"epochs", "patience", "device", "checkpoint_every", "cuda_graph"})
+RESUMABLE_CHANGES = frozenset({"epochs", "patience", "device", "checkpoint_every", "cuda_graph",
+                               "tf32"})
 
 Validator = Callable[[NeuralRecommender, EvalSplit], float]
 
@@ -347,6 +348,8 @@ class Trainer:
             warnings.warn(f"bf16 autocast needs CUDA; training in float32 on {self.device}",
                           stacklevel=3)
         self.autocast = cfg.bf16 and self.device.type == "cuda"
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
         model.n_users, model.n_items = train.n_users, train.n_items
         model.device = self.device
         model.build(train.n_users, train.n_items)
@@ -492,6 +495,14 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------------
 
     def fit(self, train: Interactions, valid: EvalSplit | None = None) -> TrainResult:
+        # TF32 is a process-wide switch: set for this fit (on CUDA) and put back after it.
+        before = torch.backends.cuda.matmul.allow_tf32
+        try:
+            return self._fit(train, valid)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = before
+
+    def _fit(self, train: Interactions, valid: EvalSplit | None = None) -> TrainResult:
         started = time.perf_counter()
         self._setup(train)
         cfg, model = self.config, self.model

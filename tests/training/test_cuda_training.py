@@ -68,3 +68,23 @@ def test_nan_on_cuda_stops_at_the_epoch_end_naming_the_first_bad_step(tmp_path):
     last = latest_checkpoint(tmp_path / "checkpoints")
     assert last.name == "epoch-0002.pt"
     assert all(torch.isfinite(v).all() for v in load_checkpoint(last)["network"].values())
+
+
+class FlagSpy(ToyAE):
+    """Records the TF32 switch each step sees."""
+
+    seen: list[bool] = []
+
+    def training_step(self, batch, step):
+        FlagSpy.seen.append(torch.backends.cuda.matmul.allow_tf32)
+        return super().training_step(batch, step)
+
+
+@pytest.mark.parametrize("tf32", [True, False])
+def test_tf32_holds_during_the_fit_only(tf32):
+    before = torch.backends.cuda.matmul.allow_tf32
+    FlagSpy.seen = []
+    Trainer(FlagSpy(epochs=1, batch_size=16, device="cuda", tf32=tf32),
+            FitContext(quiet=True)).fit(toy_data()[0])
+    assert FlagSpy.seen and set(FlagSpy.seen) == {tf32}
+    assert torch.backends.cuda.matmul.allow_tf32 == before
