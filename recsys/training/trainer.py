@@ -645,8 +645,9 @@ class Trainer:
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.autocast:
-            # No cast cache: a CUDA graph must recast the weights on every replay.
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16, cache_enabled=False)
+            # No cast cache under a CUDA graph: each replay must recast the weights.
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16,
+                                  cache_enabled=self.graphed is None)
         return contextlib.nullcontext()
 
     def _bar(self, batches: list[torch.Tensor]) -> Any:
