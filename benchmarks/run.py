@@ -1131,6 +1131,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                else "auto: machine idle")
     elif args.threads == 0:
         args.threads = None
+    missing = [x for x in args.merge_from if not Path(x).is_file()]
+    if missing:  # checked here for --render too, before anything is measured or written
+        p.error(f"--merge-from {missing[0]}: no such file")
     if args.mirror is None:
         default = REPO.parent / "shared" / "datasets"
         args.mirror = os.environ.get("RECSYS_MIRROR") or (str(default) if default.is_dir()
@@ -1199,10 +1202,6 @@ def main(argv: list[str] | None = None) -> int:
     previous = suite.out / "results.json"
     sources = ([previous] if args.merge and previous.is_file() else []) + [
         Path(x) for x in args.merge_from]
-    missing = [x for x in sources if not x.is_file()]
-    if missing:
-        print(f"error: --merge-from {missing[0]}: no such file", file=sys.stderr)
-        return 2
     merge_sections(results, provenance, sources, keep=args.sections)
     results["provenance"] = provenance
     suite.say(f"{results['machine']['cpu']}, {results['machine']['usable_cores']} cores, GPU: "
