@@ -3,11 +3,16 @@
 Each command module exposes ``register(subparsers)`` which adds its parser and sets
 ``func=run``. User errors (`RecsysError`) end in one line on stderr and exit code 2; a
 traceback is shown only with ``--debug``.
+
+Every command takes ``--quiet`` and ``--debug`` the same way (before or after the command name);
+both are added here, once, so no command can lack them. ``--quiet``: nothing on stdout (results
+go only to the files the command writes) and no progress on stderr; warnings and errors stay.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -38,7 +43,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="recsys", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--version", action="version", version=f"recsys {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    _add_common(parser, default=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMAND_MODULES:
         try:
@@ -48,7 +53,25 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(sub)
+    for command in sub.choices.values():
+        _add_common(command, default=argparse.SUPPRESS)
     return parser
+
+
+def _add_common(parser: argparse.ArgumentParser, default: object) -> None:
+    """--quiet and --debug. On a sub-command they default to SUPPRESS, so that the value given
+    before the command name (``recsys --quiet train ...``) is not reset by the sub-parser."""
+    have = {s for action in parser._actions for s in action.option_strings}
+    if default is argparse.SUPPRESS:  # a command's own --quiet/--debug must not reset either
+        parser.set_defaults(**{flag[2:]: default for flag in ("--quiet", "--debug")
+                               if flag in have})
+    if "--quiet" not in have:
+        parser.add_argument("--quiet", action="store_true", default=default,
+                            help="print nothing but warnings and errors (no progress, no "
+                                 "summary; results still go to the files written)")
+    if "--debug" not in have:
+        parser.add_argument("--debug", action="store_true", default=default,
+                            help="show tracebacks on errors")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -62,7 +85,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not getattr(args, "func", None):
             parser.print_help()
             return 2
-        return int(args.func(args) or 0)
+        args.quiet = bool(getattr(args, "quiet", False))
+        args.debug = debug
+        # --quiet silences stdout here, for every command alike; each command also drops its
+        # own progress and informational lines on stderr.
+        with contextlib.ExitStack() as stack:
+            if args.quiet:
+                stack.enter_context(contextlib.redirect_stdout(
+                    stack.enter_context(open(os.devnull, "w"))))
+            return int(args.func(args) or 0)
     except RecsysError as exc:
         if debug:
             raise

@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
                                only=args.only)
     if args.table and Path(args.table).suffix.lower() != ".csv":
         raise RecsysError(f"--table {args.table}: use a .csv file name")
-    result = compare(spec, args, config_path=Path(args.config))
+    result = compare(spec, args, config_path=Path(args.config), quiet=args.quiet)
     print_table(result, spec)
     if args.table:
         from recsys.data.io import atomic_path

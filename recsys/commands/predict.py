@@ -138,7 +138,8 @@ def run(args: argparse.Namespace) -> int:
 
     n_unknown_users, n_unknown_items = int((users < 0).sum()), int((items < 0).sum())
     fell_back = int((table["fallback"] != "").sum())
-    print(f"wrote {len(table)} predictions to {out}", file=sys.stderr)
+    if not args.quiet:
+        print(f"wrote {len(table)} predictions to {out}", file=sys.stderr)
     if fell_back:
         print(f"note: {fell_back} pairs predicted by a fallback ({n_unknown_users} with a user and "
               f"{n_unknown_items} with an item unknown to the run's data; the others had no "
