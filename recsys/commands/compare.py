@@ -259,10 +259,13 @@ class _RaisingParser(argparse.ArgumentParser):
 
 def _prepare_parser() -> argparse.ArgumentParser:
     """The `recsys prepare` parser on its own, raising instead of printing and exiting."""
+    from recsys.cli import _add_common
     from recsys.commands.data import register as register_data
 
     parser = _RaisingParser(prog="recsys", add_help=False)
-    register_data(parser.add_subparsers(dest="command", parser_class=_RaisingParser))
+    sub = parser.add_subparsers(dest="command", parser_class=_RaisingParser)
+    register_data(sub)
+    _add_common(sub.choices["prepare"], default=False)  # --quiet, as `recsys prepare` has it
     return parser
 
 

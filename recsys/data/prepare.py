@@ -95,7 +95,10 @@ def prepare_files(train: str | os.PathLike[str], test: str | os.PathLike[str],
     if valid is not None:
         logs["valid"] = read_rating_log(valid, sep=sep, columns=columns)
     logs["test"] = read_rating_log(test, sep=sep, columns=columns)
-    options = dataclasses.replace(options, split="given")
+    # A validation file is the validation part: nothing is carved, and the metadata says so.
+    options = dataclasses.replace(options, split="given",
+                                  valid_fraction=0.0 if valid is not None else
+                                  options.valid_fraction)
     return _from_parts(logs, options, {"dataset": Path(train).stem}, None, Path(train).stem)
 
 
@@ -127,9 +130,12 @@ def prepare_log(log: RatingLog, options: PrepareOptions, *, source: dict[str, An
         report["below_threshold_dropped"] = log.below_threshold_dropped
         report["rating_scale"] = log.rating_range
         report["rows_in"] = log.rows_read - log.missing_dropped
+    if options.split == "none":
+        options = dataclasses.replace(options, test_fraction=0.0)  # recorded: no test part
     labels, split_info = _split(data, options)
     meta = _base_meta(name, source, {"ratings": log}, options, report)
-    return _build(data, labels, split_info, meta, item_info)
+    return _build(data, labels, split_info, meta, item_info,
+                  need_eval=options.split != "none")
 
 
 def _from_parts(logs: dict[str, RatingLog], options: PrepareOptions, source: dict[str, Any],
@@ -162,13 +168,12 @@ def _from_parts(logs: dict[str, RatingLog], options: PrepareOptions, source: dic
                               extra={"part": part},
                               source=", ".join(str(log.source) for log in logs.values()))
     labels = data.extra.pop("part")
-    if "valid" not in logs and options.split.startswith("ml100k-") and options.valid_fraction > 0:
-        # The canonical folds come without validation: carve it from the base file (never from
-        # the test file), so early stopping and tuning have something to look at.
-        train_rows = np.flatnonzero(labels == S.TRAIN)
-        carved = S.split_random(data.user[train_rows], data.n_users,
-                                test_fraction=options.valid_fraction, seed=options.seed)
-        labels[train_rows[carved == S.TEST]] = S.VALID
+    if "valid" not in logs:
+        # The canonical folds and training files without a validation file: carve it from the
+        # training part (never from the test file), so early stopping and tuning have something
+        # to look at.
+        labels = S.carve_valid(labels, data.user, data.n_users, options.valid_fraction,
+                               options.seed)
     meta = _base_meta(name, source, logs, options, report)
     return _build(data, labels, {"given_parts": list(logs)}, meta, item_info,
                   given_sources={p: str(log.source) for p, log in logs.items()})
@@ -202,6 +207,9 @@ def _split(data: Encoded, o: PrepareOptions) -> tuple[np.ndarray, dict[str, Any]
     elif o.split == "strong":
         labels, info = S.split_strong(data.user, data.item, data.n_users, data.n_items,
                                       o.heldout_users, o.test_fraction, o.seed)
+    elif o.split == "none":
+        labels = S.carve_valid(np.full(len(data.user), S.TRAIN, np.int8), data.user,
+                               data.n_users, o.valid_fraction, o.seed)
     else:
         from recsys.errors import closest
 
@@ -232,8 +240,10 @@ def _base_meta(name: str, source: dict[str, Any], logs: dict[str, RatingLog],
 
 
 def _build(data: Encoded, labels: np.ndarray, split_info: dict[str, Any], meta: dict[str, Any],
-           item_info: pd.DataFrame | None, given_sources: dict[str, str] | None = None
-           ) -> Dataset:
+           item_info: pd.DataFrame | None, given_sources: dict[str, str] | None = None,
+           need_eval: bool = True) -> Dataset:
+    """The parts of ``data`` by ``labels``. ``need_eval``: refuse a split that leaves nothing
+    to evaluate (off for `--split none`, which is meant to train on everything)."""
     labels, dropped = S.drop_unseen(labels, data.user, data.item, data.n_users, data.n_items)
     # Strong generalisation drops held-out users' unseen items before their fold-in split.
     for part, n in split_info.get("unseen_item_interactions_dropped", {}).items():
@@ -247,7 +257,7 @@ def _build(data: Encoded, labels: np.ndarray, split_info: dict[str, Any], meta: 
     if given_sources and "test" in given_sources and not (labels == S.TEST).any():
         raise RecsysError(f"{given_sources['test']}: no test interaction is left (its users or "
                           "items never occur in training); nothing could be evaluated")
-    if not eval_codes:
+    if not eval_codes and need_eval:
         lost = [f"{n:,} held-out interactions name items never seen in training"
                 for n in [sum(dropped["unseen_items"].values())] if n]
         lost += [f"{n:,} belong to users without history"
@@ -323,6 +333,7 @@ def summary(ds: Dataset) -> str:
     for name, part in ds.parts.items():
         lines.append(f"  {name:<14} {part.nnz:>11,} interactions  "
                      f"{len(part.active_users()):>9,} users")
+    lines.append(f"  valid: {_valid_origin(ds)}")
     d = m["dropped"]
     unseen = sum(d["unseen_items"].values())
     no_hist = sum(v["interactions"] for v in d["no_history"].values())
@@ -331,3 +342,25 @@ def summary(ds: Dataset) -> str:
                  f"{d['min_counts']:,} by minimum counts, {unseen:,} with items unseen in "
                  f"training, {no_hist:,} of users without history")
     return "\n".join(lines)
+
+
+def _valid_origin(ds: Dataset) -> str:
+    """How the validation part was made, in words (for the summary)."""
+    m, sp = ds.meta, ds.meta["split"]
+    if "valid" not in ds.parts:
+        return "none"
+    if "valid" in m.get("given_files", {}):
+        return f"from {m['given_files']['valid']}"
+    share, seed = f"{sp['valid_fraction'] * 100:g}%", sp["seed"]
+    by_split = {
+        "random": f"{share} of each user's interactions left after the test holdout (seed {seed})",
+        "temporal-user": f"each user's latest {share} of the interactions before the test part",
+        "temporal-global": f"the latest {share} of the interactions before the test cut",
+        "loo": "one more interaction per user, "
+               + ("the latest before the test one" if sp["loo_order"] == "last"
+                  else f"at random (seed {seed})"),
+        "strong": f"{m['split_info'].get('heldout_users', '?')} held-out users, folded in "
+                  f"(seed {seed})",
+    }
+    return by_split.get(sp["split"],  # none, the ml-100k folds, training files: the carve
+                        f"{share} of each user's training interactions (seed {seed})")

@@ -23,8 +23,9 @@ PART_LABELS = {"train": TRAIN, "valid_history": VALID_HISTORY, "valid": VALID,
                "test_history": TEST_HISTORY, "test": TEST}
 
 ML100K_FOLDS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
+# "none" is production preparation: everything trains (with an optional validation carve).
 SPLITS = ("random", "temporal-global", "temporal-user", "loo", "strong",
-          *(f"ml100k-{f}" for f in ML100K_FOLDS))
+          *(f"ml100k-{f}" for f in ML100K_FOLDS), "none")
 
 # Liang et al. (2018) only split held-out users with at least this many interactions into
 # fold-in and scored parts; smaller ones are fold-in only.
@@ -131,6 +132,21 @@ def split_random(user: np.ndarray, n_users: int, test_fraction: float = 0.2,
     rank = rank_within_user(user, random_keys(rng, len(user)), n_users)
     n_test, n_valid = _holdout_sizes(_counts(user, n_users), test_fraction, valid_fraction)
     return _label_by_rank(user, rank, n_test, n_valid, last=False, n_users=n_users)
+
+
+def carve_valid(labels: np.ndarray, user: np.ndarray, n_users: int, valid_fraction: float,
+                seed: int = 0) -> np.ndarray:
+    """Move round(vf * n) of each user's ``TRAIN`` interactions (at most n - 1) to ``VALID``, at
+    random by ``seed``: the validation of `--split none`, the ml-100k folds and bring-your-own
+    training files. The same labels as `split_random`'s validation with no test part."""
+    _check_fraction("valid-fraction", valid_fraction)  # before split_random names --test-fraction
+    labels = labels.copy()
+    if valid_fraction == 0:
+        return labels
+    rows = np.flatnonzero(labels == TRAIN)
+    carved = split_random(user[rows], n_users, test_fraction=valid_fraction, seed=seed)
+    labels[rows[carved == TEST]] = VALID
+    return labels
 
 
 def split_temporal_user(user: np.ndarray, item: np.ndarray, timestamp: np.ndarray | None,
