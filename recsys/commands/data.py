@@ -178,7 +178,8 @@ def _downloads(g: Given) -> bool:
 
 _HOLDOUT = ("random", "temporal-global", "temporal-user", "strong")
 _NOT_STRONG = tuple(s for s in (*SPLITS, "given") if s != "strong")
-_DOWNLOAD_ONLY = "nothing is downloaded or cached: --path is read, or DATASET ships with recsys"
+_DOWNLOAD_ONLY = ("nothing is downloaded or cached: {dataset} is read from --path or ships with "
+                  "recsys")
 
 # Every `prepare` flag (by its dest) and where it applies: `check_flags` refuses a flag given
 # anywhere else, so none is silently ignored. A flag missing here fails the test that walks the
@@ -196,8 +197,8 @@ APPLIES: dict[str, Applies] = {
                                                   and g.options.valid_fraction > 0),
                               unless="--valid-file is the validation part; give one or the other"),
     "seed": Applies(when=_draws,
-                    unless="nothing is drawn at random here (temporal splits, loo --loo-order "
-                           "last and a split without a validation carve use no seed)"),
+                    unless="nothing is drawn at random with {where} and these options (temporal "
+                           "splits, loo --loo-order last and no validation carve use no seed)"),
     "heldout_users": Applies(splits=("strong",)),
     "loo_order": Applies(splits=("loo",)),
     "implicit_threshold": Applies(),
@@ -205,8 +206,8 @@ APPLIES: dict[str, Applies] = {
     "min_item_interactions": Applies(),
     "kcore": Applies(when=lambda g: g.options.min_user_interactions > 0
                      or g.options.min_item_interactions > 0,
-                     unless="it repeats the minimum-count filters; give --min-user-interactions "
-                            "or --min-item-interactions"),
+                     unless="it repeats the minimum-count filters, and neither "
+                            "--min-user-interactions nor --min-item-interactions is given"),
     "mirror": Applies(sources=("dataset",), when=_downloads, unless=_DOWNLOAD_ONLY),
     "cache": Applies(sources=("dataset",), when=_downloads, unless=_DOWNLOAD_ONLY),
     "path": Applies(sources=("dataset",)),
@@ -219,6 +220,10 @@ APPLIES: dict[str, Applies] = {
     "quiet": Applies(),
     "debug": Applies(),
 }
+
+
+def _protocol_words(split: str) -> str:
+    return "bring-your-own files" if split == "given" else f"--split {split}"
 
 
 def flag_name(dest: str) -> str:
@@ -264,14 +269,16 @@ def check_flags(args: argparse.Namespace) -> PrepareOptions:
             where = " or ".join(SOURCE_WORDS[k] for k in rule.sources)
             raise RecsysError(f"{flag} applies to {where}, not to {SOURCE_WORDS[kind]}{note}; "
                               "drop it")
+        where = _protocol_words(g.split)
         if rule.splits is not None and g.split not in rule.splits:
-            where = "bring-your-own files" if g.split == "given" else f"--split {g.split}"
-            shown = [s for s in rule.splits if not s.startswith("ml100k-")]
-            folds = " and the ml-100k folds" if len(shown) < len(rule.splits) else ""
-            raise RecsysError(f"{flag} applies to --split {', '.join(shown)}{folds} only, not to "
-                              f"{where}{note}; drop it")
+            shown = [_protocol_words(s) for s in rule.splits if not s.startswith("ml100k-")]
+            if len(shown) < len(rule.splits):
+                shown.append("the ml-100k folds")
+            raise RecsysError(f"{flag} applies to {', '.join(shown)} only, not to {where}{note}; "
+                              "drop it")
         if rule.when is not None and not rule.when(g):
-            raise RecsysError(f"{flag}: {rule.unless}; drop it")
+            raise RecsysError(f"{flag}: {rule.unless.format(where=where, dataset=args.dataset)}; "
+                              "drop it")
     for flag, value in (("--heldout-users", options.heldout_users),
                         ("--min-user-interactions", options.min_user_interactions),
                         ("--min-item-interactions", options.min_item_interactions)):

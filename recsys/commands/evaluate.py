@@ -75,6 +75,11 @@ def run(args: argparse.Namespace) -> int:
     if args.metrics is None:
         names = parse_metrics(default_metrics(explicit))
     data = Dataset.load(args.data)
+    if not data.has(args.part):  # e.g. `prepare --split none`: production data, no test part
+        hint = ("; use --part valid" if args.part != "valid" and data.has("valid")
+                else "; prepare a split that holds one out")
+        raise RecsysError(f"--data {args.data}: no {args.part} part to evaluate (split "
+                          f"'{data.meta.get('split', {}).get('split', '?')}'){hint}")
     check_compatible(model, data, args.data)
     split = data.eval_split(args.part)
 
