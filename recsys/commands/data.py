@@ -170,6 +170,14 @@ def _draws(g: Given) -> bool:
         or (g.split == "loo" and g.options.loo_order == "random")
 
 
+def _delimited(g: Given) -> bool:
+    """Some file read is delimited text (a Parquet file has no separator)."""
+    from recsys.data.readers import is_parquet
+
+    files = (g.args.input, g.args.train_file, g.args.valid_file, g.args.test_file)
+    return any(f and not is_parquet(f) for f in files)
+
+
 def _downloads(g: Given) -> bool:
     from recsys.data.movielens import embedded_path
 
@@ -215,7 +223,8 @@ APPLIES: dict[str, Applies] = {
     "train_file": Applies(sources=("files",)),
     "valid_file": Applies(sources=("files",)),
     "test_file": Applies(sources=("files",)),
-    "sep": Applies(sources=("input", "files")),
+    "sep": Applies(sources=("input", "files"), when=_delimited,
+                   unless="Parquet files have no field separator"),
     "columns": Applies(sources=("input", "files")),
     "quiet": Applies(),
     "debug": Applies(),
@@ -261,8 +270,9 @@ def check_flags(args: argparse.Namespace) -> PrepareOptions:
     options = resolve_options(args)
     g = Given(kind, "given" if kind == "files" else options.split, options, args)
     for dest, rule in APPLIES.items():
-        if getattr(args, dest, None) in (None, False):
-            continue  # not given
+        value = getattr(args, dest, None)
+        if value is None or value is False:  # not given (identity: 0 and 0.0 are given values)
+            continue
         flag = flag_name(dest)
         note = f" ({rule.note})" if rule.note else ""
         if kind not in rule.sources:

@@ -100,6 +100,11 @@ def sniff_separator(path: Path, encoding: str = "utf-8") -> str:
     return best if counts[best] else ","
 
 
+def is_parquet(path: str | os.PathLike[str]) -> bool:
+    """Read as Parquet (by its suffix), not as delimited text."""
+    return Path(path).suffix.lower() in PARQUET_SUFFIXES
+
+
 def read_rating_log(
     path: str | os.PathLike[str],
     *,
@@ -134,7 +139,7 @@ def read_rating_log(
     # with parsing (hashlib and pyarrow both release the GIL).
     with ThreadPoolExecutor(max_workers=1) as pool:
         digest = pool.submit(sha256_file, path) if hash_file else None
-        if path.suffix.lower() in PARQUET_SUFFIXES:
+        if is_parquet(path):
             table = _read_parquet(path)
             fields = _resolve_columns(table.column_names, columns or {}, path)
             table = table.select(list(fields.values())).rename_columns(list(fields))
