@@ -288,10 +288,12 @@ def check_prepare(options: dict[str, Any], data: str, *, where: str) -> None:
         name = str(key).replace("-", "_")
         if name not in valid:
             raise RecsysError(f"{where}: prepare: unknown key '{key}'{closest(name, valid)}")
+    from recsys.commands.data import check_flags
+
     argv = ["prepare", *prepare_argv(options), "--out", str(data)]
     try:
-        _prepare_parser().parse_args(argv)
-    except _PrepareOptionError as exc:
+        check_flags(_prepare_parser().parse_args(argv))  # a flag moot where given, too
+    except (_PrepareOptionError, RecsysError) as exc:
         raise RecsysError(f"{where}: prepare: {exc} (as `recsys {' '.join(argv)}`)") from None
 
 
@@ -382,6 +384,7 @@ def run_model(m: ModelSpec, spec: CompareConfig, dataset: Any, data_dir: Path,
         make_tracker,
         training_tags,
     )
+    from recsys.training.refit import fit_final
 
     cls = get_model_class(m.model)
     params = dict(m.params)
@@ -409,16 +412,15 @@ def run_model(m: ModelSpec, spec: CompareConfig, dataset: Any, data_dir: Path,
         log_training_start(tracker, model=model, data_dir=data_dir)
         ctx = FitContext(run_dir=run_dir, tracker=tracker, quiet=True,
                          data_meta=dict(dataset.meta))
-        started = time.perf_counter()
-        model.fit(dataset.train, valid, ctx=ctx)
-        fit_seconds = time.perf_counter() - started
+        final = fit_final(model, dataset, valid, ctx)  # and the refit on train + valid
+        fit_seconds = final.seconds
         split = dataset.eval_split("test")
         result = evaluate(model, split, spec.metrics, device=spec.device,
                           rating_scale=dataset.rating_scale)
         save_run(run_dir, model, {
             "data": str(data_dir.resolve()),
             "data_digest": sha256_file(data_dir / "metadata.json"),
-            "tuned": tuned, "tune_seconds": tune_seconds, "fit_seconds": fit_seconds,
+            "tuned": tuned, "tune_seconds": tune_seconds, **final.record(),
             "metrics": result.summary, "compare": spec.name})
         write_json(run_dir / "metrics.json", result.summary)
         uri = log_training_end(tracker, model=model, run_dir=run_dir, data_dir=data_dir,

@@ -204,3 +204,76 @@ def test_synthetic_skew_and_format(tmp_path):
     frame = pd.read_csv(path)
     assert len(frame) == len(data) and frame["rating"].isin(np.arange(0.5, 5.5, 0.5)).all()
     assert synthetic_ratings(2_000, 1_500, 100_000, seed=3).item.tolist() == data.item.tolist()
+
+
+def test_own_training_file_gets_a_validation_carve(tmp_path, byo, capsys):
+    data = synthetic_ratings(60, 40, 1_500, min_per_user=10, seed=2)
+    frame = pd.DataFrame({"user": data.user, "item": data.item, "rating": data.rating,
+                          "timestamp": data.timestamp})
+    test = frame.groupby("user").tail(2)
+    frame.drop(test.index).to_csv(tmp_path / "tr.csv", index=False)
+    test.to_csv(tmp_path / "te.csv", index=False)
+    files = ["--train-file", str(tmp_path / "tr.csv"), "--test-file", str(tmp_path / "te.csv")]
+    assert main(["prepare", *files, "--out", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    assert "valid: 10% of each user's training interactions (seed 0)" in out
+    a = Dataset.load(tmp_path / "a")
+    valid, train = a.parts["valid"].matrix, a.train.matrix
+    assert valid.multiply(train).nnz == 0 and valid.multiply(a.parts["test"].matrix).nnz == 0
+    assert abs(valid.nnz / (valid.nnz + train.nnz) - 0.1) < 0.02
+    assert a.meta["split"]["valid_fraction"] == 0.1 and a.meta["split"]["split"] == "given"
+    # The seed picks the carve; --valid-fraction 0 keeps the training file whole.
+    assert main(["prepare", *files, "--seed", "1", "--quiet", "--out", str(tmp_path / "b")]) == 0
+    b = Dataset.load(tmp_path / "b")
+    assert (b.parts["valid"].matrix != valid).nnz > 0
+    assert main(["prepare", *files, "--valid-fraction", "0", "--out", str(tmp_path / "c")]) == 0
+    assert "valid: none" in capsys.readouterr().out
+    c = Dataset.load(tmp_path / "c")
+    assert not c.has("valid") and c.train.nnz == train.nnz + valid.nnz
+    # A validation file is used as it is, and said so.
+    train_f, valid_f, test_f = byo
+    assert main(["prepare", "--train-file", str(train_f), "--valid-file", str(valid_f),
+                 "--test-file", str(test_f), "--out", str(tmp_path / "d")]) == 0
+    assert f"valid: from {valid_f}" in capsys.readouterr().out
+
+
+def test_quiet_prints_nothing_but_notes(tmp_path, byo, capsys):
+    train, valid, test = byo
+    assert main(["prepare", "--train-file", str(train), "--valid-file", str(valid),
+                 "--test-file", str(test), "--quiet", "--out", str(tmp_path / "q")]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "note: interactions with items unseen in training" in captured.err
+    assert Dataset.load(tmp_path / "q").has("test")
+
+
+def test_split_none_summary_and_metadata(tmp_path, capsys):
+    path = write_ml20m_csv(tmp_path / "r.csv", synthetic_ratings(80, 60, 2_000, seed=4))
+    assert main(["prepare", "--input", str(path), "--split", "none", "--out",
+                 str(tmp_path / "n")]) == 0
+    out = capsys.readouterr().out
+    ds = Dataset.load(tmp_path / "n")
+    assert set(ds.parts) == {"train", "valid"} and ds.meta["split"]["split"] == "none"
+    assert "valid: 10% of each user's training interactions (seed 0)" in out
+    assert [ln.split()[0] for ln in out.splitlines()[1:3]] == ["train", "valid"]
+
+
+@pytest.mark.realdata
+def test_own_fold_files_match_the_canonical_fold(mirror, tmp_path, monkeypatch):
+    """u1.base/u1.test as bring-your-own files: the same parts as --split ml100k-u1, carve
+    included."""
+    monkeypatch.setenv("RECSYS_MIRROR", str(mirror))
+    monkeypatch.setenv("RECSYS_CACHE", str(tmp_path / "cache"))
+    assert main(["prepare", "ml-100k", "--split", "ml100k-u1", "--quiet", "--out",
+                 str(tmp_path / "fold")]) == 0
+    names = ["user", "item", "rating", "timestamp"]
+    for part in ("base", "test"):
+        pd.read_csv(tmp_path / "cache" / "ml-100k" / f"u1.{part}", sep="\t", names=names
+                    ).to_csv(tmp_path / f"u1.{part}.csv", index=False)
+    assert main(["prepare", "--train-file", str(tmp_path / "u1.base.csv"), "--test-file",
+                 str(tmp_path / "u1.test.csv"), "--quiet", "--out", str(tmp_path / "own")]) == 0
+    fold, own = Dataset.load(tmp_path / "fold"), Dataset.load(tmp_path / "own")
+    assert fold.users.ids.tolist() == own.users.ids.tolist()
+    assert fold.items.ids.tolist() == own.items.ids.tolist()
+    for part in ("train", "valid", "test"):
+        assert (fold.parts[part].matrix != own.parts[part].matrix).nnz == 0, part

@@ -303,3 +303,14 @@ def test_explicit_zero_counts_as_given(world, prep):
     assert o.code == 2 and "--valid-fraction" in o.err
     o = prep("files", "--valid-file", world.valid, "--valid-fraction", "0")  # no carve: fine
     assert o.code == 0 and o.data.meta["given_files"]["valid"] == world.valid
+
+
+def test_compare_prepare_section_is_held_to_the_same_rules(tmp_path):
+    from recsys.commands.compare import check_prepare
+
+    with pytest.raises(RecsysError, match=r"x.yaml: prepare: --heldout-users applies to "
+                                          r"--split strong only"):
+        check_prepare({"dataset": "ml-100k", "heldout_users": 3}, str(tmp_path / "d"),
+                      where="x.yaml")
+    check_prepare({"dataset": "ml-100k", "split": "strong", "heldout_users": 3, "quiet": True},
+                  str(tmp_path / "d"), where="x.yaml")
