@@ -7,6 +7,8 @@
 The model's config comes from --config (YAML; an optional ``tune:`` section gives the grid for
 --tune) overridden by --set key=value. With --tune the key hyper-parameters are chosen on the
 validation part by --metric (never on the test part) before the final fit on the training part.
+Once validation has done its job (tuning, early stopping), the final model is refitted on
+train + valid with the chosen settings (neural models: for the best epoch), unless --no-refit.
 When the data has a test part, the trained model is evaluated on it and metrics.json written.
 
 Neural models (not RecVAE/CFGAN) also train data-parallel, one process per GPU, under torchrun:
@@ -48,6 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="override one config key (repeatable), e.g. --set lambda_=300")
     p.add_argument("--tune", action="store_true",
                    help="grid-search the key hyper-parameters on the validation part first")
+    p.add_argument("--no-refit", action="store_true",
+                   help="keep the model fitted on the training part alone (default: refit it "
+                        "on train + valid with the settings validation chose)")
     p.add_argument("--metric", default=None, metavar="NAME",
                    help=f"validation metric for --tune and early stopping (default "
                         f"{DEFAULT_METRIC})")
@@ -61,7 +66,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None, help="random seed (model default if unset)")
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic algorithms (slower; neural models)")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
     add_tracking_args(p)
     p.set_defaults(func=run)
 
@@ -130,21 +134,32 @@ def build_params(model_cls: type, args: argparse.Namespace) -> tuple[dict[str, A
     return params, grid
 
 
-def finished_training(out: Path, config: dict[str, Any], data_dir: Path) -> str | None:
-    """Why the run in ``out`` has nothing left to train (None if it has, or if this resume
-    differs from it: the resume then refuses it with its own message). Nothing is left when the
-    run completed (run.json), on the same prepared data, and its last checkpoint, of the same
-    config, stopped early or reached ``config["epochs"]``. Every rank of a distributed run reads
-    the same files, so all agree."""
-    from recsys.data.io import sha256_file
+def finished_training(out: Path, config: dict[str, Any], data_dir: Path,
+                      refit: bool = True) -> str | None:
+    """Why the run in ``out`` has nothing left to do (None if it has, or if this resume differs
+    from it: the resume then refuses it with its own message). Nothing is left when the run
+    completed on the same prepared data: its last checkpoint, of the same config, stopped early
+    or reached ``config["epochs"]``; run.json records the refit this resume asks for (``refit``:
+    refit on train + valid where the data has a valid part, see `recsys.training.refit`); and
+    the data's test part, if any, was evaluated (metrics.json). A resume finishes whatever is
+    missing. Every rank of a distributed run reads the same files, so all agree."""
+    from recsys.data.io import read_json, sha256_file
     from recsys.run import read_run
     from recsys.training.checkpoint import CHECKPOINT_DIR, list_checkpoints, load_checkpoint
     from recsys.training.trainer import RESUMABLE_CHANGES
 
     found = list_checkpoints(out / CHECKPOINT_DIR) if (out / "run.json").exists() else []
     meta = data_dir / "metadata.json"
-    if not found or not meta.is_file() or read_run(out).get("data_digest") != sha256_file(meta):
+    if not found or not meta.is_file():
         return None
+    record = read_run(out)
+    if record.get("data_digest") != sha256_file(meta):
+        return None
+    parts = read_json(meta).get("parts") or {}
+    if bool(record.get("refit")) != (refit and "valid" in parts):
+        return None  # the refit is missing, or --no-refit asks for the model of train alone
+    if "test" in parts and not ((out / "metrics.json").is_file() and "metrics" in record):
+        return None  # killed before the test evaluation was written
     try:
         payload = load_checkpoint(found[-1][1])
     except RecsysError:
@@ -251,6 +266,7 @@ def _train(args: argparse.Namespace, dist_info: Any = None) -> int:
     from recsys.run import save_run, update_run
     from recsys.tracking.base import flatten
     from recsys.tracking.options import log_training_end, log_training_start
+    from recsys.training.refit import fit_final
 
     # Everything cheap and user-caused is checked before the data is read or anything is fitted.
     model_cls = get_model_class(args.model)
@@ -281,7 +297,8 @@ def _train(args: argparse.Namespace, dist_info: Any = None) -> int:
                     checkpoints=True)
 
     if args.resume and not args.tune and isinstance(model, NeuralRecommender):
-        done = finished_training(out, model.config.model_dump(), Path(args.data))
+        done = finished_training(out, model.config.model_dump(), Path(args.data),
+                                 refit=not args.no_refit)
         if done:
             if main:
                 print(f"note: --resume: {out} holds a finished run ({done}); nothing to resume. "
@@ -336,17 +353,19 @@ def _train(args: argparse.Namespace, dist_info: Any = None) -> int:
 
         tracker.log_params(flatten({"model": model.name, **model.get_params()}))
         log_training_start(tracker, model=model, data_dir=data_dir)
-        started = time.perf_counter()
-        model.fit(dataset.train, valid, ctx)
-        fit_seconds = time.perf_counter() - started
+        # The fit on train (early stopping on valid), then the refit on train + valid; every
+        # rank of a distributed run trains both.
+        final = fit_final(model, dataset, valid, ctx, refit=not args.no_refit)
         if not main:
             status = "FINISHED"
             return 0  # rank 0 writes, evaluates and logs the (identical) trained model
-        say(f"fitted {model.name} in {fit_seconds:.2f} s")
+        say(f"fitted {model.name} in {final.seconds:.2f} s")
+        if final.summary():
+            print(final.summary())
         info = {"data": str(data_dir.resolve()),
                 "data_digest": sha256_file(data_dir / "metadata.json"),
                 "data_name": dataset.meta.get("dataset"),
-                "tuned": tuned, "tune_seconds": tune_seconds, "fit_seconds": fit_seconds,
+                "tuned": tuned, "tune_seconds": tune_seconds, **final.record(),
                 "metric": metric, "seed": args.seed}
         save_run(out, model, info)
 

@@ -48,6 +48,10 @@ class FitContext:
     # Everything the model needs to know about the data beyond the matrix (implicit flag,
     # rating scale), taken from the prepared dataset's metadata.
     data_meta: dict[str, Any] = field(default_factory=dict)
+    # Set for a refit on train + valid (`recsys.training.refit`): the training engine runs
+    # exactly this many epochs, with no validation, and keeps the refit's checkpoints in their own
+    # folder (`refit_checkpoint_dir`), apart from those of the fit that chose the epoch count.
+    refit_epochs: int | None = None
 
 
 class Recommender:

@@ -209,6 +209,9 @@ def log_training_end(tracker: Tracker, *, model: Recommender, run_dir: str | Pat
             tracker.log_figure(figure, "learning_curve.png")
             _close(figure)
         tracker.log_table(pd.DataFrame(history), "history.json")
+    refit_history = getattr(model, "refit_history_", None) or []
+    if refit_history:  # the refit on train + valid (recsys.training.refit): its own table
+        tracker.log_table(pd.DataFrame(refit_history), "refit_history.json")
     if per_user is not None and len(per_user):
         table = per_user.copy()
         table["user"] = dataset.users.lookup(table["user"].to_numpy())

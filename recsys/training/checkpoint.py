@@ -5,6 +5,8 @@ Each checkpoint is two files in ``RUN_DIR/checkpoints``::
     epoch-0007.pt     the payload (torch.save of tensors, numbers, strings, lists and dicts)
     epoch-0007.json   {"sha256": ..., "bytes": ..., "epoch": 7, "global_step": ...}
 
+(a refit on train + valid keeps its own, the same way, in ``RUN_DIR/checkpoints/refit-NNNN``).
+
 The payload is written first and the sidecar second, each through a temporary name and a
 rename, so the sidecar's presence is what commits a checkpoint: a kill between the two leaves
 a payload without a sidecar, which is ignored. Pruning removes in the opposite order (payload,
@@ -41,6 +43,13 @@ _TEMPORARY = re.compile(r"^\.epoch-\d+\.(pt|json)\..+\.tmp$")
 # --resume unless --overwrite is given, so that is the way to start again).
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _START_OVER = "or pass --overwrite instead of --resume to train from the start"
+
+
+def refit_checkpoint_dir(run_dir: str | Path, epochs: int) -> Path:
+    """Where a refit of ``epochs`` epochs on train + valid keeps its checkpoints: a folder of its
+    own under ``RUN_DIR/checkpoints`` (named by its length, so a refit of another length never
+    resumes from it), out of sight of the listing of the first fit's checkpoints."""
+    return Path(run_dir) / CHECKPOINT_DIR / f"refit-{int(epochs):04d}"
 
 
 class CheckpointError(RecsysError):

@@ -40,6 +40,7 @@ from recsys.training.checkpoint import (
     CHECKPOINT_DIR,
     latest_checkpoint,
     load_checkpoint,
+    refit_checkpoint_dir,
     save_checkpoint,
 )
 
@@ -314,6 +315,10 @@ class Trainer:
     end), the tracker and the progress line. At the end the best validated weights are restored
     (the last ones without ``valid``).
 
+    A refit (``ctx.refit_epochs``, see `recsys.training.refit`) trains exactly that many epochs
+    with no validation and checkpoints into its own folder; everything else is as above (the LR
+    schedule still spans the config's ``epochs``, as it did in the fit that chose the count).
+
     ``validate`` replaces the harness evaluation (a function ``(model, valid) -> value`` of the
     config's metric); it exists for tests and for callers with their own protocol.
     """
@@ -326,8 +331,13 @@ class Trainer:
         self.metric = self.config.metric
         self.lower = lower_is_better(self.metric)
         self._custom_validate = validate
-        self.checkpoint_dir: Path | None = (Path(self.ctx.run_dir) / CHECKPOINT_DIR
-                                            if self.ctx.run_dir is not None else None)
+        # How many epochs this fit runs: the config's, or a refit's count.
+        self.refit = self.ctx.refit_epochs is not None
+        self.epochs = int(self.ctx.refit_epochs) if self.refit else self.config.epochs
+        self.checkpoint_dir: Path | None = None
+        if self.ctx.run_dir is not None:
+            self.checkpoint_dir = (refit_checkpoint_dir(self.ctx.run_dir, self.epochs)
+                                   if self.refit else Path(self.ctx.run_dir) / CHECKPOINT_DIR)
         self.last_checkpoint: Path | None = None
         # A distributed run (one process per rank) sets these before `fit`: the sampler shards
         # rows by them, and only rank 0 writes checkpoints, reports to the tracker and prints.
@@ -515,15 +525,17 @@ class Trainer:
                 # Epochs checkpointed but never logged (a kill between the two) are not trained
                 # again: send them now, so that a resume killed in turn loses none.
                 log_history(self.history)
-        if valid is None and cfg.patience is not None and not self.ctx.quiet and self.is_main:
-            print(f"note: {model.name}: no validation data, so no early stopping: training all "
-                  f"{cfg.epochs} epochs and keeping the last weights", file=sys.stderr)
+        if valid is None and not self.refit and self.is_main:
+            # Even with --quiet: a run that silently trains to `epochs` looks like one that
+            # early-stopped (a refit has no validation by design, and its caller says so).
+            print(f"note: no validation part: early stopping is off, the model of the last "
+                  f"epoch ({self.epochs}) is kept", file=sys.stderr)
         epoch_seconds: list[float] = []
-        while self.epoch < cfg.epochs and not self.stopped_early:
+        while self.epoch < self.epochs and not self.stopped_early:
             self.epoch += 1
             tick = time.perf_counter()
             record = self._train_epoch()
-            last = self.epoch == cfg.epochs
+            last = self.epoch == self.epochs
             if valid is not None and (self.epoch % cfg.eval_every == 0 or last):
                 value = self._validate(valid)
                 record[f"valid_{self.metric}"] = value
@@ -653,7 +665,8 @@ class Trainer:
     def _bar(self, batches: list[torch.Tensor]) -> Any:
         from tqdm import tqdm  # plain: tqdm.auto warns in notebooks without ipywidgets
 
-        return tqdm(batches, desc=f"epoch {self.epoch}/{self.config.epochs}", unit="batch",
+        what = "refit epoch" if self.refit else "epoch"
+        return tqdm(batches, desc=f"{what} {self.epoch}/{self.epochs}", unit="batch",
                     leave=False, disable=self.ctx.quiet or not self.is_main, dynamic_ncols=True)
 
     def _report(self, record: dict[str, float], epoch_seconds: list[float]) -> None:
@@ -661,14 +674,15 @@ class Trainer:
             return
         from tqdm import tqdm  # plain: tqdm.auto warns in notebooks without ipywidgets
 
-        left = (self.config.epochs - self.epoch) * float(np.mean(epoch_seconds[-5:]))
-        parts = [f"epoch {self.epoch}/{self.config.epochs}", f"loss {record['loss']:.4g}"]
+        left = (self.epochs - self.epoch) * float(np.mean(epoch_seconds[-5:]))
+        what = "refit epoch" if self.refit else "epoch"
+        parts = [f"{what} {self.epoch}/{self.epochs}", f"loss {record['loss']:.4g}"]
         key = f"valid_{self.metric}"
         if key in record:
             best = "" if self.best_epoch != self.epoch else " *"
             parts.append(f"valid {self.metric} {record[key]:.4f}{best}")
         parts.append(f"{record['seconds']:.1f}s")
-        if self.epoch < self.config.epochs and not self.stopped_early:
+        if self.epoch < self.epochs and not self.stopped_early:
             parts.append(f"~{_duration(left)} left")
         elif self.stopped_early:
             parts.append(f"early stop (best epoch {self.best_epoch})")

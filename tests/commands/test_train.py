@@ -175,7 +175,8 @@ def test_fit_gets_the_context_and_the_validation_part(data_dir, tmp_path, stubs,
         return original(self, train, valid, ctx)
 
     monkeypatch.setattr(Stub, "fit", spy)
-    assert train(data_dir, tmp_path / "r", "stub", "--quiet") == 0
+    # --no-refit: the model is fitted on train with valid (test_refit.py: the refit's fit)
+    assert train(data_dir, tmp_path / "r", "stub", "--no-refit", "--quiet") == 0
     ctx = seen["ctx"]
     assert ctx.run_dir == tmp_path / "r" and ctx.quiet and not ctx.resume
     assert ctx.data_meta["dataset"] == "blocks"
