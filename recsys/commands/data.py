@@ -3,6 +3,11 @@
     recsys prepare ml-100k --split random --test-fraction 0.2 --seed 0 --out DIR
     recsys prepare --input ratings.csv --columns user=uid,item=iid --split loo --out DIR
     recsys prepare --train-file TRAIN.csv --test-file TEST.csv [--valid-file VALID.csv] --out DIR
+    recsys prepare ml-100k --split none --out DIR   # production: everything trains (+ validation)
+
+Without --valid-file, --valid-fraction of each user's training interactions (seeded by --seed)
+becomes the validation part. A flag that does not apply to the source or the --split chosen is
+refused (one line, exit 2), never ignored.
 """
 
 from __future__ import annotations

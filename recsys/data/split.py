@@ -138,7 +138,7 @@ def carve_valid(labels: np.ndarray, user: np.ndarray, n_users: int, valid_fracti
                 seed: int = 0) -> np.ndarray:
     """Move round(vf * n) of each user's ``TRAIN`` interactions (at most n - 1) to ``VALID``, at
     random by ``seed``: the validation of `--split none`, the ml-100k folds and bring-your-own
-    training files. The same labels as `split_random`'s validation with no test part."""
+    training files: `split_random`'s per-user holdout, relabelled as validation."""
     _check_fraction("valid-fraction", valid_fraction)  # before split_random names --test-fraction
     labels = labels.copy()
     if valid_fraction == 0:

@@ -194,3 +194,17 @@ def test_unseen_items_are_dropped_from_evaluation_and_counted():
 def test_split_names_cover_protocols():
     assert {"random", "temporal-global", "temporal-user", "loo", "strong", "ml100k-u1",
             "ml100k-ua", "ml100k-ub"} <= set(S.SPLITS)
+
+
+def test_carve_valid_moves_a_seeded_share_of_each_users_training_rows():
+    user = np.repeat(np.arange(4), [1, 5, 10, 20])
+    labels = np.full(len(user), S.TRAIN, np.int8)
+    labels[-2:] = S.TEST  # only training rows are carved
+    carved = S.carve_valid(labels, user, 4, 0.2, seed=3)
+    assert (carved[-2:] == S.TEST).all() and (labels != S.VALID).all()  # input untouched
+    assert np.bincount(user[carved == S.VALID], minlength=4).tolist() == [0, 1, 2, 4]
+    assert (carved == S.carve_valid(labels, user, 4, 0.2, seed=3)).all()
+    assert (carved != S.carve_valid(labels, user, 4, 0.2, seed=4)).any()
+    assert (S.carve_valid(labels, user, 4, 0.0) == labels).all()
+    with pytest.raises(RecsysError, match="--valid-fraction 1.5"):
+        S.carve_valid(labels, user, 4, 1.5)
