@@ -63,8 +63,11 @@ def _add_common(parser: argparse.ArgumentParser, default: object) -> None:
     before the command name (``recsys --quiet train ...``) is not reset by the sub-parser."""
     have = {s for action in parser._actions for s in action.option_strings}
     if default is argparse.SUPPRESS:  # a command's own --quiet/--debug must not reset either
-        parser.set_defaults(**{flag[2:]: default for flag in ("--quiet", "--debug")
-                               if flag in have})
+        for action in parser._actions:
+            # On the action, not through set_defaults: a parser-level default is copied into
+            # the namespace as the (truthy) SUPPRESS string itself.
+            if {"--quiet", "--debug"} & set(action.option_strings):
+                action.default = default
     if "--quiet" not in have:
         parser.add_argument("--quiet", action="store_true", default=default,
                             help="print nothing but warnings and errors (no progress, no "

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
 
 from recsys import __version__
-from recsys.cli import build_parser, main
+from recsys.cli import _add_common, build_parser, main
 
 
 def _commands() -> dict:
@@ -55,3 +56,15 @@ def test_quiet_prints_nothing_but_writes_results(tmp_path, capsys, where):
     # The same command without --quiet prints its table.
     assert main(command) == 0
     assert "ndcg@10" in capsys.readouterr().out
+
+
+def test_a_commands_own_quiet_flag_defaults_to_off():
+    # A command that declares --quiet itself keeps it off unless given, before or after.
+    parser = argparse.ArgumentParser()
+    own = parser.add_subparsers().add_parser("x")
+    own.add_argument("--quiet", action="store_true")
+    _add_common(parser, default=False)
+    _add_common(own, default=argparse.SUPPRESS)
+    assert parser.parse_args(["x"]).quiet is False
+    assert parser.parse_args(["--quiet", "x"]).quiet is True
+    assert parser.parse_args(["x", "--quiet"]).quiet is True
