@@ -85,13 +85,14 @@ def bigger(tmp_path_factory) -> Path:
 class CheckpointWatch:
     """Validates a run directory's final-name files as training writes them."""
 
-    def __init__(self, run: Path) -> None:
+    def __init__(self, run: Path, folder: str = "checkpoints") -> None:
         self.run = run
+        self.folder = folder  # the first fit's, or a refit's (checkpoints/refit-NNNN)
         self.verified: set[tuple[str, str]] = set()
         self.committed: set[int] = set()
 
     def __call__(self) -> None:
-        folder = self.run / "checkpoints"
+        folder = self.run / self.folder
         for side in sorted(folder.glob("epoch-*.json")) if folder.is_dir() else []:
             try:
                 meta = json.loads(side.read_text())  # never a half-written sidecar
@@ -116,7 +117,7 @@ class CheckpointWatch:
         """After the process is gone: every payload under a final name loads (committed or not)
         and every committed one matches its digest."""
         self()
-        for pt in (self.run / "checkpoints").glob("epoch-*.pt"):
+        for pt in (self.run / self.folder).glob("epoch-*.pt"):
             torch.load(pt, map_location="cpu", weights_only=True)
         weights = self.run / "model" / "weights.pt"
         if weights.exists():
@@ -153,6 +154,45 @@ def test_kill_9_during_train_then_resume_equals_an_uninterrupted_run(bigger, tmp
     assert all(torch.equal(mine[k], theirs[k]) for k in mine)
     record = json.loads((run / "run.json").read_text())
     assert record["metrics"] == json.loads((reference / "run.json").read_text())["metrics"]
+
+
+def test_kill_9_during_the_refit_then_resume_equals_an_uninterrupted_run(bigger, tmp_path):
+    """The refit on train + valid (recsys.training.refit) has checkpoints of its own: killed in
+    the middle of it, the resume restores the finished first fit, continues the refit from its
+    last checkpoint and ends where an uninterrupted run ends."""
+    epochs = 12  # validated only at the last epoch: the refit trains all 12 again
+    args = ["--data", bigger, "--set", f"epochs={epochs}", "--set", f"eval_every={epochs}",
+            "--set", "checkpoint_every=1", "--set", "patience=null", "--set", "batch_size=32",
+            "--seed", "5", "--device", "cpu", "--no-track", "--quiet"]
+    reference = tmp_path / "reference"
+    result = run_process(["train", "multdae", *args, "--out", reference])
+    assert result.code == 0, result.err
+    assert json.loads((reference / "run.json").read_text())["refit"]["epochs"] == epochs
+
+    run = tmp_path / "run"
+    first, refit = CheckpointWatch(run), CheckpointWatch(run, f"checkpoints/refit-{epochs:04d}")
+
+    def check() -> None:
+        first()
+        refit()
+
+    kill_at = _threshold("refit", 2, 9)
+    code = _kill_when(["train", "multdae", *args, "--out", run],
+                      ready=lambda: any(e >= kill_at for e in refit.committed), check=check,
+                      log=tmp_path / "killed.log")
+    assert code == -signal.SIGKILL, f"not killed (exit {code}): the refit ended before epoch " \
+                                    f"{kill_at}; raise `epochs`"
+    first.final()
+    refit.final()
+    assert max(first.committed) == epochs and max(refit.committed) < epochs
+    assert not (run / "run.json").exists()  # written once the refit is done
+
+    result = run_process(["train", "multdae", *args, "--out", run, "--resume"])
+    assert result.code == 0, result.err
+    assert (run / "metrics.json").read_bytes() == (reference / "metrics.json").read_bytes()
+    mine = torch.load(run / "model" / "weights.pt", weights_only=True)
+    theirs = torch.load(reference / "model" / "weights.pt", weights_only=True)
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
 
 
 # -- recommend ---------------------------------------------------------------------------------
