@@ -3,11 +3,13 @@
 Layout::
 
     RUN_DIR/
-      run.json        model name, data dir + digest, versions, tuned params, metrics
+      run.json        model name, data dir + digest, versions, tuned params, the refit on
+                      train + valid ("refit": epochs, seconds, parts; null, with
+                      "refit_skipped", when not done), metrics
       config.yaml     the resolved model config (feed it back with --config)
       model/          model.json + weights.pt (see Recommender.save)
       metrics.json    final metrics on the test part (when evaluated)
-      checkpoints/    training checkpoints (neural models)
+      checkpoints/    training checkpoints (neural models; the refit's in refit-NNNN/)
       tracking.json   the MLflow run id, URI and experiment, written when the run starts
                       (`--resume` continues that run)
 """

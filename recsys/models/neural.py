@@ -40,7 +40,9 @@ config key) and implements:
 
 The trainer fills ``self.device``, ``self.n_users``/``self.n_items``, ``self.history_`` (one dict
 per epoch: ``epoch``, ``loss`` and the other step outputs, ``lr``, ``seconds``,
-``valid_<metric>`` on validated epochs) and ``self.train_result_`` (a `TrainResult`).
+``valid_<metric>`` on validated epochs) and ``self.train_result_`` (a `TrainResult`). After a
+refit on train + valid (`recsys.training.refit`) these stay the first fit's (the curves with
+validation) and the refit's are ``self.refit_history_`` / ``self.refit_result_``.
 ``score`` (the `Recommender` protocol) densifies the CSR history on the device and calls
 ``forward_scores``; ``to(device)`` moves the model (evaluation and scoring call it; override it,
 calling ``super().to``, if the model keeps other tensors on the device).

@@ -3,9 +3,10 @@
 The engine owns everything that is not the model: batching rows of the training matrix on the
 device, the optimiser and learning-rate schedule, gradient clipping, bf16 autocast, validation on
 the harness metric, early stopping with the best weights restored, checkpoints and exact resume,
-seeds and determinism, the progress bar, the NaN guard and the tracker hook. The model owns its
-network, its loss and its step (`recsys.models.neural.NeuralRecommender`); nothing here knows
-which model it trains.
+seeds and determinism, the progress bar, the NaN guard and the tracker hook (and, given
+``FitContext.refit_epochs``, the refit on train + valid of `recsys.training.refit`). The model
+owns its network, its loss and its step (`recsys.models.neural.NeuralRecommender`); nothing here
+knows which model it trains.
 
 Two seams are kept for distributed training (DDP): `RowSampler` is the only place that decides
 which rows form which batch (a sharded sampler replaces it), and `Trainer._reduce` /
