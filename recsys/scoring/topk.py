@@ -94,19 +94,66 @@ def _select_topk(block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     m = block.shape[1]
     idx = np.argpartition(block, m - k, axis=1)[:, m - k:]
     vals = np.take_along_axis(block, idx, axis=1)
+    # argpartition takes an arbitrary subset of the items tied at the K-th value; take the
+    # lowest items instead (as `_ties_by_item`; numpy here: this runs in the thread pool, and
+    # torch's own threads must not be started from it, see the fork test).
+    kth = vals.min(axis=1, keepdims=True)
+    fix = np.flatnonzero((block == kth).sum(1) > (vals == kth).sum(1))
+    if len(fix):
+        rows, cut = block[fix], kth[fix]
+        tied = rows == cut
+        need = k - (rows > cut).sum(1, keepdims=True)
+        take = (rows > cut) | (tied & (np.cumsum(tied, axis=1) <= need))
+        idx[fix] = np.nonzero(take)[1].reshape(len(fix), k)
+        vals[fix] = np.take_along_axis(rows, idx[fix], axis=1)
     # Best first; equal scores by item index, so that the order does not depend on the selection.
     order = np.lexsort((idx, -vals), axis=1)
     return np.take_along_axis(vals, order, axis=1), np.take_along_axis(idx, order, axis=1)
 
 
+def _ties_by_item(scores: torch.Tensor, values: torch.Tensor, idx: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A torch.topk selection redone so that equal scores are taken and listed by item index.
+
+    torch.topk (like argpartition in `_select_topk`) picks an arbitrary subset of the items
+    tied at the K-th value, and orders ties arbitrarily, depending on the path taken, i.e. on
+    how many users share the batch: a popularity list would then differ between `recsys
+    evaluate` and `recsys recommend`,
+    which batch users differently.
+    """
+    k = idx.shape[1]
+    if k == 0:
+        return values, idx
+    with torch.no_grad():
+        kth = values[:, -1:]
+        # Rows where the K-th value also occurs outside the selection: take the lowest items.
+        fix = torch.nonzero((scores == kth).sum(1) > (values == kth).sum(1)).flatten()
+        if len(fix):
+            rows, cut = scores[fix], kth[fix]
+            above = rows > cut
+            tied = rows == cut
+            need = k - above.sum(1, keepdim=True)
+            take = above | (tied & (tied.cumsum(1) <= need))
+            idx = idx.clone()
+            idx[fix] = take.nonzero()[:, 1].reshape(len(fix), k)  # row-major: by item
+        # Best first, equal values by item: sort by item, then a stable sort by value.
+        idx = torch.sort(idx, dim=1).values
+        order = torch.sort(torch.gather(scores, 1, idx), dim=1, descending=True,
+                           stable=True).indices
+        idx = torch.gather(idx, 1, order)
+    return torch.gather(scores, 1, idx), idx
+
+
 def topk_rows(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``torch.topk(scores, k, dim=1, sorted=True)`` for a float32 matrix without NaN; on CPU,
     when K is a large share of the row, a linear-time selection per row (numpy's argpartition,
-    rows split over torch's thread count; it releases the GIL) and a sort of the K selected."""
+    rows split over torch's thread count; it releases the GIL) and a sort of the K selected.
+    On every path equal scores are taken and listed by item index: a row's list depends on that
+    row alone, never on the batch it was scored in."""
     n, m = scores.shape
     if (scores.device.type != "cpu" or k < _SELECT_MIN_RATIO * m or n * m < 65_536
             or scores.requires_grad):
-        return torch.topk(scores, k, dim=1, sorted=True)
+        return _ties_by_item(scores, *torch.topk(scores, k, dim=1, sorted=True))
     global _pool
     block = scores.detach().contiguous().numpy()
     parts = min(torch.get_num_threads(), max(1, n // 64))

@@ -124,6 +124,18 @@ def test_topk_rows_orders_equal_scores_by_item():
     assert torch.all(items[:, 1:] > items[:, :-1])  # ties listed by item index
 
 
+@pytest.mark.parametrize("n", [1, 3, 400])  # 400 x 200: the selection path; else torch.topk
+def test_ties_are_broken_by_item_whatever_the_batch(n):
+    """A popularity-like row (many equal scores across the K-th place) gets the same list alone
+    or in a batch of any size: evaluate and recommend batch users differently."""
+    row = torch.from_numpy(np.repeat(np.arange(20, dtype=np.float32), 10)[::-1].copy())
+    row = row[torch.randperm(200, generator=torch.Generator().manual_seed(0))]
+    values, items = topk_rows(row.repeat(n, 1), 25)
+    by_hand = sorted(range(200), key=lambda i: (-float(row[i]), i))[:25]
+    assert (items == torch.tensor(by_hand)).all()
+    assert torch.equal(values, row[items])
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_topk_rows_works_in_a_child_forked_after_use():
     scores = torch.randn(512, 1390, generator=torch.Generator().manual_seed(1))
