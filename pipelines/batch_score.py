@@ -9,7 +9,9 @@ with it). It is logged from code, so loading it unpickles nothing; a model URI t
 model (e.g. one pickled from a PythonModel instance) is refused before anything of it is loaded
 (`recsys.tracking.mlflow.load_pyfunc`). Users are scored in chunks through the pyfunc's
 ``predict`` and committed one Parquet row group at a time (`recsys.scoring.export`: nothing
-half-written under the final name, ``--resume`` keeps committed chunks). The columns are those of
+half-written under the final name, ``--resume`` keeps committed chunks). Known users are scored
+from the history the model was packaged with (`Dataset.known_history`: ``before-test`` unless it
+was logged with ``all``), logged as the ``history`` parameter. The columns are those of
 `recsys recommend`: user, item, rank, score, cold. The job is one MLflow run (experiment
 ``recsys-batch`` unless --experiment) with its parameters, users per second and one
 ``step_seconds/<step>`` per step.
@@ -76,11 +78,13 @@ def run(args: argparse.Namespace) -> int:
             else:
                 users = predictor.all_users()
             tracker.log_params({"model_uri": args.model, "k": args.k, "users": len(users),
+                                "history": predictor.history_kind,
                                 "chunk_size": args.chunk_size, "out": str(Path(args.out))})
 
         with steps("score users", tracker):
             started = time.perf_counter()
-            fingerprint = {"model": args.model, "k": args.k, "chunk_size": args.chunk_size,
+            fingerprint = {"model": args.model, "history": predictor.history_kind,
+                           "k": args.k, "chunk_size": args.chunk_size,
                            "users": int(len(users)),
                            "first_last": [str(users[0]), str(users[-1])] if len(users) else []}
             writer = ChunkedWriter(args.out, fingerprint, resume=args.resume)

@@ -55,6 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from recsys.scoring.spark import (
+        PACKAGED_DATA,
         fetched_model,
         get_session,
         model_users,
@@ -66,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         users_frame,
         write_lists,
     )
+    from recsys.tracking.pyfunc import packaged_history
 
     if args.k < 1:
         raise RecsysError(f"--k must be at least 1 (got {args.k})")
@@ -89,7 +91,9 @@ def run(args: argparse.Namespace) -> int:
             lists = score_users(spark, model, users, args.k, env_manager=args.env_manager)
             tracker.log_params({"model_uri": args.model, "k": args.k, "out": args.out,
                                 "users": args.users or "all", "master": spark.sparkContext.master,
-                                "env_manager": args.env_manager})
+                                "env_manager": args.env_manager,
+                                # the history its known users are scored from (serving.json)
+                                "history": packaged_history(model / PACKAGED_DATA)})
 
         with steps("score and write", tracker):
             out = write_lists(spark, lists, args.out)

@@ -1,9 +1,13 @@
 """`recsys recommend RUN_DIR --data DIR --k N --out FILE`: top-K lists for many users, streamed.
 
-Users are scored in chunks (bounded memory) from everything the prepared data knows about them,
-which is masked; each chunk is committed as it finishes (see recsys.scoring.export), so
-``--resume`` continues an interrupted run. Output columns: user, item (external ids), rank (1 is
-best), score, cold (True where the user had no history and got the most popular items).
+Users are scored in chunks (bounded memory) from their known history, which is masked:
+``--history before-test`` (default) is what `recsys evaluate` scores the test part from, so the
+lists can be scored against the test part by any outside tool; ``all`` adds the test part (lists
+for production, after the test period). Each chunk is committed as it finishes (see
+recsys.scoring.export), so ``--resume`` continues an interrupted run. Output columns: user, item
+(external ids), rank (1 is best), score, cold (True where the user had no history and got the
+most popular items). ``--quiet``: no progress bar and no summary line; notes about dropped or
+ignored input still go to stderr.
 
 ``--engine spark`` scores the same lists with Spark instead (local[*], or the cluster of a
 spark-submit): RUN_DIR and the prepared data become an MLflow pyfunc model applied with
@@ -23,7 +27,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recsys.data.interactions import Dataset, Vocabulary
+from recsys.data.interactions import HISTORIES, Dataset, Vocabulary
 from recsys.errors import RecsysError
 
 INT_SENTINEL = np.iinfo(np.int64).min  # what Vocabulary.coerce gives a non-integer id
@@ -38,6 +42,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="'all' (default) or a file of user ids (a `user` column, or one per line)")
     p.add_argument("--histories", default=None, metavar="FILE.csv",
                    help="user,item rows of new users' histories (external item ids): fold-in")
+    p.add_argument("--history", choices=HISTORIES, default=None,
+                   help="what a known user is scored from and never recommended again: "
+                        "before-test (default) = what `recsys evaluate` scores from (train and "
+                        "validation), for lists evaluated offline against the test part; all = "
+                        "everything known, test part included, for production lists after the "
+                        "test period. Data without a test part (prepare --split none) gives "
+                        "everything either way")
     p.add_argument("--k", type=int, required=True, metavar="N", help="list length")
     p.add_argument("--out", required=True, metavar="FILE", help="output .csv or .parquet")
     p.add_argument("--chunk-size", type=int, default=10000, metavar="N",
@@ -219,6 +230,10 @@ def run(args: argparse.Namespace) -> int:
     from recsys.scoring.export import ChunkedWriter, lists_schema, lists_table, output_format
     from recsys.scoring.topk import item_mask, place_model, topk_chunk
 
+    if args.histories and args.history is not None:
+        raise RecsysError("--history chooses the stored history of the data's users; "
+                          "--histories scores the users of that file from it alone: drop one")
+    args.history = args.history or HISTORIES[0]
     if getattr(args, "engine", "local") == "spark":
         from recsys.scoring.spark import run_recommend
 
@@ -242,15 +257,14 @@ def run(args: argparse.Namespace) -> int:
     allow = read_items(args.allow, data.items, "--allow", need_one=True) if args.allow else None
     deny = read_items(args.deny, data.items, "--deny") if args.deny else None
 
+    known = data.known_history(args.history)
     if args.histories:
         user_ids, history = read_histories(args.histories, data.items)
         internal = np.full(len(user_ids), -1, dtype=np.int64)
         users_spec = _digest(args.histories)
     else:
-        known = sum((p.matrix for p in data.parts.values()), sp.csr_matrix((len(data.users),
-                                                                             n_items)))
         # One extra empty row: users unknown to the data index it (and so are cold).
-        history = sp.vstack([known.tocsr(), sp.csr_matrix((1, n_items))]).tocsr()
+        history = sp.vstack([known, sp.csr_matrix((1, n_items))]).tocsr()
         if args.users == "all":
             internal = np.arange(len(data.users), dtype=np.int64)
             user_ids = data.users.ids
@@ -273,6 +287,11 @@ def run(args: argparse.Namespace) -> int:
     check_compatible(model, data, args.data)
     device = resolve_device(args.device)
     place_model(model, device)
+    observe = getattr(model, "observe", None)
+    if callable(observe):
+        # A transductive model (item-based CFGAN) conditions on every known interaction at
+        # once, as `recsys evaluate` declares it: the lists it is scored by are these.
+        observe(known)
     banned = item_mask(n_items, allow, deny, device)
     import torch  # here, not at import time: `recsys --help` and `prepare` stay fast
 
@@ -282,7 +301,8 @@ def run(args: argparse.Namespace) -> int:
     # What decides the lists: the trained run (not its later metrics), data, users, options.
     fingerprint = {"run": {k: run_info.get(k) for k in ("model", "created")},
                    "data": _digest(Path(args.data) / "metadata.json"),
-                   "users": users_spec, "k": args.k, "chunk_size": args.chunk_size,
+                   "users": users_spec, "history": args.history, "k": args.k,
+                   "chunk_size": args.chunk_size,
                    "allow": _digest(args.allow), "deny": _digest(args.deny),
                    "device": device.type}
     writer = ChunkedWriter(args.out, fingerprint, resume=args.resume)
@@ -293,8 +313,10 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     rows_written = cold_users = 0
-    with tqdm(total=n, unit="users", unit_scale=True, disable=None, file=sys.stderr,
-              desc="recommend") as bar:
+    quiet = bool(getattr(args, "quiet", False))
+    # disable=None: no bar when stderr is not a terminal either.
+    with tqdm(total=n, unit="users", unit_scale=True, disable=True if quiet else None,
+              file=sys.stderr, desc="recommend") as bar:
         for c in range(n_chunks):
             lo, hi = c * args.chunk_size, min(n, (c + 1) * args.chunk_size)
             if writer.committed(c):
@@ -311,7 +333,8 @@ def run(args: argparse.Namespace) -> int:
             bar.update(hi - lo)
     writer.finish(schema)
     seconds = time.perf_counter() - start
-    print(f"wrote {args.out}: {n} users ({cold_users} cold in this run), {rows_written} rows in "
-          f"{seconds:.1f} s ({n / max(seconds, 1e-9):,.0f} users/s)", file=sys.stderr)
+    if not quiet:
+        print(f"wrote {args.out}: {n} users ({cold_users} cold in this run), {rows_written} rows "
+              f"in {seconds:.1f} s ({n / max(seconds, 1e-9):,.0f} users/s)", file=sys.stderr)
     return 0
 

@@ -25,6 +25,10 @@ FORMAT_VERSION = 1
 # sum of every part before it (see `Dataset.history`).
 PART_ORDER = ("train", "valid_history", "valid", "test_history", "test")
 
+# What a known user is scored from (and masked with) when lists are written: see
+# `Dataset.known_history`.
+HISTORIES = ("before-test", "all")
+
 
 class Vocabulary:
     """External ids <-> internal indices (0..n-1). Ids are int64 when all integral, else str."""
@@ -228,6 +232,24 @@ class Dataset:
         for name in before:
             if name in self.parts:
                 total = total + self.parts[name].matrix
+        return total.tocsr()
+
+    def known_history(self, which: str = "before-test") -> sp.csr_matrix:
+        """The history a known user is scored from and masked with when lists are written
+        (`recsys recommend`, the pyfunc model, Spark scoring): the one home of that rule.
+
+        ``before-test`` (default): what `recsys evaluate` scores the test part from,
+        ``history("test")``, so that lists can be scored against the test part by any outside
+        tool; data without a test part (``prepare --split none``) gives every part. ``all``:
+        every part, test included: for production lists written after the test period.
+        """
+        if which not in HISTORIES:
+            raise RecsysError(f"unknown history '{which}'; expected one of {', '.join(HISTORIES)}")
+        if which == "before-test" and self.has("test"):
+            return self.history("test")
+        total = sp.csr_matrix(self.train.matrix.shape, dtype=np.float32)
+        for part in self.parts.values():
+            total = total + part.matrix.astype(np.float32)
         return total.tocsr()
 
     def eval_split(self, part: str) -> EvalSplit:

@@ -47,6 +47,8 @@ APP_NAME = "recsys-score"
 ENV_MANAGERS = ("local", "virtualenv", "uv", "conda")
 # MLflow signature types of ids -> Spark SQL types.
 _SPARK_ID_TYPES = {"long": "bigint", "integer": "int", "string": "string"}
+# Where a packaged model keeps the `write_serving_data` artifact.
+PACKAGED_DATA = Path("artifacts") / "data"
 
 
 def _short(exc: BaseException) -> str:
@@ -57,9 +59,12 @@ def _short(exc: BaseException) -> str:
 # -- the model --------------------------------------------------------------------------------
 
 
-def save_pyfunc_model(run_dir: str | Path, data_dir: str | Path, path: str | Path) -> Path:
+def save_pyfunc_model(run_dir: str | Path, data_dir: str | Path, path: str | Path, *,
+                      history: str = "before-test") -> Path:
     """Write RUN_DIR's model with the prepared data's vocabularies and history as an MLflow
-    pyfunc model directory at ``path`` (the same model `recsys train` logs to MLflow)."""
+    pyfunc model directory at ``path`` (the same model `recsys train` logs to MLflow); known
+    users are scored from ``Dataset.known_history(history)``, as `recsys recommend
+    --history`."""
     import mlflow
 
     from recsys.data.interactions import Dataset
@@ -78,7 +83,7 @@ def save_pyfunc_model(run_dir: str | Path, data_dir: str | Path, path: str | Pat
                           "train one with `recsys train`")
     dataset = Dataset.load(data_dir)
     with tempfile.TemporaryDirectory(prefix="recsys-serving-") as tmp:
-        data_art = write_serving_data(dataset, Path(tmp) / "data")
+        data_art = write_serving_data(dataset, Path(tmp) / "data", history=history)
         with _quiet_mlflow():
             mlflow.pyfunc.save_model(
                 str(path), python_model=str(PYFUNC_MODEL_CODE),  # from code: never pickled
@@ -123,7 +128,7 @@ def model_users(model: str | Path) -> Any:
     local copy (`fetched_model`)."""
     import pandas as pd
 
-    path = Path(model) / "artifacts" / "data" / "users.parquet"
+    path = Path(model) / PACKAGED_DATA / "users.parquet"
     try:
         return pd.read_parquet(path)["user"].to_numpy()
     except (OSError, KeyError, ValueError) as exc:
@@ -395,7 +400,9 @@ def run_recommend(args: Any) -> int:
     spark, owned = get_session(getattr(args, "spark_master", None))
     try:
         with tempfile.TemporaryDirectory(prefix="recsys-pyfunc-") as tmp:
-            packaged = str(save_pyfunc_model(args.run_dir, args.data, Path(tmp) / "model"))
+            packaged = str(save_pyfunc_model(args.run_dir, args.data, Path(tmp) / "model",
+                                             history=getattr(args, "history",
+                                                             "before-test")))
             if local_users is not None:
                 users = users_frame(spark, local_users)
             else:
@@ -410,6 +417,7 @@ def run_recommend(args: Any) -> int:
         if owned:
             spark.stop()
     seconds = time.perf_counter() - started
-    print(f"wrote {out}: {summary['users']} users ({summary['cold']} cold), "
-          f"{summary['rows']} rows with Spark ({master}) in {seconds:.1f} s", file=sys.stderr)
+    if not getattr(args, "quiet", False):
+        print(f"wrote {out}: {summary['users']} users ({summary['cold']} cold), "
+              f"{summary['rows']} rows with Spark ({master}) in {seconds:.1f} s", file=sys.stderr)
     return 0

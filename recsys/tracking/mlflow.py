@@ -388,11 +388,13 @@ class MlflowTracker(Tracker):
 
     def log_model(self, run_dir: str | Path, data_dir: str | Path, *,
                   register: str | None = None, alias: str = DEFAULT_ALIAS,
-                  dataset: Any = None) -> str | None:
+                  dataset: Any = None, history: str = "before-test") -> str | None:
         """Log the trained model as a pyfunc model; with ``register``, a registry version whose
         alias is ``alias``. Returns the model URI (``None`` when it could not be logged).
-        ``dataset``: the prepared data already in memory (else read from ``data_dir``)."""
-        uri = self._call("model", self._log_pyfunc, Path(run_dir), Path(data_dir), dataset)
+        ``dataset``: the prepared data already in memory (else read from ``data_dir``);
+        ``history``: the `Dataset.known_history` the model scores known users from."""
+        uri = self._call("model", self._log_pyfunc, Path(run_dir), Path(data_dir), dataset,
+                         history)
         if uri is None:
             if register:
                 self.failures.append(f"registered model {register}")
@@ -402,7 +404,8 @@ class MlflowTracker(Tracker):
             self._call(f"registered model {register}", self.register, register, alias)
         return uri
 
-    def _log_pyfunc(self, run_dir: Path, data_dir: Path, dataset: Any = None) -> str:
+    def _log_pyfunc(self, run_dir: Path, data_dir: Path, dataset: Any = None,
+                    history: str = "before-test") -> str:
         from recsys.data.interactions import Dataset
 
         dataset = dataset if dataset is not None else Dataset.load(data_dir)
@@ -413,11 +416,12 @@ class MlflowTracker(Tracker):
         run = self.client.get_run(self.run_id)
         tags = {k: v for k, v in run.data.tags.items()
                 if k.startswith(("recsys.", "mlflow.source.", "mlflow.user"))}
+        tags["recsys.history"] = history  # which history known users are scored from
         logged = self.client.create_logged_model(
             experiment_id=self.experiment_id, name=MODEL_ARTIFACT, source_run_id=self.run_id,
             params={k: str(v) for k, v in run.data.params.items()}, tags=tags)
         with tempfile.TemporaryDirectory(prefix="recsys-pyfunc-") as tmp:
-            data_art = write_serving_data(dataset, Path(tmp) / "data")
+            data_art = write_serving_data(dataset, Path(tmp) / "data", history=history)
             signature = model_signature(dataset.users.is_integer, dataset.items.is_integer)
             with _quiet_mlflow():
                 info = Model.log(artifact_path=None, name=MODEL_ARTIFACT, flavor=mlflow.pyfunc,

@@ -5,9 +5,11 @@ A packaged model is two directories, logged as the pyfunc's artifacts:
 - ``model/``: the run's model directory (model.json + weights.pt), loaded with
   `Recommender.load` (``torch.load(weights_only=True)``: nothing is unpickled);
 - ``data/``: what scoring needs from the prepared data and nothing more: the user and item
-  vocabularies (``users.parquet``, ``items.parquet``), ``history.npz`` (the CSR of every known
-  interaction: the input a user is scored from and the items masked from their list) and
-  ``popularity.npy`` (the list given to a user with no history).
+  vocabularies (``users.parquet``, ``items.parquet``), ``history.npz`` (the CSR a known user is
+  scored from and whose items are masked from their list: `Dataset.known_history`, by default
+  ``before-test``, what `recsys evaluate` scores the test part from; ``all`` adds the test
+  part), ``popularity.npy`` (the list given to a user with no history) and ``serving.json``
+  (which history is stored, under ``history``).
 
 `TopKPredictor.predict` takes a DataFrame with
 
@@ -54,33 +56,26 @@ OUTPUT_COLUMNS = ("user", "item", "rank", "score", "cold")
 LAYOUTS = ("long", "lists")
 
 
-def serving_history(dataset: Dataset) -> sp.csr_matrix:
-    """Every interaction the prepared data knows (all parts): what a served user is scored from."""
-    total = dataset.train.matrix.astype(np.float32).tocsr()
-    for name, part in dataset.parts.items():
-        if name != "train":
-            total = total + part.matrix.astype(np.float32)
-    return total.tocsr()
-
-
 def item_popularity(train: sp.csr_matrix) -> np.ndarray:
     """Training interactions per item: the scores of a cold user's list (as `recsys recommend`)."""
     return np.diff(train.tocsc().indptr).astype(np.float32)
 
 
-def write_serving_data(dataset: Dataset, directory: str | Path) -> Path:
-    """Write the ``data/`` artifact of a packaged model into ``directory``."""
+def write_serving_data(dataset: Dataset, directory: str | Path, *,
+                       history: str = "before-test") -> Path:
+    """Write the ``data/`` artifact of a packaged model into ``directory``; ``history``: which
+    `Dataset.known_history` it stores (recorded in ``serving.json``)."""
+    known = dataset.known_history(history)  # an unknown name is refused before anything exists
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    history = serving_history(dataset)
     dataset.users.to_frame("user").to_parquet(directory / "users.parquet", index=False)
     dataset.items.to_frame("item").to_parquet(directory / "items.parquet", index=False)
-    np.savez_compressed(directory / HISTORY_FILE, data=history.data.astype(np.float32),
-                        indices=history.indices, indptr=history.indptr,
-                        shape=np.asarray(history.shape))
+    np.savez_compressed(directory / HISTORY_FILE, data=known.data.astype(np.float32),
+                        indices=known.indices, indptr=known.indptr,
+                        shape=np.asarray(known.shape))
     np.save(directory / POPULARITY_FILE, item_popularity(dataset.train.matrix))
     write_json(directory / SERVING_FILE, {"implicit": dataset.implicit,
-                                          "parts": sorted(dataset.parts)})
+                                          "parts": sorted(dataset.parts), "history": history})
     return directory
 
 
@@ -90,23 +85,33 @@ class TopKPredictor:
     def __init__(self, model: Recommender, users: Vocabulary, items: Vocabulary,
                  history: sp.csr_matrix, popularity: np.ndarray, *,
                  device: str | torch.device | None = None,
-                 batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+                 batch_size: int = DEFAULT_BATCH_SIZE, history_kind: str | None = None) -> None:
         if history.shape != (len(users), len(items)):
             raise RecsysError(f"history shape {history.shape} does not match the vocabularies "
                               f"({len(users)} users, {len(items)} items)")
         self.model, self.users, self.items = model, users, items
         self.history = history.tocsr()
+        # Which Dataset.known_history ``history`` is (None: a matrix given by the caller).
+        self.history_kind = history_kind
         self.popularity = np.asarray(popularity, dtype=np.float32)
         self.batch_size = batch_size
         self.device = as_device(device)
         place_model(model, self.device)
+        observe = getattr(model, "observe", None)
+        if callable(observe):
+            # A transductive model (item-based CFGAN) conditions on every known interaction,
+            # as `recsys evaluate` and `recsys recommend` declare it: the same lists.
+            observe(self.history)
 
     @classmethod
     def from_dataset(cls, model: Recommender, dataset: Dataset, *,
-                     device: str | torch.device | None = None) -> TopKPredictor:
-        """Serve ``model`` over a prepared dataset held in memory (no files written)."""
-        return cls(model, dataset.users, dataset.items, serving_history(dataset),
-                   item_popularity(dataset.train.matrix), device=device)
+                     device: str | torch.device | None = None,
+                     history: str = "before-test") -> TopKPredictor:
+        """Serve ``model`` over a prepared dataset held in memory (no files written), known
+        users scored from ``dataset.known_history(history)`` (as `recsys recommend
+        --history`)."""
+        return cls(model, dataset.users, dataset.items, dataset.known_history(history),
+                   item_popularity(dataset.train.matrix), device=device, history_kind=history)
 
     @classmethod
     def load(cls, model_dir: str | Path, data_dir: str | Path, *,
@@ -123,11 +128,13 @@ class TopKPredictor:
         except FileNotFoundError as exc:
             raise RecsysError(f"{data_dir}: not a packaged model's data ({exc.filename} "
                               "missing)") from None
-        return cls(model, users, items, history, popularity, device=device)
+        return cls(model, users, items, history, popularity, device=device,
+                   history_kind=packaged_history(data_dir))
 
     @property
     def meta(self) -> dict[str, Any]:
-        return {"model": self.model.name, "n_users": len(self.users), "n_items": len(self.items)}
+        return {"model": self.model.name, "n_users": len(self.users), "n_items": len(self.items),
+                "history": self.history_kind}
 
     def all_users(self) -> np.ndarray:
         """External ids of every user the model knows (for batch scoring)."""
@@ -220,3 +227,9 @@ class TopKPredictor:
 def read_serving_meta(data_dir: str | Path) -> dict[str, Any]:
     path = Path(data_dir) / SERVING_FILE
     return read_json(path) if path.is_file() else {}
+
+
+def packaged_history(data_dir: str | Path) -> str:
+    """Which `Dataset.known_history` a packaged model's ``data/`` stores."""
+    # Packages written before the choice existed stored every part.
+    return str(read_serving_meta(data_dir).get("history", "all"))

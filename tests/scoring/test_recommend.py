@@ -46,7 +46,8 @@ def _no_leftovers(tmp: Path) -> list[str]:
 
 def test_lists_have_the_contract_columns_and_exclude_seen_items(setup):
     tmp, data, model = setup
-    assert _recommend(tmp, "out.parquet", "--chunk-size", "7") == 0
+    # --history all: every part, test included, is the history (masked)
+    assert _recommend(tmp, "out.parquet", "--chunk-size", "7", "--history", "all") == 0
     out = _read(tmp / "out.parquet")
     assert list(out.columns) == ["user", "item", "rank", "score", "cold"]
     assert out["user"].nunique() == 40 and len(out) == 40 * 5
@@ -70,6 +71,67 @@ def test_lists_have_the_contract_columns_and_exclude_seen_items(setup):
     assert _no_leftovers(tmp) == []
 
 
+def test_default_history_is_what_evaluate_scores_the_test_part_from(setup):
+    tmp, data, model = setup
+    assert _recommend(tmp, "before.parquet") == 0
+    assert _recommend(tmp, "all.parquet", "--history", "all") == 0
+    before, every = _read(tmp / "before.parquet"), _read(tmp / "all.parquet")
+    test = data.parts["test"].matrix.tocoo()
+    test_pairs = set(zip(data.users.lookup(test.row).tolist(),
+                         data.items.lookup(test.col).tolist(), strict=True))
+    pairs = set(zip(before["user"].tolist(), before["item"].tolist(), strict=True))
+    assert pairs & test_pairs  # test items are rankable: only train (history("test")) is masked
+    assert not set(zip(every["user"].tolist(), every["item"].tolist(), strict=True)) & test_pairs
+    # users with test data but no training data are cold before the test, warm with all
+    no_train = set(data.users.ids[np.diff(data.train.matrix.indptr) == 0].tolist())
+    assert int(data.users.ids[-2]) in no_train and len(no_train) > 1
+    assert set(before.loc[before["cold"], "user"]) == no_train
+    assert set(every.loc[every["cold"], "user"]) == {int(data.users.ids[-1])}
+    u = 5
+    scores = model.score(np.array([u]), data.train.matrix[[u]])[0].numpy()
+    seen = data.history("test").toarray()[u] > 0
+    best = np.argsort(-np.where(seen, -np.inf, scores), kind="stable")[:5]
+    got = before[before["user"] == data.users.ids[u]]["item"].tolist()
+    assert got == data.items.lookup(best).tolist()
+
+
+def test_resume_refuses_another_history(setup, monkeypatch):
+    tmp, _, _ = setup
+    import recsys.scoring.topk as topk_module
+
+    real, calls = topk_module.topk_chunk, {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(topk_module, "topk_chunk", flaky)
+    assert _recommend(tmp, "r.csv", "--chunk-size", "10") == 130
+    monkeypatch.setattr(topk_module, "topk_chunk", real)
+    assert _recommend(tmp, "r.csv", "--chunk-size", "10", "--resume", "--history", "all") == 2
+    assert not (tmp / "r.csv").exists()
+    assert _recommend(tmp, "r.csv", "--chunk-size", "10", "--resume",
+                      "--history", "before-test") == 0
+    assert _recommend(tmp, "full.csv", "--chunk-size", "10") == 0
+    assert (tmp / "r.csv").read_bytes() == (tmp / "full.csv").read_bytes()
+
+
+def test_quiet_prints_no_progress_and_no_summary_but_keeps_notes(setup, capsys):
+    tmp, _, _ = setup
+    (tmp / "users.csv").write_text("user\n1003\n999999\n")
+    assert _recommend(tmp, "q.csv", "--users", str(tmp / "users.csv")) == 0
+    assert "wrote " in capsys.readouterr().err
+    assert _recommend(tmp, "q2.csv", "--users", str(tmp / "users.csv"), "--quiet") == 0
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.strip().splitlines() == [
+        f"note: --users {tmp / 'users.csv'}: 1 of 2 users are unknown; scored with popularity "
+        "(cold=true)"]
+    assert (tmp / "q.csv").read_bytes() == (tmp / "q2.csv").read_bytes()
+
+
 def test_csv_and_parquet_outputs_are_equal(setup):
     tmp, _, _ = setup
     assert _recommend(tmp, "a.csv", "--chunk-size", "9") == 0
@@ -80,7 +142,7 @@ def test_csv_and_parquet_outputs_are_equal(setup):
 
 def test_users_without_history_get_popularity_and_are_flagged(setup):
     tmp, data, _ = setup
-    assert _recommend(tmp, "out.csv") == 0
+    assert _recommend(tmp, "out.csv", "--history", "all") == 0
     out = _read(tmp / "out.csv")
     cold_user = int(data.users.ids[-1])  # no interactions at all in make_dataset
     assert set(out.loc[out["cold"], "user"]) == {cold_user}
@@ -184,6 +246,7 @@ def test_parquet_row_groups_follow_chunks(setup):
     (["--histories", "NO_KNOWN"], "none of its items"),
     (["--histories", "NO_ITEM_COL"], "missing column item"),
     (["--allow", "ALLOW_UNKNOWN"], "none of its items"),
+    (["--histories", "NO_KNOWN", "--history=all"], "drop one"),
 ])
 def test_bad_input_is_one_line_exit_2_and_no_output(setup, capsys, args, message):
     tmp, _, _ = setup

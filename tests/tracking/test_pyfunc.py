@@ -13,7 +13,7 @@ from recsys.errors import RecsysError
 from recsys.models import registry
 from recsys.models.base import Recommender
 from recsys.run import save_run
-from recsys.tracking.pyfunc import TopKPredictor, serving_history, write_serving_data
+from recsys.tracking.pyfunc import TopKPredictor, write_serving_data
 
 
 @pytest.fixture
@@ -72,7 +72,7 @@ def test_listed_items_join_a_known_users_history(setup):
                                      k=5)
     assert fresh not in set(with_session["item"])
     assert with_session["item"].tolist()[:4] == plain["item"].tolist()[1:5]
-    stored = set(data.items.lookup(serving_history(data)[data.users.index([user])[0]].indices))
+    stored = set(data.items.lookup(data.known_history()[data.users.index([user])[0]].indices))
     assert not stored & set(with_session["item"])
     # an empty list adds nothing
     empty = predictor.predict(pd.DataFrame({"user": [user], "items": [[]]}), k=5)
@@ -127,7 +127,45 @@ def test_packaged_data_holds_vocabularies_and_history(setup, tmp_path):
     tmp, data, _ = setup
     predictor = _packaged(tmp, data)
     assert predictor.users == data.users and predictor.items == data.items
-    assert (predictor.history != serving_history(data)).nnz == 0
+    assert (predictor.history != data.known_history()).nnz == 0
     assert isinstance(predictor.model, Recommender) and predictor.model.name == "dot"
     with pytest.raises(RecsysError, match="not a packaged model's data"):
         TopKPredictor.load(tmp / "run" / "model", tmp_path / "nothing-here")
+
+
+@pytest.mark.parametrize("history", ["before-test", "all"])
+def test_stored_history_follows_the_option_and_equals_recommend(setup, history):
+    tmp, data, _ = setup
+    assert main(["recommend", str(tmp / "run"), "--data", str(tmp / "data"), "--k", "6",
+                 "--history", history, "--out", str(tmp / "rec.parquet"), "--device",
+                 "cpu"]) == 0
+    expected = pd.read_parquet(tmp / "rec.parquet")
+    write_serving_data(data, tmp / history, history=history)
+    predictor = TopKPredictor.load(tmp / "run" / "model", tmp / history, device="cpu")
+    assert predictor.meta["history"] == history == predictor.history_kind
+    assert (predictor.history != data.known_history(history)).nnz == 0
+    got = predictor.predict(pd.DataFrame({"user": predictor.all_users()}), k=6)
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), expected.reset_index(drop=True))
+    in_memory = TopKPredictor.from_dataset(predictor.model, data, device="cpu", history=history)
+    assert in_memory.meta["history"] == history
+    pd.testing.assert_frame_equal(in_memory.predict(pd.DataFrame({"user": data.users.ids}), k=6),
+                                  got)
+
+
+def test_default_history_excludes_the_test_part_and_old_packages_read_as_all(setup):
+    tmp, data, _ = setup
+    predictor = _packaged(tmp, data)
+    assert predictor.history_kind == "before-test"
+    assert (predictor.history != data.train.matrix).nnz == 0  # make_dataset: train + test
+    serving = tmp / "serving" / "serving.json"
+    import json
+
+    meta = json.loads(serving.read_text())
+    assert meta["history"] == "before-test"
+    del meta["history"]  # a package written before the option existed stored every part
+    serving.write_text(json.dumps(meta))
+    old = TopKPredictor.load(tmp / "run" / "model", tmp / "serving", device="cpu")
+    assert old.history_kind == "all"
+    with pytest.raises(RecsysError, match="unknown history 'latest'"):
+        write_serving_data(data, tmp / "bad", history="latest")
+    assert not (tmp / "bad").exists()
