@@ -64,7 +64,10 @@ def validate_config(cls: type[C], params: dict[str, Any], where: str = "config")
 
 def _one_line(cls: type[StrictConfig], exc: ValidationError, where: str) -> str:
     err = exc.errors()[0]
-    key = ".".join(str(p) for p in err["loc"]) or "?"
+    if not err["loc"]:
+        # A rule across keys (a model validator): its message names the keys itself.
+        return f"{where}: {str(err['msg']).removeprefix('Value error, ')}"
+    key = ".".join(str(p) for p in err["loc"])
     if err["type"] == "extra_forbidden":
         return f"{where}: unknown key '{key}'{closest(key, cls.model_fields)}"
     return f"{where}: invalid value for '{key}': {err['msg']} (got {err.get('input')!r})"

@@ -5,7 +5,10 @@ A user's 0/1 history x is L2-normalised, dropped out (p = 0.5 by default) and en
 MLP into the mean and log-variance of a Gaussian posterior over z (default I-600-200); a tanh MLP
 decodes z back to logits over the catalogue (200-600-I). The loss is the multinomial negative
 log-likelihood plus beta * KL(q(z|x) || N(0, I)), with beta annealed as a plain function of the
-global step (`kl_beta`). Training samples z = mu + sigma * eps; scoring uses z = mu.
+global step (`kl_beta`). The ramp is set in epochs (``anneal_epochs``: beta would reach 1 after
+that many epochs, capped at ``anneal_cap``) so that it means the same share of training on
+ml-100k as on ML-20M; ``total_anneal_steps`` gives the paper's absolute step count instead.
+Training samples z = mu + sigma * eps; scoring uses z = mu.
 
 Optional (``flow_layers > 0``): a richer posterior, RealNVP-style affine coupling layers applied
 to the Gaussian sample. The KL term is then the single-sample Monte-Carlo estimate
@@ -20,15 +23,17 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any
 
+import numpy as np
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from recsys.config import TrainConfig
 from recsys.data.interactions import Interactions
 from recsys.errors import RecsysError
+from recsys.models.base import FitContext
 from recsys.models.neural import Batch, NeuralRecommender
 
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -36,7 +41,7 @@ PositiveInt = Annotated[int, Field(ge=1)]
 # -- shared pieces (plain functions) -----------------------------------------------------------
 
 
-def kl_beta(step: int | torch.Tensor, anneal_cap: float, total_anneal_steps: int
+def kl_beta(step: int | torch.Tensor, anneal_cap: float, total_anneal_steps: float
             ) -> float | torch.Tensor:
     """KL weight at global step ``step``: ``min(anneal_cap, step / total_anneal_steps)``.
 
@@ -195,13 +200,62 @@ class MultVAENetwork(nn.Module):
         return self.decoder(mu)
 
 
+def batches_per_epoch(model: NeuralRecommender, train: Interactions) -> int:
+    """Steps in one epoch of the trainer on ``train``: its empty rows skipped (unless the model
+    trains on them), the last partial batch kept (`recsys.training.trainer.RowSampler`). Under
+    torchrun ``batch_size`` is the global batch, so this is the count of global steps."""
+    from recsys.training.trainer import RowSampler
+
+    matrix = model.training_matrix(train).tocsr()
+    rows = (np.arange(matrix.shape[0]) if model.train_on_empty_rows
+            else np.flatnonzero(np.diff(matrix.indptr)))
+    return max(1, len(RowSampler(rows, model.config.batch_size)))
+
+
 class MultVAEConfig(TrainConfig):
     hidden_dims: list[PositiveInt] = [600]  # pydantic copies mutable defaults
     latent_dim: int = Field(200, ge=1)
     dropout: float = Field(0.5, ge=0, lt=1)
     anneal_cap: float = Field(0.2, ge=0)
-    total_anneal_steps: int = Field(200_000, ge=0)
+    # KL ramp in epochs: beta = min(anneal_cap, epochs_done / anneal_epochs), epochs_done = global
+    # step / batches per epoch (0: no annealing). Counting epochs, not steps, makes the schedule
+    # independent of the data size: 125 reaches the cap of 0.2 after 25 epochs on any data.
+    anneal_epochs: float | None = Field(125.0, ge=0)
+    # The paper's absolute form, beta = min(anneal_cap, step / total_anneal_steps) (200000 on
+    # ML-20M at batch 500); giving it replaces anneal_epochs (only one of them may be set).
+    total_anneal_steps: int | None = Field(None, ge=0)
+    epochs: int = Field(300, ge=1)
+    batch_size: int = Field(128, ge=1)
+    checkpoint_every: int = Field(25, ge=1)
     flow_layers: int = Field(0, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _steps_replace_epochs(cls, data: Any) -> Any:
+        # A config that gives the paper's step count without an epoch ramp means the steps: the
+        # epoch ramp's default then yields (a saved config from before anneal_epochs reads so).
+        if (isinstance(data, dict) and data.get("total_anneal_steps") is not None
+                and "anneal_epochs" not in data):
+            data = {**data, "anneal_epochs": None}
+        return data
+
+    @model_validator(mode="after")
+    def _one_schedule(self) -> MultVAEConfig:
+        if (self.anneal_epochs is None) == (self.total_anneal_steps is None):
+            both = self.anneal_epochs is not None
+            shown = "null" if not both else None
+            raise ValueError(
+                f"anneal_epochs={shown or self.anneal_epochs} and total_anneal_steps="
+                f"{shown or self.total_anneal_steps}: " + (
+                    "set only one (anneal_epochs=null to use the paper's step count)" if both
+                    else "set one of them (0 means no annealing)"))
+        return self
+
+    def anneal_steps(self, steps_per_epoch: int) -> float:
+        """The step count of the ramp (``kl_beta``'s ``total_anneal_steps``; 0: none)."""
+        if self.total_anneal_steps is not None:
+            return float(self.total_anneal_steps)
+        return float(self.anneal_epochs or 0.0) * steps_per_epoch
 
 
 class MultVAE(NeuralRecommender):
@@ -220,6 +274,11 @@ class MultVAE(NeuralRecommender):
         self.network = MultVAENetwork(n_items, list(c.hidden_dims), c.latent_dim, c.dropout,
                                       c.flow_layers)
 
+    def setup(self, train: Interactions, ctx: FitContext) -> None:
+        # The epoch ramp becomes a step count once the data fixes the batches per epoch; a
+        # resume or a refit recomputes it from its own training data.
+        self.steps_per_epoch_ = batches_per_epoch(self, train)
+
     def training_matrix(self, train: Interactions) -> sp.csr_matrix:
         return train.binary()
 
@@ -228,8 +287,20 @@ class MultVAE(NeuralRecommender):
         x = batch.rows
         logits, kl = self.network(x)
         nll = multinomial_nll(logits, x)
-        beta = kl_beta(step, c.anneal_cap, c.total_anneal_steps)
+        # The ramp's length is a Python float: a device-tensor step (a CUDA-graph replay) stays
+        # on the device.
+        beta = kl_beta(step, c.anneal_cap, self._anneal_steps())
         return {"loss": nll + beta * kl, "nll": nll.detach(), "kl": kl.detach(), "beta": beta}
+
+    def _anneal_steps(self) -> float:
+        c = self.config
+        if c.total_anneal_steps is not None or not c.anneal_epochs:
+            return c.anneal_steps(0)
+        spe = getattr(self, "steps_per_epoch_", None)
+        if spe is None:
+            raise RuntimeError("multvae: anneal_epochs needs the batches per epoch, which "
+                               "setup() computes from the training data; call it first")
+        return c.anneal_steps(spe)
 
     def forward_scores(self, history: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
         check_history(self.name, history, self.n_items)

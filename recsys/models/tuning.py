@@ -4,8 +4,10 @@ Every candidate is ``sklearn.base.clone(model).set_params(**candidate)``, fitted
 matrix and scored on the validation `EvalSplit` by one harness metric (``ndcg@100`` by default).
 The best candidate's parameters and the whole per-candidate table come back in a `TuneResult`.
 
-The default grids cover each baseline's key hyper-parameters; a ``tune:`` section in a model's
-YAML config (``{key: [values]}``) replaces the default grid of that model.
+`DEFAULT_GRIDS` is the one home of every model's default grid (``--tune`` without a ``tune:``
+section); configs/MODEL.yaml repeats it as documentation (tests/models/test_default_configs.py
+keeps the two equal). A ``tune:`` section in a --config file (``{key: [values]}``) replaces the
+default grid of that model.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ DEFAULT_METRIC = "ndcg@100"
 # EASE's best lambda lies in 200..500 there and grows with the data (Steck used 500 on ML-20M).
 # ALS wants regularisation that grows with the confidence alpha (best near reg/alpha = 3..10:
 # 10/1, 30/10, 100/30), and the factor count matters little once regularised that strongly.
-# BPR does best with small learning rates. Override any grid with a `tune:` section.
+# BPR does best with small learning rates. The neural grids bracket the one setting that
+# mattered most on ml-100k's validation part around the chosen default (configs/MODEL.yaml says
+# what was measured); each candidate is a full fit. Override any grid with a `tune:` section.
 DEFAULT_GRIDS: dict[str, dict[str, list[Any]]] = {
     "pop": {},
     "ease": {"lambda_": [50.0, 100.0, 200.0, 300.0, 500.0, 800.0, 1000.0, 2000.0]},
@@ -40,6 +44,12 @@ DEFAULT_GRIDS: dict[str, dict[str, list[Any]]] = {
             "alpha": [1.0, 10.0, 30.0]},
     "bpr": {"factors": [32, 64, 128], "learning_rate": [0.003, 0.01, 0.03],
             "regularization": [0.01, 0.1]},
+    "autorec": {"l2_lambda": [30.0, 100.0, 300.0], "hidden": [300, 500]},
+    "multvae": {"anneal_cap": [0.1, 0.2, 0.5]},
+    "multdae": {"l2": [0.0001, 0.001, 0.01]},
+    "cdae": {"corruption": [0.2, 0.5, 0.8]},
+    "recvae": {"gamma": [0.01, 0.02, 0.04]},
+    "cfgan": {"g_reg": [0.001, 0.01], "d_hidden": [125, 250]},
 }
 
 

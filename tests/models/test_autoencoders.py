@@ -267,7 +267,7 @@ def test_recvae_phase_alternates_by_epoch_and_refreshes_the_prior_once():
 
 
 def test_recvae_composite_prior_is_the_three_component_mixture():
-    model = RecVAE(hidden_dim=6, latent_dim=3)
+    model = RecVAE(hidden_dim=6, latent_dim=3, gamma=0.005)
     model.build(2, 9)
     net = model.network
     x = torch.zeros(2, 9)

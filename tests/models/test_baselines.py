@@ -293,17 +293,3 @@ def test_baselines_move_to_a_device_and_score_there():
         out = model.score(data.users[:2], data.history[:2])
         assert out.device.type == "cpu" and out.shape == (2, data.train.n_items)
         assert torch.isfinite(masked(out, data.history[:2])[[0, 1], data.heldout[:2]]).all()
-
-
-@pytest.mark.parametrize("name", ["pop", "itemknn", "ease", "als", "bpr"])
-def test_shipped_configs_are_valid_and_document_the_defaults(name):
-    from pathlib import Path
-
-    from recsys.config import load_yaml
-    from recsys.models.registry import create_model, get_model_class
-
-    config = load_yaml(Path(__file__).resolve().parents[2] / "configs" / f"{name}.yaml")
-    grid = config.pop("tune", {})
-    model = create_model(name, **config)
-    assert model.get_params() == get_model_class(name)().get_params()
-    assert check_grid(model, grid) == DEFAULT_GRIDS[name]

@@ -21,7 +21,10 @@ from .contract import RecommenderContract, checkerboard
 # Small and fast; lr far above the paper's 1e-4 so that a few dozen epochs suffice.
 SMALL = {"g_hidden": 32, "d_hidden": 16, "lr": 3e-3, "epochs": 60, "batch_size": 64,
          "g_batch_size": 16, "g_steps": 2, "d_steps": 1, "device": "cpu", "patience": None,
-         "eval_every": 1000, "checkpoint_every": 1000, "g_reg": 0.0}
+         "eval_every": 1000, "checkpoint_every": 1000, "g_reg": 0.0,
+         # The authors' ratios and G's last iterate: a weight average over so few steps would
+         # still be mostly the initial weights.
+         "zr_ratio": 70.0, "pm_ratio": 70.0, "g_ema": 0.0}
 # The checkerboard's held-out item must be inferred from the neighbours, not memorised as a
 # sampled negative: a sigmoid output and a stronger ZR pull get there in 100 epochs (every seed
 # tried).
