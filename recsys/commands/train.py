@@ -35,6 +35,9 @@ EVAL_BATCH_SIZE = 2048
 # What `recsys train` writes into RUN_DIR (removed first by --overwrite; nothing else is).
 RUN_ENTRIES = ("run.json", "config.yaml", "metrics.json", "model", "checkpoints",
                "tracking.json")
+# The flags the printed config is resolved from (build_params); the others only matter to training.
+PRINT_CONFIG_INPUTS = ("help", "model", "config", "set", "device", "seed", "metric",
+                       "deterministic", "print_config")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -43,9 +46,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", metavar="MODEL", help="registry name: pop, itemknn, ease, als, bpr, "
                                                   "autorec, multvae, multdae, cdae, recvae, cfgan")
-    p.add_argument("--data", required=True, metavar="DIR", help="prepared dataset directory")
-    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write")
-    p.add_argument("--config", metavar="FILE", help="YAML model config (and 'tune:' grid)")
+    # --data/--out are checked in `run`: --print-config needs neither.
+    p.add_argument("--data", metavar="DIR", help="prepared dataset directory (required)")
+    p.add_argument("--out", metavar="RUN_DIR", help="run directory to write (required)")
+    p.add_argument("--config", metavar="FILE",
+                   help="YAML model config (and 'tune:' grid); default: the built-in defaults, "
+                        "which configs/MODEL.yaml documents")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key (repeatable), e.g. --set lambda_=300")
     p.add_argument("--tune", action="store_true",
@@ -66,8 +72,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None, help="random seed (model default if unset)")
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic algorithms (slower; neural models)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config (defaults, then --config, --set, --seed/"
+                        "--device/--metric/--deterministic) and the --tune grid as YAML, and "
+                        "exit without training")
     add_tracking_args(p)
-    p.set_defaults(func=run)
+    # What each training-only flag is when not given: --print-config names those it ignores.
+    p.set_defaults(func=run, train_only_defaults={
+        a.dest: a.default for a in p._actions if a.dest not in PRINT_CONFIG_INPUTS})
 
 
 # -- tracking: the spot where MLflow plugs in ---------------------------------------------------
@@ -132,6 +144,55 @@ def build_params(model_cls: type, args: argparse.Namespace) -> tuple[dict[str, A
         if value is not None and key in fields:
             params[key] = value
     return params, grid
+
+
+def resolved_config(model_cls: type, args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """The validated config a training run would use (class defaults, then --config, then --set,
+    then the run flags) and the grid --tune would search (the --config's or the default)."""
+    from recsys.config import validate_config
+    from recsys.models.tuning import check_grid, default_grid
+
+    params, grid = build_params(model_cls, args)
+    where = f"{args.model} config" + (f" ({args.config})" if args.config else "")
+    config = validate_config(model_cls.Config, params, where=where)
+    model = model_cls(**params)
+    if grid is not None:
+        grid = check_grid(model, grid, where=f"{args.config}: tune")
+    else:
+        grid = default_grid(model.name) or {}
+    return config, grid
+
+
+def print_config(args: argparse.Namespace) -> int:
+    """--print-config: the resolved config and --tune grid as YAML on stdout; nothing trained."""
+    import yaml
+
+    from recsys.config import TrainConfig
+    from recsys.models.registry import get_model_class
+
+    model_cls = get_model_class(args.model)
+    config, grid = resolved_config(model_cls, args)
+    defaults = getattr(args, "train_only_defaults", {})
+    ignored = [f"--{dest.replace('_', '-')}" for dest, default in defaults.items()
+               if getattr(args, dest, default) != default]
+    if ignored:
+        print(f"note: --print-config trains nothing; ignoring {', '.join(ignored)}",
+              file=sys.stderr)
+    # Run flags land in the config only where it has the key (build_params): say which did not.
+    given = {"seed": args.seed, "metric": args.metric, "device": args.device,
+             "deterministic": args.deterministic or None}
+    absent = [f"--{k}" for k, v in given.items()
+              if v is not None and k not in model_cls.Config.model_fields]
+    if absent:
+        print(f"note: {args.model}'s config has no key for {', '.join(absent)}; not shown",
+              file=sys.stderr)
+    dump = config.model_dump()
+    # The model's own keys first, then the training engine's.
+    own = {k: v for k, v in dump.items() if k not in TrainConfig.model_fields}
+    text = yaml.safe_dump({**own, **dump, "tune": grid}, sort_keys=False,
+                          default_flow_style=None)
+    sys.stdout.write(text)
+    return 0
 
 
 def finished_training(out: Path, config: dict[str, Any], data_dir: Path,
@@ -220,6 +281,12 @@ def check_out(out: Path, resume: bool, overwrite: bool, model: str | None = None
 def run(args: argparse.Namespace) -> int:
     from recsys.training.distributed import distributed_session, launched_by_torchrun
 
+    if args.print_config:
+        return print_config(args)
+    for flag, value in (("--data DIR", args.data), ("--out RUN_DIR", args.out)):
+        if not value:
+            raise RecsysError(f"recsys train {args.model}: {flag} is required (or "
+                              "--print-config to only show the config)")
     if not launched_by_torchrun():
         return _train(args)
     check_distributable(args)
