@@ -76,7 +76,6 @@ class CDAEConfig(TrainConfig):
     # The shared engine's keys, with the values validation chose (configs/cdae.yaml).
     batch_size: int = Field(128, ge=1)
     epochs: int = Field(300, ge=1)
-    checkpoint_every: int = Field(25, ge=1)
 
 
 def cdae_loss(logits: torch.Tensor, x: torch.Tensor, loss: str, output_activation: str

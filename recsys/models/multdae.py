@@ -58,7 +58,6 @@ class MultDAEConfig(TrainConfig):
     # The shared engine's keys, with the values validation chose (configs/multdae.yaml).
     batch_size: int = Field(128, ge=1)
     epochs: int = Field(300, ge=1)
-    checkpoint_every: int = Field(25, ge=1)
 
 
 class MultDAE(NeuralRecommender):

@@ -226,7 +226,6 @@ class MultVAEConfig(TrainConfig):
     total_anneal_steps: int | None = Field(None, ge=0)
     epochs: int = Field(300, ge=1)
     batch_size: int = Field(128, ge=1)
-    checkpoint_every: int = Field(25, ge=1)
     flow_layers: int = Field(0, ge=0)
 
     @model_validator(mode="before")

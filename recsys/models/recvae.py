@@ -118,7 +118,6 @@ class RecVAEConfig(TrainConfig):
     batch_size: int = Field(128, ge=1)
     epochs: int = Field(300, ge=1)
     patience: int | None = Field(30, ge=1)  # several alternation cycles of 4 epochs
-    checkpoint_every: int = Field(25, ge=1)
 
 
 class RecVAE(NeuralRecommender):
