@@ -119,7 +119,7 @@ CASES = [
     # -- the console script itself ------------------------------------------------------------
     case("cli-unknown-command", lambda c: ["trian"], "invalid choice: 'trian'"),
     case("cli-unknown-flag", lambda c: ["train", "ease", "--dta", c.world.data],
-         "the following arguments are required"),
+         "unrecognized arguments: --dta"),
     # -- datasets ------------------------------------------------------------------------------
     case("datasets-unknown-flag", lambda c: ["datasets", "--cahce", c.tmp],
          "unrecognized arguments: --cahce"),
