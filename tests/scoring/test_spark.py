@@ -114,6 +114,30 @@ def test_spark_engine_writes_the_local_engines_lists(spark, trained):
     assert (got.groupby("user").size() == K).all()
 
 
+def test_spark_engine_passes_the_history_through(spark, trained, capsys):
+    tmp, data, run, _ = trained
+    dataset = Dataset.load(data)
+    pd.DataFrame({"user": dataset.users.ids[:30]}).to_parquet(tmp / "some.parquet")
+    out = tmp / "spark-all.parquet"
+    assert main(["recommend", str(run), "--data", str(data), "--engine", "spark", "--quiet",
+                 "--history", "all", "--users", str(tmp / "some.parquet"), "--k", str(K),
+                 "--out", str(out)]) == 0
+    assert capsys.readouterr().err == ""  # --quiet: no summary line
+    got = pd.read_parquet(out)
+    local_out = tmp / "local-all.parquet"
+    assert main(["recommend", str(run), "--data", str(data), "--history", "all", "--users",
+                 str(tmp / "some.parquet"), "--k", str(K), "--device", "cpu",
+                 "--out", str(local_out)]) == 0
+    assert_same_lists(got, pd.read_parquet(local_out))
+    # every part is masked: no test item is listed again (the default lists some)
+    test = dataset.parts["test"].matrix.tocoo()
+    pairs = pd.DataFrame({"user": dataset.users.lookup(test.row),
+                          "item": dataset.items.lookup(test.col)})
+    assert got.merge(pairs, on=["user", "item"]).empty
+    before = local_lists(tmp, data, run, str(tmp / "some.parquet"), "local-before.parquet")
+    assert not before.merge(pairs, on=["user", "item"]).empty
+
+
 def test_pipeline_scores_every_user_with_the_logged_model(spark, trained, capsys):
     tmp, data, run, db = trained
     model_uri = read_run(run)["mlflow"]["model_uri"]
