@@ -88,6 +88,8 @@ models:
     pd.testing.assert_frame_equal(got, expected)
     [batch] = client.search_runs([client.get_experiment_by_name("recsys-batch").experiment_id])
     assert batch.data.params["users"] == str(expected["user"].nunique())
+    # the registered model carries the history its known users are scored from (the default's)
+    assert batch.data.params["history"] == "before-test"
     assert batch.data.metrics["users_per_second"] > 0
     assert batch.data.tags["pipeline.step.write_parquet"] == "done"
 
