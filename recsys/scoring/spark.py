@@ -8,7 +8,8 @@ The model is the pyfunc that `recsys train` logs to MLflow (`recsys.tracking.mlf
 `recsys.tracking.pyfunc.TopKPredictor`): the weights plus the vocabularies, the known history and
 the popularity list, so an executor needs nothing but the model. `recsys recommend --engine
 spark` packages RUN_DIR with the prepared data of ``--data`` into such a model first
-(`save_pyfunc_model`), so its lists are those of the local engine. Any model is fetched once on
+(`save_pyfunc_model`, storing the ``--history`` it is given), so its lists are those of the local
+engine. Any model is fetched once on
 the driver and checked to be recsys's own (`fetched_model`) before Spark ships that copy to the
 executors.
 
