@@ -44,8 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="user,item rows of new users' histories (external item ids): fold-in")
     p.add_argument("--history", choices=HISTORIES, default=None,
                    help="what a known user is scored from and never recommended again: "
-                        "before-test (default) = what `recsys evaluate` scores from (train and "
-                        "validation), for lists evaluated offline against the test part; all = "
+                        "before-test (default) = what `recsys evaluate` scores the test part "
+                        "from (everything before it: train, validation, a held-out user's "
+                        "fold-in part), for lists evaluated offline against the test part; all = "
                         "everything known, test part included, for production lists after the "
                         "test period. Data without a test part (prepare --split none) gives "
                         "everything either way")
