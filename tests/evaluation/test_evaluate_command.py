@@ -63,7 +63,7 @@ def test_valid_part_is_an_error_when_the_data_has_none(setup, capsys):
     tmp = setup
     assert main(["evaluate", str(tmp / "run"), "--data", str(tmp / "data"), "--part",
                  "valid"]) == 2
-    assert "no 'valid' part" in capsys.readouterr().err
+    assert "no valid part to evaluate" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args, message", [
