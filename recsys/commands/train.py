@@ -146,6 +146,25 @@ def build_params(model_cls: type, args: argparse.Namespace) -> tuple[dict[str, A
     return params, grid
 
 
+def check_run_flags(model_cls: type, args: argparse.Namespace) -> None:
+    """Say which run flags the model has no use for (never drop one silently): --seed and
+    --deterministic act only through the config's keys, --metric also through --tune. A note,
+    not an error, so that one script can pass the same flags to every model; --device always
+    applies (evaluation and scoring run there)."""
+    fields = model_cls.Config.model_fields
+    unused = [flag for flag, given, key in (("--seed", args.seed is not None, "seed"),
+                                            ("--deterministic", args.deterministic,
+                                             "deterministic"),
+                                            ("--metric", args.metric is not None and not args.tune,
+                                             "metric"))
+              if given and key not in fields]
+    if unused:
+        print(f"note: {', '.join(unused)} changes nothing for '{args.model}' (no random state, "
+              "epochs or early stopping to apply it to"
+              + ("; --metric chooses only with --tune" if "--metric" in unused else "") + ")",
+              file=sys.stderr)
+
+
 def resolved_config(model_cls: type, args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """The validated config a training run would use (class defaults, then --config, then --set,
     then the run flags) and the grid --tune would search (the --config's or the default)."""
@@ -337,6 +356,7 @@ def _train(args: argparse.Namespace, dist_info: Any = None) -> int:
 
     # Everything cheap and user-caused is checked before the data is read or anything is fitted.
     model_cls = get_model_class(args.model)
+    check_run_flags(model_cls, args)
     params, grid = build_params(model_cls, args)
     where = f"{args.model} config" + (f" ({args.config})" if args.config else "")
     validate_config(model_cls.Config, params, where=where)

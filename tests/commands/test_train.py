@@ -328,3 +328,19 @@ def test_tuned_ease_on_ml100k_reaches_the_peer_level(mirror, tmp_path, capsys):
     assert 0.22 < pop["ndcg@100"] < 0.31
     assert 0.41 < ease["ndcg@100"] < 0.48
     assert ease["recall@20"] > pop["recall@20"] + 0.1
+
+
+@pytest.mark.parametrize(("flags", "named"), [
+    (["--seed", "3"], "--seed"),
+    (["--metric", "recall@5"], "--metric"),
+    (["--deterministic", "--seed", "1"], "--seed, --deterministic"),
+])
+def test_run_flags_a_baseline_cannot_use_are_named(data_dir, tmp_path, capsys, flags, named):
+    assert train(data_dir, tmp_path / "run", "ease", *flags) == 0
+    assert f"note: {named} changes nothing for 'ease'" in capsys.readouterr().err
+
+
+def test_run_flags_a_neural_model_uses_are_not_named(data_dir, tmp_path, capsys):
+    assert train(data_dir, tmp_path / "run", "multdae", "--set", "epochs=1", "--set",
+                 "hidden_dims=[8]", "--seed", "3", "--metric", "recall@5") == 0
+    assert "changes nothing" not in capsys.readouterr().err
