@@ -356,12 +356,12 @@ def _train(args: argparse.Namespace, dist_info: Any = None) -> int:
 
     # Everything cheap and user-caused is checked before the data is read or anything is fitted.
     model_cls = get_model_class(args.model)
-    check_run_flags(model_cls, args)
     params, grid = build_params(model_cls, args)
     where = f"{args.model} config" + (f" ({args.config})" if args.config else "")
     validate_config(model_cls.Config, params, where=where)
     model = model_cls(**params)
     metric = parse_metrics(args.metric or DEFAULT_METRIC)[0]
+    check_run_flags(model_cls, args)  # after the flags' own checks: a bad one is one line
     explicit = bool(getattr(model, "explicit", False))
     report = parse_metrics(args.metrics or default_metrics(explicit))
     main = dist_info is None or dist_info.is_main
