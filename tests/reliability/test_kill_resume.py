@@ -147,11 +147,7 @@ def test_kill_9_during_train_then_resume_equals_an_uninterrupted_run(bigger, tmp
     result = run_process(["train", "multdae", *args, "--out", run, "--resume"])
     assert result.code == 0, result.err
     watch.final()
-    assert (run / "metrics.json").read_bytes() == (reference / "metrics.json").read_bytes()
-    mine = torch.load(run / "model" / "weights.pt", weights_only=True)
-    theirs = torch.load(reference / "model" / "weights.pt", weights_only=True)
-    assert mine.keys() == theirs.keys()
-    assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+    _assert_same_outcome(run, reference)
     record = json.loads((run / "run.json").read_text())
     assert record["metrics"] == json.loads((reference / "run.json").read_text())["metrics"]
 
@@ -189,10 +185,16 @@ def test_kill_9_during_the_refit_then_resume_equals_an_uninterrupted_run(bigger,
 
     result = run_process(["train", "multdae", *args, "--out", run, "--resume"])
     assert result.code == 0, result.err
+    _assert_same_outcome(run, reference)
+
+
+def _assert_same_outcome(run: Path, reference: Path) -> None:
+    """The resumed run ends where the uninterrupted one did: same test metrics, same weights."""
     assert (run / "metrics.json").read_bytes() == (reference / "metrics.json").read_bytes()
     mine = torch.load(run / "model" / "weights.pt", weights_only=True)
     theirs = torch.load(reference / "model" / "weights.pt", weights_only=True)
-    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    assert mine.keys() == theirs.keys()
+    assert all(torch.equal(mine[k], theirs[k]) for k in mine)
 
 
 # -- recommend ---------------------------------------------------------------------------------
