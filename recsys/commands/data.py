@@ -119,7 +119,7 @@ def run_prepare(args: argparse.Namespace) -> int:
         print(f"note: {note}", file=sys.stderr)
     unseen = ds.meta["dropped"]["unseen_items"]
     if any(unseen.values()):
-        print("note: interactions with items unseen in training, excluded from evaluation: "
+        print("note: interactions with items unseen in train and valid, excluded from evaluation: "
               + ", ".join(f"{k} {v:,}" for k, v in unseen.items() if v), file=sys.stderr)
     no_history = {k: v for k, v in ds.meta["dropped"]["no_history"].items() if v["users"]}
     if no_history:

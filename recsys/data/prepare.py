@@ -267,10 +267,12 @@ def _build(data: Encoded, labels: np.ndarray, split_info: dict[str, Any], meta: 
                           "; raise --test-fraction, lower the filters, or pick another --split")
     rating_scale = [float(data.rating.min()), float(data.rating.max())]
     raw_scale = meta["preprocess_report"].get("rating_scale")
-    # Vocabularies: users with anything left; items that occur in training (the catalogue).
+    # Vocabularies: users with anything left; items that occur in train or valid (the
+    # catalogue: the final model is refitted on both, see `S.drop_unseen`).
     keep = labels >= S.TRAIN
     used_users = np.bincount(data.user[keep], minlength=data.n_users) > 0
-    used_items = np.bincount(data.item[labels == S.TRAIN], minlength=data.n_items) > 0
+    fit_rows = keep & (labels <= S.VALID)
+    used_items = np.bincount(data.item[fit_rows], minlength=data.n_items) > 0
     remap_u = (np.cumsum(used_users) - 1).astype(np.int32)
     remap_i = (np.cumsum(used_items) - 1).astype(np.int32)
     users = Vocabulary(data.user_ids[used_users])
@@ -340,7 +342,7 @@ def summary(ds: Dataset) -> str:
     lines.append(f"  dropped: {d['missing_values']:,} rows with missing values, "
                  f"{d['duplicates']:,} duplicates, {d['below_threshold']:,} below threshold, "
                  f"{d['min_counts']:,} by minimum counts, {unseen:,} with items unseen in "
-                 f"training, {no_hist:,} of users without history")
+                 f"train and valid, {no_hist:,} of users without history")
     return "\n".join(lines)
 
 

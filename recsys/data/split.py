@@ -6,8 +6,8 @@ returns one int8 label per interaction: which part it belongs to (`TRAIN`, `VALI
 group computed from one sort (a random key, or time), never a loop over users. Results depend
 only on the data and the seed.
 
-`drop_unseen` then removes, from every evaluation part, items that never occur in training and
-target interactions of users with no history to score from, and counts both.
+`drop_unseen` then removes, from the test parts, items that never occur before them (in train or
+valid) and target interactions of users with no history to score from, and counts both.
 """
 
 from __future__ import annotations
@@ -267,24 +267,31 @@ def drop_unseen(labels: np.ndarray, user: np.ndarray, item: np.ndarray, n_users:
                 n_items: int) -> tuple[np.ndarray, dict[str, Any]]:
     """Remove what cannot be evaluated, counting it.
 
-    - interactions in any non-training part whose item never occurs in training (a model cannot
-      score an item it has never seen; Liang et al. drop them the same way);
+    - test interactions (test_history, test) whose item never occurs before the test part, in
+      train or valid (a model cannot score an item it has never seen; Liang et al. drop them the
+      same way). Valid items count as seen because the final model is refitted on train + valid
+      (`recsys.training.refit`): a validation carve must not shrink the catalogue or the test
+      part against a model fitted on the whole training file. Validation targets whose item
+      occurs only in valid stay: they are misses for every candidate alike;
     - target interactions (valid, test) of users with no history before that part.
     """
     labels = labels.copy()
-    seen = np.bincount(item[labels == TRAIN], minlength=n_items) > 0
     counts: dict[str, Any] = {"unseen_items": {}, "no_history": {}}
-    unseen = ~seen[item] & (labels > TRAIN)
-    for name, code in PART_LABELS.items():
-        if code == TRAIN:
-            continue
-        hit = unseen & (labels == code)
-        counts["unseen_items"][name] = int(hit.sum())
-    labels[unseen] = DROPPED
-    for name, code in (("valid", VALID), ("test", TEST)):
+
+    def drop_without_history(name: str, code: int) -> None:
         history = np.bincount(user[(labels >= TRAIN) & (labels < code)], minlength=n_users) > 0
         hit = (labels == code) & ~history[user]
         counts["no_history"][name] = {"interactions": int(hit.sum()),
                                       "users": int(len(np.unique(user[hit])))}
         labels[hit] = DROPPED
+
+    # Valid first: the catalogue is what train and the *kept* valid rows hold.
+    drop_without_history("valid", VALID)
+    seen = np.bincount(item[(labels >= TRAIN) & (labels <= VALID)], minlength=n_items) > 0
+    unseen = ~seen[item] & (labels > VALID)
+    for name, code in PART_LABELS.items():
+        if code != TRAIN:
+            counts["unseen_items"][name] = int((unseen & (labels == code)).sum())
+    labels[unseen] = DROPPED
+    drop_without_history("test", TEST)
     return labels, counts

@@ -45,7 +45,7 @@ def test_bring_your_own_split_end_to_end(tmp_path, byo, capsys):
     dropped = ds.meta["dropped"]
     assert dropped["unseen_items"]["test"] == 1  # item 14
     assert dropped["no_history"]["test"] == {"interactions": 1, "users": 1}  # u9
-    assert "items unseen in training, excluded from evaluation: test 1" in captured.err
+    assert "items unseen in train and valid, excluded from evaluation: test 1" in captured.err
     assert "no history" in captured.err
     assert ds.meta["given_files"]["test"] == str(test)
     assert not ds.implicit and ds.rating_scale == (1.0, 5.0)
@@ -243,7 +243,7 @@ def test_quiet_prints_nothing_but_notes(tmp_path, byo, capsys):
                  "--test-file", str(test), "--quiet", "--out", str(tmp_path / "q")]) == 0
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert "note: interactions with items unseen in training" in captured.err
+    assert "note: interactions with items unseen in train and valid" in captured.err
     assert Dataset.load(tmp_path / "q").has("test")
 
 

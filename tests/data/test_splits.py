@@ -49,8 +49,9 @@ def _check_common(ds: Dataset) -> None:
             assert split.skipped_users == 0
             targets = np.flatnonzero(np.diff(ds.parts[part].matrix.indptr))
             assert np.array_equal(split.users, targets)
-    # Every catalogue item occurs in training.
-    assert (np.diff(ds.train.matrix.tocsc().indptr) > 0).all()
+    # Every catalogue item occurs in train or valid (the final model is refitted on both).
+    fit = ds.train.matrix + (ds.parts["valid"].matrix if ds.has("valid") else 0)
+    assert (np.diff(sp.csc_matrix(fit).indptr) > 0).all()
 
 
 @SETTINGS
@@ -208,3 +209,20 @@ def test_carve_valid_moves_a_seeded_share_of_each_users_training_rows():
     assert (S.carve_valid(labels, user, 4, 0.0) == labels).all()
     with pytest.raises(RecsysError, match="--valid-fraction 1.5"):
         S.carve_valid(labels, user, 4, 1.5)
+
+
+def test_an_item_first_seen_in_valid_stays_in_the_catalogue_and_in_test():
+    # Item 13 is user 1's validation item and user 2's test item, never a training one. The final
+    # model is refitted on train + valid, so the item is in the catalogue and user 2's test row
+    # is kept: the validation carve costs the test part nothing.
+    user = np.array([1, 1, 1, 1, 2, 2, 2, 2])
+    item = np.array([10, 11, 13, 12, 10, 11, 12, 13])
+    ts = np.array([1, 2, 3, 4, 1, 2, 3, 4])
+    log = RatingLog(user, item, np.ones(8, np.float32), ts, Path("m"))
+    ds = _prepare(log, split="loo", loo_order="last", valid_fraction=0.5)
+    assert 13 in ds.items.ids.tolist()
+    col = ds.items.ids.tolist().index(13)
+    assert ds.train.matrix[:, col].nnz == 0
+    assert ds.parts["valid"].matrix[:, col].nnz == 1
+    assert ds.parts["test"].matrix[:, col].nnz == 1
+    assert ds.meta["dropped"]["unseen_items"]["test"] == 0
