@@ -42,6 +42,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +146,9 @@ def score_lists(lists: pd.DataFrame, train: pd.DataFrame, test: pd.DataFrame, k:
 
 
 def run_dataset(name: str, models: list[str], out: Path, mirror: str | None,
-                recbole: bool) -> dict[str, Any]:
+                recbole: bool, table: dict[str, Any], save: Callable[[], None]) -> None:
+    """Fill ``table`` with the split and one row per fitted model, calling ``save`` after each
+    row, so that a long run that is stopped keeps the rows it has."""
     folder = out / name
     split = make_split(name, ratings(name, mirror), folder / "files")
     prep = folder / "prepared"
@@ -157,7 +160,8 @@ def run_dataset(name: str, models: list[str], out: Path, mirror: str | None,
     test = pd.read_csv(folder / "files" / "test.csv")
     users = folder / "test_users.csv"
     pd.DataFrame({"user": sorted(test["user"].unique())}).to_csv(users, index=False)
-    rows = []
+    rows: list[dict[str, Any]] = []
+    table.update({"split": split, "rows": rows})
     for model in models:
         run = folder / "runs" / model
         started = time.perf_counter()
@@ -173,13 +177,14 @@ def run_dataset(name: str, models: list[str], out: Path, mirror: str | None,
                      "recsys evaluate ndcg@100": float(info["metrics"]["ndcg@100"]),
                      "train_seconds": seconds,
                      "refit": (info.get("refit") or {}).get("epochs")})
+        save()
         peer = RECBOLE_NAMES.get(model)
         if recbole and peer:
             result = recbole_fit(peer, prep, folder / "recbole" / model)
             rows.append({"dataset": name, "model": result["model"],
                          "ndcg@100": result["ndcg@100"], "train_seconds": result["fit_seconds"],
                          "note": "RecBole recall@100 divides by |test|: not shown"})
-    return {"split": split, "rows": rows}
+            save()
 
 
 def autorec_folds(out: Path, mirror: str | None, folds: list[int]) -> dict[str, Any]:
@@ -268,8 +273,10 @@ def main(argv: list[str] | None = None) -> int:
         print("\nmean: " + ", ".join(f"{how} {m['rmse']:.4f} ({m['train_seconds']:.1f} s a fold)"
                                      for how, m in results["autorec"]["mean"].items()))
     for name in args.datasets.split(",") if args.only in (None, "topn") else []:
-        results["datasets"][name] = run_dataset(name, models, out, args.mirror, recbole)
-        (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+        results["datasets"][name] = {}
+        run_dataset(name, models, out, args.mirror, recbole, results["datasets"][name],
+                    lambda: (out / "results.json").write_text(
+                        json.dumps(results, indent=2, default=str)))
     for name, table in results["datasets"].items():
         print(f"\n## {name}: {table['split']['protocol']} (bring-your-own files, default "
               "commands, lists scored outside recsys)\n")
