@@ -373,11 +373,11 @@ def run_model(m: ModelSpec, spec: CompareConfig, dataset: Any, data_dir: Path,
               args: argparse.Namespace, parent: Tracker) -> ModelOutcome:
     """One child run: (tune,) fit, save, evaluate on test, log."""
     from recsys.commands.train import check_out
-    from recsys.data.io import sha256_file, write_json
+    from recsys.data.io import write_json
     from recsys.evaluation.evaluate import evaluate
     from recsys.models.base import FitContext
     from recsys.models.registry import create_model, get_model_class
-    from recsys.run import save_run
+    from recsys.run import data_record, save_run
     from recsys.tracking.options import (
         log_training_end,
         log_training_start,
@@ -418,8 +418,7 @@ def run_model(m: ModelSpec, spec: CompareConfig, dataset: Any, data_dir: Path,
         result = evaluate(model, split, spec.metrics, device=spec.device,
                           rating_scale=dataset.rating_scale)
         save_run(run_dir, model, {
-            "data": str(data_dir.resolve()),
-            "data_digest": sha256_file(data_dir / "metadata.json"),
+            **data_record(data_dir, dataset),
             "tuned": tuned, "tune_seconds": tune_seconds, **final.record(),
             "metrics": result.summary, "compare": spec.name})
         write_json(run_dir / "metrics.json", result.summary)

@@ -36,29 +36,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="users scored per batch (default: 2048)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--no-ci", action="store_true", help="skip the bootstrap confidence intervals")
+    add_force_arg(p)
     p.set_defaults(func=run)
+
+
+def add_force_arg(parser: argparse.ArgumentParser) -> None:
+    """--force, as evaluate, recommend and predict share it (see `recsys.run.check_run_data`)."""
+    parser.add_argument("--force", action="store_true",
+                        help="use --data even if it is not the data the run was trained on "
+                             "(other users, items or training part: refused otherwise); a "
+                             "warning says so")
 
 
 def default_metrics(explicit: bool) -> str:
     return f"{RATING_DEFAULT},{RANKING_DEFAULT}" if explicit else RANKING_DEFAULT
 
 
-def check_compatible(model: object, data: Dataset, data_dir: str | Path) -> None:
-    """The run must have been trained on data with this dataset's users x items space."""
-    n_users, n_items = getattr(model, "n_users", 0), getattr(model, "n_items", 0)
-    if n_items and n_items != len(data.items):
-        raise RecsysError(f"{data_dir}: {len(data.items)} items, but the run's model was trained "
-                          f"on {n_items}; use the prepared data the run was trained on")
-    if n_users and n_users != len(data.users):
-        raise RecsysError(f"{data_dir}: {len(data.users)} users, but the run's model was trained "
-                          f"on {n_users}; use the prepared data the run was trained on")
-
-
 def run(args: argparse.Namespace) -> int:
     from recsys.evaluation.evaluate import evaluate, format_table
     from recsys.evaluation.metrics import parse_metrics
     from recsys.evaluation.stats import bootstrap_ci
-    from recsys.run import load_run, read_run, update_run
+    from recsys.run import check_run_data, load_run, read_run, update_run
 
     if args.batch_size < 1:
         raise RecsysError(f"--batch-size must be at least 1 (got {args.batch_size})")
@@ -80,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
                 else "; prepare a split that holds one out")
         raise RecsysError(f"--data {args.data}: no {args.part} part to evaluate (split "
                           f"'{data.meta.get('split', {}).get('split', '?')}'){hint}")
-    check_compatible(model, data, args.data)
+    check_run_data(args.run_dir, info, model, data, args.data, force=args.force)
     split = data.eval_split(args.part)
 
     result = evaluate(model, split, names, batch_size=args.batch_size, device=args.device,

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recsys.commands.evaluate import add_force_arg
 from recsys.errors import RecsysError
 
 
@@ -32,6 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=None, metavar="DIR",
                    help="prepared dataset with the id vocabularies (default: the run's data)")
     p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:N or mps")
+    add_force_arg(p)
     p.set_defaults(func=run)
 
 
@@ -90,11 +92,10 @@ def read_pairs(path: str | Path) -> pd.DataFrame:
 
 
 def run(args: argparse.Namespace) -> int:
-    from recsys.commands.evaluate import check_compatible
     from recsys.data.interactions import Dataset
     from recsys.data.io import atomic_path
     from recsys.models.base import resolve_device
-    from recsys.run import load_run, read_run
+    from recsys.run import check_run_data, load_run, read_run
 
     info = read_run(args.run_dir)  # not a run: one line, before anything slow
     out = Path(args.out)
@@ -112,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         raise RecsysError(f"{data_dir}: the run's prepared data is not there any more (needed for "
                           "the id vocabularies); pass --data DIR")
     data = Dataset.load(data_dir)
-    check_compatible(model, data, data_dir)
+    check_run_data(args.run_dir, info, model, data, data_dir, force=args.force)
     mover = getattr(model, "to", None)
     if callable(mover):
         mover(resolve_device(args.device))

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from recsys.commands.evaluate import add_force_arg
 from recsys.data.interactions import HISTORIES, Dataset, Vocabulary
 from recsys.errors import RecsysError
 
@@ -67,6 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--spark-master", default=None, metavar="URL",
                    help="with --engine spark: the master (default: spark-submit's, else "
                         "local[*])")
+    add_force_arg(p)
     p.set_defaults(func=run)
 
 
@@ -225,9 +227,8 @@ def _digest(path: str | Path | None) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from recsys.commands.evaluate import check_compatible
     from recsys.models.base import resolve_device
-    from recsys.run import load_run, read_run
+    from recsys.run import check_run_data, load_run, read_run
     from recsys.scoring.export import ChunkedWriter, lists_schema, lists_table, output_format
     from recsys.scoring.topk import item_mask, place_model, topk_chunk
 
@@ -285,7 +286,9 @@ def run(args: argparse.Namespace) -> int:
         rows = np.where(internal >= 0, internal, len(data.users))
 
     model, _ = load_run(args.run_dir)
-    check_compatible(model, data, args.data)
+    # --histories scores only the file's users: the data's users and their history are unused.
+    check_run_data(args.run_dir, run_info, model, data, args.data, force=args.force,
+                   users=not args.histories)
     device = resolve_device(args.device)
     place_model(model, device)
     observe = getattr(model, "observe", None)

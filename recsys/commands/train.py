@@ -22,6 +22,7 @@ batch_size is then the global batch; rank 0 alone writes RUN_DIR, evaluates and 
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import shutil
 import sys
 import time
@@ -220,9 +221,13 @@ def finished_training(out: Path, config: dict[str, Any], data_dir: Path,
     from it: the resume then refuses it with its own message). Nothing is left when the run
     completed on the same prepared data: its last checkpoint, of the same config, stopped early
     or reached ``config["epochs"]``; run.json records the refit this resume asks for (``refit``:
-    refit on train + valid where the data has a valid part, see `recsys.training.refit`); and
-    the data's test part, if any, was evaluated (metrics.json). A resume finishes whatever is
-    missing. Every rank of a distributed run reads the same files, so all agree."""
+    refit on train + valid where the data has a valid part, see `recsys.training.refit`); the
+    data's test part, if any, was evaluated (metrics.json); and run.json says the whole job
+    completed (``completed``: written after the MLflow run ended, so a kill after the test
+    metrics still leaves the model to log and the run to end). A resume finishes whatever is
+    missing: the fit and the refit continue from their last checkpoints (no epoch is trained
+    twice), then the model is saved, evaluated and logged again. Every rank of a distributed run
+    reads the same files, so all agree."""
     from recsys.data.io import read_json, sha256_file
     from recsys.run import read_run
     from recsys.training.checkpoint import CHECKPOINT_DIR, list_checkpoints, load_checkpoint
@@ -240,6 +245,8 @@ def finished_training(out: Path, config: dict[str, Any], data_dir: Path,
         return None  # the refit is missing, or --no-refit asks for the model of train alone
     if "test" in parts and not ((out / "metrics.json").is_file() and "metrics" in record):
         return None  # killed before the test evaluation was written
+    if not record.get("completed"):
+        return None  # killed before the model was logged or the MLflow run ended
     try:
         payload = load_checkpoint(found[-1][1])
     except RecsysError:
@@ -344,12 +351,12 @@ def _train(args: argparse.Namespace, dist_info: Any = None) -> int:
     from recsys.commands.evaluate import default_metrics
     from recsys.config import validate_config
     from recsys.data.interactions import Dataset
-    from recsys.data.io import sha256_file, write_json
+    from recsys.data.io import write_json
     from recsys.evaluation.evaluate import evaluate, format_table
     from recsys.evaluation.metrics import parse_metrics
     from recsys.models.base import FitContext
     from recsys.models.registry import get_model_class
-    from recsys.run import save_run, update_run
+    from recsys.run import data_record, save_run, update_run
     from recsys.tracking.base import flatten
     from recsys.tracking.options import log_training_end, log_training_start
     from recsys.training.refit import fit_final
@@ -449,9 +456,7 @@ def _train(args: argparse.Namespace, dist_info: Any = None) -> int:
         say(f"fitted {model.name} in {final.seconds:.2f} s")
         if final.summary():
             print(final.summary())
-        info = {"data": str(data_dir.resolve()),
-                "data_digest": sha256_file(data_dir / "metadata.json"),
-                "data_name": dataset.meta.get("dataset"),
+        info = {**data_record(data_dir, dataset),
                 "tuned": tuned, "tune_seconds": tune_seconds, **final.record(),
                 "metric": metric, "seed": args.seed}
         save_run(out, model, info)
@@ -479,4 +484,7 @@ def _train(args: argparse.Namespace, dist_info: Any = None) -> int:
         status = "FINISHED"
     finally:
         tracker.close(status)
+    # Last: the mark a resume reads as "nothing left to do" (`finished_training`). A kill before
+    # it leaves a run that a resume finishes (at worst logging the model to MLflow once more).
+    update_run(out, completed=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
     return 0

@@ -11,14 +11,19 @@ One small, sharp API (after implicit and LensKit):
   free; factor models use their learned user factors. Seen items are masked by the caller.
 - ``predict(users, items)``: rating predictions, for explicit models only.
 - ``save(dir)`` / ``load(dir)``: a JSON config + a dict of tensors loaded with
-  ``torch.load(weights_only=True)``; nothing is ever unpickled.
+  ``torch.load(weights_only=True)``; nothing is ever unpickled. model.json records the SHA-256
+  of weights.pt, and a load refuses weights whose bytes differ (a flipped bit on disk would
+  otherwise score with a silently wrong weight).
 - ``get_params`` / ``set_params``: scikit-learn's estimator conventions, so ``ParameterGrid``
   and ``sklearn.base.clone`` work.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -115,10 +120,17 @@ class Recommender:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        data = buffer.getvalue()
         with atomic_path(directory / WEIGHTS_FILE) as tmp:
-            torch.save(state, tmp)
-        write_json(directory / MODEL_FILE, {"model": self.name, "config": self.get_params(),
-                                            "n_users": self.n_users, "n_items": self.n_items})
+            tmp.write_bytes(data)
+        # model.json is written last and holds the weights' digest: it commits the save.
+        write_json(directory / MODEL_FILE, {
+            "model": self.name, "config": self.get_params(),
+            "n_users": self.n_users, "n_items": self.n_items,
+            "files": {WEIGHTS_FILE: {"sha256": hashlib.sha256(data).hexdigest(),
+                                     "bytes": len(data)}}})
 
     @classmethod
     def load(cls, directory: str | Path) -> Recommender:
@@ -133,6 +145,9 @@ class Recommender:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
             name, config = meta["model"], dict(meta["config"])
             n_users, n_items = int(meta["n_users"]), int(meta["n_items"])
+            recorded = meta.get("files")
+            expected = (str(recorded[WEIGHTS_FILE]["sha256"]) if recorded is not None
+                        else None)
         except (ValueError, KeyError, TypeError) as exc:  # bad JSON/UTF-8, missing keys
             raise RecsysError(f"{meta_path}: not a readable model description "
                               f"({_first_line(exc)}); the saved model is damaged: train it "
@@ -142,7 +157,9 @@ class Recommender:
         model.n_users, model.n_items = n_users, n_items
         weights = directory / WEIGHTS_FILE
         try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
+            # Read once: the bytes that are hashed are the bytes that are loaded.
+            data = weights.read_bytes()
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as exc:
             if type(exc).__name__ == "UnpicklingError":
                 # weights_only refused an object that is not a tensor: it is never unpickled.
@@ -159,7 +176,30 @@ class Recommender:
             raise RecsysError(f"{weights}: the weights do not fit model '{name}' as described in "
                               f"{MODEL_FILE} ({_first_line(exc)}); the saved model is damaged"
                               ) from None
+        # The digest is compared last, so that a file that is no model of this kind at all gets
+        # the diagnosis above; either way a model is returned only from the recorded bytes.
+        verify_digest(weights, data, expected, recorded_in=meta_path)
         return model
+
+
+_UNVERIFIED_NOTED: set[str] = set()
+
+
+def verify_digest(path: Path, data: bytes, expected: str | None, *, recorded_in: Path) -> None:
+    """Refuse ``data`` (the bytes read from ``path``) unless their SHA-256 is ``expected``, the
+    digest written beside them at save time. ``expected`` None: saved before digests were
+    recorded; loaded as before, with a one-line note (once per file and process)."""
+    if expected is None:
+        if str(path) not in _UNVERIFIED_NOTED:
+            _UNVERIFIED_NOTED.add(str(path))
+            print(f"note: {path}: no checksum recorded in {recorded_in.name} (saved by an older "
+                  "recsys); loaded unverified", file=sys.stderr)
+        return
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected:
+        raise RecsysError(f"{path}: checksum mismatch (SHA-256 {actual[:12]}... but "
+                          f"{recorded_in.name} records {expected[:12]}...); the file is damaged: "
+                          "restore it or train the run again")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -372,10 +372,9 @@ def run_recommend(args: Any) -> int:
     """`recsys recommend ... --engine spark` (see `recsys.commands.recommend`)."""
     import time
 
-    from recsys.commands.evaluate import check_compatible
     from recsys.commands.recommend import coerce_ids, read_id_file
     from recsys.data.interactions import Dataset
-    from recsys.run import load_run
+    from recsys.run import check_run_data, load_run
 
     check_options(args)
     if args.k < 1:
@@ -383,8 +382,9 @@ def run_recommend(args: Any) -> int:
     data = Dataset.load(args.data)
     if args.k > len(data.items):
         raise RecsysError(f"--k {args.k} is larger than the catalogue ({len(data.items)} items)")
-    model, _ = load_run(args.run_dir)
-    check_compatible(model, data, args.data)
+    model, info = load_run(args.run_dir)
+    check_run_data(args.run_dir, info, model, data, args.data,
+                   force=bool(getattr(args, "force", False)))
     del model
     users_path = None if args.users == "all" else str(args.users)
     parquet_users = users_path is not None and (

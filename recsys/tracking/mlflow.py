@@ -23,7 +23,11 @@ new run is created.
 
 The default store is ``sqlite:///mlflow.db`` in the working directory, MLflow 3's own default;
 ``MLFLOW_TRACKING_URI`` or ``--tracking-uri`` point elsewhere. The deprecated file store is
-refused.
+refused. MLflow creates a fresh SQLite store's tables the first time a client opens it; two
+commands starting at once on a new file would both try (one fails with "table ... already
+exists"), so a client of a SQLite store is opened under an exclusive lock on ``DB.lock`` beside
+the database (`open_client`), and an experiment created meanwhile by another process is found
+rather than created twice.
 
 MLflow metric names may not contain ``@``: ``ndcg@100`` is logged as ``ndcg_at_100``.
 """
@@ -31,6 +35,7 @@ MLflow metric names may not contain ``@``: ``ndcg@100`` is logged as ``ndcg_at_1
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -117,6 +122,43 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
                           ) from None
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///PATH`` URI (None for any other store or in-memory)."""
+    if not uri.lower().startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``DB.lock`` beside a SQLite store's file (nothing for other
+    stores): MLflow's first-time creation of the tables is not safe against another process
+    doing the same. A folder where no lock file can be made is left to MLflow unguarded."""
+    db = sqlite_path(uri)
+    try:
+        handle = open(db.with_name(db.name + ".lock"), "a") if db is not None else None
+    except OSError:
+        handle = None
+    if handle is None:
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def open_client(uri: str) -> MlflowClient:
+    """An `MlflowClient` of ``uri`` with its store opened (MLflow opens it eagerly, creating
+    a new SQLite store's tables) by one process at a time (`store_lock`). The model registry's
+    store, opened later, finds those tables and creates none."""
+    with store_lock(uri):
+        return MlflowClient(uri)
+
+
 @contextlib.contextmanager
 def _quiet_mlflow() -> Iterator[None]:
     """Hide MLflow's advice aimed at interactive users (input examples, type hints)."""
@@ -151,7 +193,7 @@ class MlflowTracker(Tracker):
         # Model.log and register_model read the global URI; keep it in step with this run.
         mlflow.set_tracking_uri(self.tracking_uri)
         try:
-            self.client = MlflowClient(self.tracking_uri)
+            self.client = open_client(self.tracking_uri)
         except Exception as exc:  # a scheme MLflow has no store for: its message, in one line
             raise RecsysError(f"cannot use the MLflow tracking URI {self.tracking_uri} "
                               f"({_short(exc)}); fix it or pass --no-track") from None
@@ -236,7 +278,13 @@ class MlflowTracker(Tracker):
     def _experiment_id(self, name: str) -> str:
         experiment = self.client.get_experiment_by_name(name)
         if experiment is None:
-            return self.client.create_experiment(name)
+            try:
+                return self.client.create_experiment(name)
+            except MlflowException:
+                # Another process created it since the lookup (two first runs at once).
+                experiment = self.client.get_experiment_by_name(name)
+                if experiment is None:
+                    raise
         if experiment.lifecycle_stage == "deleted":
             raise RecsysError(f"MLflow experiment '{name}' is deleted; restore it in the UI or "
                               "choose another --experiment")
@@ -500,7 +548,7 @@ def register_model(model_uri: str, name: str, alias: str = DEFAULT_ALIAS, *,
     try:
         with _quiet_mlflow():
             version = mlflow.register_model(model_uri, name, await_registration_for=60)
-        MlflowClient(uri).set_registered_model_alias(name, alias, version.version)
+        open_client(uri).set_registered_model_alias(name, alias, version.version)
     except Exception as exc:
         raise RecsysError(f"cannot register {model_uri} as '{name}' at {uri} ({_short(exc)})"
                           ) from None

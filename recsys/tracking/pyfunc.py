@@ -9,7 +9,12 @@ A packaged model is two directories, logged as the pyfunc's artifacts:
   scored from and whose items are masked from their list: `Dataset.known_history`, by default
   ``before-test``, what `recsys evaluate` scores the test part from; ``all`` adds the test
   part), ``popularity.npy`` (the list given to a user with no history) and ``serving.json``
-  (which history is stored, under ``history``).
+  (which history is stored, under ``history``, and the SHA-256 of each of the other files,
+  under ``sha256``).
+
+Loading verifies every file against its recorded digest (the model's through `Recommender.load`,
+the data's through ``serving.json``): damaged bytes are refused with one line rather than
+served as other lists. Packages written before digests were recorded load with a note.
 
 `TopKPredictor.predict` takes a DataFrame with
 
@@ -32,6 +37,8 @@ input row).
 
 from __future__ import annotations
 
+import io
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -42,15 +49,16 @@ import scipy.sparse as sp
 import torch
 
 from recsys.data.interactions import Dataset, Vocabulary
-from recsys.data.io import read_json, write_json
+from recsys.data.io import read_json, sha256_file, write_json
 from recsys.errors import RecsysError
-from recsys.models.base import Recommender
+from recsys.models.base import Recommender, verify_digest
 from recsys.scoring.export import lists_table
 from recsys.scoring.topk import DEFAULT_BATCH_SIZE, as_device, place_model, topk_chunk
 
 HISTORY_FILE = "history.npz"
 POPULARITY_FILE = "popularity.npy"
 SERVING_FILE = "serving.json"
+SERVING_DATA = ("users.parquet", "items.parquet", HISTORY_FILE, POPULARITY_FILE)
 DEFAULT_K = 10
 OUTPUT_COLUMNS = ("user", "item", "rank", "score", "cold")
 LAYOUTS = ("long", "lists")
@@ -75,7 +83,9 @@ def write_serving_data(dataset: Dataset, directory: str | Path, *,
                         shape=np.asarray(known.shape))
     np.save(directory / POPULARITY_FILE, item_popularity(dataset.train.matrix))
     write_json(directory / SERVING_FILE, {"implicit": dataset.implicit,
-                                          "parts": sorted(dataset.parts), "history": history})
+                                          "parts": sorted(dataset.parts), "history": history,
+                                          "sha256": {name: sha256_file(directory / name)
+                                                     for name in SERVING_DATA}})
     return directory
 
 
@@ -117,17 +127,27 @@ class TopKPredictor:
     def load(cls, model_dir: str | Path, data_dir: str | Path, *,
              device: str | torch.device | None = None) -> TopKPredictor:
         data_dir = Path(data_dir)
-        model = Recommender.load(model_dir)
+        model = Recommender.load(model_dir)  # verifies the weights against model.json
+        digests = read_serving_meta(data_dir).get("sha256")
         try:
-            users = Vocabulary(pd.read_parquet(data_dir / "users.parquet")["user"].to_numpy())
-            items = Vocabulary(pd.read_parquet(data_dir / "items.parquet")["item"].to_numpy())
-            with np.load(data_dir / HISTORY_FILE, allow_pickle=False) as z:
-                history = sp.csr_matrix((z["data"], z["indices"], z["indptr"]),
-                                        shape=tuple(z["shape"]))
-            popularity = np.load(data_dir / POPULARITY_FILE, allow_pickle=False)
+            # Each file is read once, verified, and parsed from the verified bytes.
+            raw = {name: (data_dir / name).read_bytes() for name in SERVING_DATA}
         except FileNotFoundError as exc:
             raise RecsysError(f"{data_dir}: not a packaged model's data ({exc.filename} "
                               "missing)") from None
+        if digests is None:
+            print(f"note: {data_dir}: no checksums in {SERVING_FILE} (packaged by an older "
+                  "recsys); the model's data is loaded unverified", file=sys.stderr)
+        else:
+            for name, data in raw.items():
+                verify_digest(data_dir / name, data, digests.get(name),
+                              recorded_in=data_dir / SERVING_FILE)
+        users = Vocabulary(pd.read_parquet(io.BytesIO(raw["users.parquet"]))["user"].to_numpy())
+        items = Vocabulary(pd.read_parquet(io.BytesIO(raw["items.parquet"]))["item"].to_numpy())
+        with np.load(io.BytesIO(raw[HISTORY_FILE]), allow_pickle=False) as z:
+            history = sp.csr_matrix((z["data"], z["indices"], z["indptr"]),
+                                    shape=tuple(z["shape"]))
+        popularity = np.load(io.BytesIO(raw[POPULARITY_FILE]), allow_pickle=False)
         return cls(model, users, items, history, popularity, device=device,
                    history_kind=packaged_history(data_dir))
 

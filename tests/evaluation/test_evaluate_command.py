@@ -11,7 +11,7 @@ from recsys.cli import main
 from recsys.data.interactions import Dataset
 from recsys.evaluation.evaluate import evaluate
 from recsys.models import registry
-from recsys.run import read_run, save_run
+from recsys.run import data_record, read_run, save_run
 
 from .doubles import DotModel, ExplicitDot, make_dataset
 
@@ -22,8 +22,10 @@ def setup(tmp_path, monkeypatch):
     monkeypatch.setitem(registry.MODELS, "explicitdot", "evaluation.doubles:ExplicitDot")
     data = make_dataset(explicit=True)
     data.save(tmp_path / "data")
-    save_run(tmp_path / "run", DotModel(seed=2).fit(data.train), {})
-    save_run(tmp_path / "xrun", ExplicitDot(seed=2).fit(data.train), {})
+    # What `recsys train` records about the data (evaluate checks it is the data given).
+    info = data_record(tmp_path / "data", data)
+    save_run(tmp_path / "run", DotModel(seed=2).fit(data.train), info)
+    save_run(tmp_path / "xrun", ExplicitDot(seed=2).fit(data.train), info)
     return tmp_path
 
 

@@ -12,7 +12,7 @@ from evaluation.doubles import DotModel, make_dataset
 
 from recsys.cli import main
 from recsys.models import registry
-from recsys.run import save_run
+from recsys.run import data_record, save_run
 
 
 @pytest.fixture
@@ -21,7 +21,7 @@ def setup(tmp_path, monkeypatch):
     data = make_dataset(n_users=40, n_items=25)
     data.save(tmp_path / "data")
     model = DotModel(seed=1).fit(data.train)
-    save_run(tmp_path / "run", model, {"data": str(tmp_path / "data")})
+    save_run(tmp_path / "run", model, data_record(tmp_path / "data", data))
     return tmp_path, data, model
 
 
