@@ -568,6 +568,8 @@ def load_pyfunc(model_uri: str, tracking_uri: str | None = None) -> Any:
             # Everything is read into memory while loading, so the folder can go afterwards.
             with _environ(MLFLOW_ALLOW_PICKLE_DESERIALIZATION="false"):
                 return mlflow.pyfunc.load_model(str(local))
+        except RecsysError as exc:  # our own line (a damaged file: which one), not cut short
+            raise RecsysError(f"cannot load MLflow model {model_uri}: {exc}") from None
         except Exception as exc:
             raise RecsysError(f"cannot load MLflow model {model_uri} ({_short(exc)})") from None
 
