@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import re
 import sys
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recsys.commands.evaluate import add_force_arg
-from recsys.data.interactions import HISTORIES, Dataset, Vocabulary
+from recsys.data.interactions import HISTORIES, PLAIN_INTEGER, Dataset, Vocabulary
 from recsys.errors import RecsysError
 
 INT_SENTINEL = np.iinfo(np.int64).min  # what Vocabulary.coerce gives a non-integer id
@@ -91,9 +92,12 @@ def _check_fields(frame: pd.DataFrame, path: Path) -> None:
 def read_id_file(path: str | Path, column: str, allow_empty: bool = False) -> np.ndarray:
     """Ids from a CSV with a ``column`` header, a plain file with one id per line, or a Parquet
     file with a ``column`` column."""
+    from recsys.data.readers import check_readable
+
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise RecsysError(f"{path}: no such file")
+    check_readable(path)
     if path.suffix.lower() in (".parquet", ".pq"):
         return _read_parquet_ids(path, column, allow_empty)
     try:
@@ -150,13 +154,18 @@ def _read_parquet_ids(path: Path, column: str, allow_empty: bool) -> np.ndarray:
 
 def coerce_ids(raw: np.ndarray, vocab: Vocabulary, path: str | Path, what: str) -> np.ndarray:
     """Raw string ids cast to the vocabulary's id type; a non-integer id for an integer
-    vocabulary is a malformed file (it could never match)."""
+    vocabulary is a malformed file (it could never match). Ids are compared as written: for
+    an integer vocabulary '007' is no id (never 7), for a text one it is '007' only."""
     ids = vocab.coerce(raw)
     if vocab.is_integer:
         bad = np.flatnonzero(ids == INT_SENTINEL)
         if len(bad):
-            raise RecsysError(f"{path}: row {int(bad[0]) + 1}: {what} id '{raw[bad[0]]}' is not "
-                              f"an integer (this dataset's {what} ids are integers)")
+            value = str(raw[bad[0]]).strip()
+            why = "is not an integer" if not re.fullmatch(r"[+-]?\d+", value) else \
+                "is not written as an integer id is (ids are compared as written: '007' or '+7' " \
+                "is not 7)"
+            raise RecsysError(f"{path}: row {int(bad[0]) + 1}: {what} id '{raw[bad[0]]}' {why} "
+                              f"(this dataset's {what} ids are integers)")
     return ids
 
 
@@ -176,9 +185,12 @@ def read_items(path: str | Path, vocab: Vocabulary, flag: str, need_one: bool = 
 
 def read_histories(path: str | Path, items: Vocabulary) -> tuple[np.ndarray, sp.csr_matrix]:
     """New users' histories: (their external ids in order of appearance, binary CSR)."""
+    from recsys.data.readers import check_readable
+
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise RecsysError(f"{path}: no such file")
+    check_readable(path)
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (UnicodeDecodeError, pd.errors.ParserError, ValueError) as exc:
@@ -207,9 +219,12 @@ def read_histories(path: str | Path, items: Vocabulary) -> tuple[np.ndarray, sp.
     hist.sum_duplicates()
     hist.data[:] = 1.0
     ext = np.asarray(uniques, dtype=object)
-    as_int = pd.to_numeric(pd.Series(ext), errors="coerce")
-    if as_int.notna().all() and (as_int == as_int.round()).all():
-        ext = as_int.astype(np.int64).to_numpy()
+    # The lists name these users as written: integers only where each is one written plainly
+    # ('007' stays '007').
+    if pd.Series(ext, dtype=object).str.fullmatch(PLAIN_INTEGER).all():
+        as_int = Vocabulary(np.empty(0, np.int64)).coerce(ext)
+        if not (as_int == INT_SENTINEL).any():
+            ext = as_int
     return ext, hist
 
 

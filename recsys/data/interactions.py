@@ -8,6 +8,7 @@ CSR ``.npz`` files + Parquet vocabularies + ``metadata.json``.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recsys.data.io import atomic_dir, read_json, write_json
+from recsys.data.io import check_replaceable, read_json, replace_dir, write_json
 from recsys.errors import RecsysError
 
 FORMAT_VERSION = 1
@@ -28,6 +29,12 @@ PART_ORDER = ("train", "valid_history", "valid", "test_history", "test")
 # What a known user is scored from (and masked with) when lists are written: see
 # `Dataset.known_history`.
 HISTORIES = ("before-test", "all")
+
+# The kind in a prepared dataset's marker (recsys.data.io.replace_dir), and the files a dataset
+# written before markers existed may hold: only such a folder is replaced without a marker.
+DATASET_KIND = "dataset"
+_DATASET_FILES = frozenset({"metadata.json", "users.parquet", "items.parquet",
+                            "item_info.parquet", *(f"{part}.npz" for part in PART_ORDER)})
 
 
 class Vocabulary:
@@ -75,6 +82,9 @@ class Vocabulary:
 
 
 _INT64_MAX = str(np.iinfo(np.int64).max)  # 19 digits; the most negative is one more
+# An integer id written plainly, the one spelling an integer vocabulary's ids have (the reading
+# rule of recsys.data.readers): '007' and '+7' are other ids than 7.
+PLAIN_INTEGER = r"(?:0|-?[1-9][0-9]*)"
 
 
 def _exact_int64(values: np.ndarray) -> np.ndarray:
@@ -85,10 +95,12 @@ def _exact_int64(values: np.ndarray) -> np.ndarray:
     if not len(values):
         return out
     text = pd.Series(values, dtype=object).astype(str).str.strip()
-    digits = text.str.fullmatch(r"[+-]?\d+").to_numpy(dtype=bool)
+    integer = text.str.fullmatch(r"[+-]?\d+").to_numpy(dtype=bool)
+    # Ids are compared as written: '007' or '+7' is no integer id ('7' is; see readers).
+    digits = text.str.fullmatch(PLAIN_INTEGER).to_numpy(dtype=bool)
     if digits.any():
         raw = text[digits]
-        magnitude = raw.str.lstrip("+-").str.lstrip("0").replace("", "0")
+        magnitude = raw.str.lstrip("-")
         negative = raw.str.startswith("-")
         bound = np.where(negative, str(int(_INT64_MAX) + 1), _INT64_MAX)
         length = magnitude.str.len().to_numpy()
@@ -97,7 +109,7 @@ def _exact_int64(values: np.ndarray) -> np.ndarray:
         keep = np.flatnonzero(digits)[fits]
         if len(keep):
             out[keep] = pd.to_numeric(raw[fits]).to_numpy(dtype=np.int64)
-    other = ~digits
+    other = ~integer
     if other.any():  # "5.0", "1e3": integral floats small enough to be exact
         numeric = pd.to_numeric(text[other], errors="coerce").to_numpy(dtype=np.float64)
         with np.errstate(invalid="ignore"):
@@ -266,8 +278,10 @@ class Dataset:
     # -- persistence -------------------------------------------------------------------------
 
     def save(self, directory: str | Path) -> None:
-        """Write atomically: the directory appears complete or not at all."""
-        with atomic_dir(directory) as tmp:
+        """Write atomically: the directory appears complete or not at all. An existing
+        ``directory`` is replaced only when it is a prepared dataset (see `check_dataset_out`)."""
+        with replace_dir(directory, DATASET_KIND, what="prepared dataset",
+                         format_version=FORMAT_VERSION, legacy=_is_unmarked_dataset) as tmp:
             self.users.to_frame("user").to_parquet(tmp / "users.parquet", index=False)
             self.items.to_frame("item").to_parquet(tmp / "items.parquet", index=False)
             if self.item_info is not None:
@@ -327,3 +341,23 @@ class Dataset:
         if "train" not in parts:
             raise RecsysError(f"{directory}: prepared dataset has no train.npz")
         return cls(parts, meta, item_info)
+
+
+def check_dataset_out(directory: str | Path, flag: str = "--out") -> None:
+    """Refuse (one line) a ``directory`` that saving a dataset must not replace: anything but a
+    new or empty folder, or a prepared dataset holding only its own files."""
+    check_replaceable(directory, DATASET_KIND, what="prepared dataset", flag=flag,
+                      legacy=_is_unmarked_dataset)
+
+
+def _is_unmarked_dataset(folder: Path) -> bool:
+    """A prepared dataset written before markers existed: nothing but a dataset's files, and a
+    metadata.json that is ours (a JSON object with a format_version)."""
+    entries = set(os.listdir(folder))
+    if "metadata.json" not in entries or not entries <= _DATASET_FILES:
+        return False
+    try:
+        meta = read_json(folder / "metadata.json")
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and "format_version" in meta

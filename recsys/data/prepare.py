@@ -19,7 +19,7 @@ import scipy.sparse as sp
 from recsys.data import split as S
 from recsys.data.interactions import Dataset, Interactions, Vocabulary
 from recsys.data.preprocess import Encoded, PreprocessOptions, preprocess, preprocess_log
-from recsys.data.readers import RatingLog, read_rating_log
+from recsys.data.readers import RatingLog, join_ids, read_rating_log
 from recsys.errors import RecsysError
 
 
@@ -158,8 +158,9 @@ def _from_parts(logs: dict[str, RatingLog], options: PrepareOptions, source: dic
     def cat(get: Any) -> np.ndarray:
         return np.concatenate([get(log) for log in logs.values()])
 
-    user = _concat_ids([log.user for log in logs.values()])
-    item = _concat_ids([log.item for log in logs.values()])
+    # One id rule over all the files: text in one makes the column text in all.
+    user = join_ids([log.user for log in logs.values()])
+    item = join_ids([log.item for log in logs.values()])
     rating = cat(lambda lg: lg.rating) if all(with_rating) else None
     timestamp = cat(lambda lg: lg.timestamp) if with_time else None
     part = np.concatenate([np.full(len(log), codes[p], np.int8) for p, log in logs.items()])
@@ -183,12 +184,6 @@ def _shares_ids(values: np.ndarray, train: np.ndarray) -> bool:
     if (values.dtype.kind == "i") != (train.dtype.kind == "i"):
         values, train = values.astype(str), train.astype(str)
     return bool(pd.Index(values).isin(pd.Index(train)).any())
-
-
-def _concat_ids(arrays: list[np.ndarray]) -> np.ndarray:
-    if all(a.dtype.kind == "i" for a in arrays):
-        return np.concatenate(arrays)
-    return np.concatenate([a.astype(str).astype(object) for a in arrays])
 
 
 def _split(data: Encoded, o: PrepareOptions) -> tuple[np.ndarray, dict[str, Any]]:

@@ -1,21 +1,43 @@
 """Reading rating logs: CSV/TSV/Parquet files (or headerless MovieLens formats) into arrays.
 
-A rating log is four aligned columns: ``user``, ``item`` (ids as found: int64 when integral,
-else str), ``rating`` (float32, optional) and ``timestamp`` (int64 seconds, optional). Files are
-parsed by pyarrow (multi-threaded, no per-row Python) and every way a file can be wrong ends in
-one `RecsysError` line naming the file, the row and the column.
+A rating log is four aligned columns: ``user``, ``item``, ``rating`` (float32, optional) and
+``timestamp`` (int64 epoch seconds, optional). Files are parsed by pyarrow in blocks (no per-row
+Python); delimited files may be compressed (gzip, bzip2, xz, zstd: told by their first bytes).
+Every way a file can be wrong ends in one `RecsysError` line naming the file, the row and the
+column.
+
+Ids are the text in the file, without surrounding spaces, kept exactly: ``007`` and ``7`` are
+two users. A column is stored as int64 only when every id in it is an integer written plainly
+(``0`` or ``-?[1-9][0-9]*``, within int64), so that the number spells the text exactly; one padded
+(``007``), signed (``+7``) or non-numeric id, or one beyond int64, makes the whole column text.
+Numbers written as floats (``7.0``, ``1e3``: what spreadsheets write for integer columns) are
+read as those integers, and a fractional, NaN or infinite id is refused with its row, unless
+the column is text anyway. `recsys.data.prepare` applies the same rule over every file of a
+source (`join_ids`), so an id means one thing in the train and the test file.
+
+Timestamps: see `_Stamps`.
 """
 
 from __future__ import annotations
 
+import codecs
+import contextlib
+import csv
+import gzip
+import io
+import lzma
 import os
+import re
 import warnings
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -33,16 +55,15 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "timestamp": ("timestamp", "time", "ts", "datetime", "date"),
 }
 PARQUET_SUFFIXES = (".parquet", ".pq")
+_PADDED_INTEGER = r"^\s*(?:\+[0-9]+|-?0[0-9]+|-0)\s*$"  # 007, +7, -0: integers, not plainly
+_NUMBER = r"^\s*[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\s*$"
 _SEPARATORS = (",", "\t", ";", "|")
 _SEP_NAMES = {",": "comma", "\t": "tab", ";": "';'", "|": "'|'", ":": "':'", " ": "space"}
-
-
-class _TextIds(Exception):
-    """An id column parsed as floats holds integers too large to be exact: re-read it as text."""
-
-    def __init__(self, field: str) -> None:
-        super().__init__(field)
-        self.field = field
+_BLOCK_SIZE = 1 << 22  # bytes per parsed block; also the longest row the parser accepts
+# First bytes of the compressed formats read directly (a zip holds files, not one stream).
+_MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bz2"), (b"\xfd7zXZ\x00", "xz"),
+          (b"\x28\xb5\x2f\xfd", "zstd"), (b"PK\x03\x04", "zip"))
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass
@@ -85,19 +106,100 @@ def parse_column_mapping(spec: str | None) -> dict[str, str]:
 
             raise RecsysError(f"--columns: unknown field '{key}'{closest(key, FIELDS)}; "
                               f"fields are {', '.join(FIELDS)}")
+        if key in out:
+            raise RecsysError(f"--columns {spec!r}: {key} is mapped twice; give each field once")
         out[key] = value
+    _one_role_per_column(out, "--columns")
     return out
+
+
+def _one_role_per_column(fields: dict[str, str], where: str) -> None:
+    """A file column can be one field only (``user=item,item=item`` would read it twice)."""
+    seen: dict[str, str] = {}
+    for f, column in fields.items():
+        if column in seen:
+            raise RecsysError(f"{where}: column '{column}' is given two roles ({seen[column]} and "
+                              f"{f}); map each field to its own column")
+        seen[column] = f
+
+
+def check_readable(path: str | os.PathLike[str]) -> None:
+    """One line for a path that exists but cannot be read as a file (a directory, no
+    permission); callers say in their own words that a path does not exist."""
+    path = Path(path)
+    if path.is_dir():
+        raise RecsysError(f"{path}: it is a directory; pass the file inside it")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        hint = "; check its permissions" if isinstance(exc, PermissionError) else ""
+        raise RecsysError(f"{path}: cannot read the file ({exc.strerror or exc}){hint}") from None
+
+
+def compression(path: str | os.PathLike[str]) -> str | None:
+    """gzip, bz2, xz or zstd when the file starts like one (whatever its suffix), else None."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    for magic, name in _MAGIC:
+        if head.startswith(magic):
+            if name == "zip":
+                raise RecsysError(f"{path}: a zip archive, which may hold several files; unzip it "
+                                  "and pass the rating file inside (gzip, bzip2, xz and zstd "
+                                  "files are read directly)")
+            return name
+    return None
+
+
+def open_binary(path: str | os.PathLike[str]) -> IO[bytes]:
+    """The file's bytes, decompressed where it is compressed."""
+    source = _arrow_source(Path(path))
+    # pyarrow's streams cannot readline.
+    return io.BufferedReader(source) if isinstance(source, pa.NativeFile) else source
+
+
+def _arrow_source(path: Path) -> Any:
+    """What the CSV parser reads: a native (GIL-free) decompressing stream where pyarrow has
+    the codec."""
+    kind = compression(path)
+    if kind is None:
+        return open(path, "rb")
+    if kind == "xz":  # pyarrow has no xz codec
+        return lzma.open(path, "rb")
+    if kind == "gzip":  # pyarrow's gzip stream takes a truncated file for a whole one
+        return gzip.open(path, "rb")
+    return pa.input_stream(str(path), compression=kind)
+
+
+def _stem_suffix(path: Path) -> str:
+    """The suffix that tells the format (``r.tsv.gz`` -> ``.tsv``)."""
+    if path.suffix.lower() in (".gz", ".bz2", ".xz", ".zst", ".zstd") and "." in path.stem:
+        return Path(path.stem).suffix.lower()
+    return path.suffix.lower()
 
 
 def sniff_separator(path: Path, encoding: str = "utf-8") -> str:
     """The separator of a delimited file, judged from its first line (tab for .tsv)."""
-    if path.suffix.lower() in (".tsv", ".tab"):
+    if _stem_suffix(path) in (".tsv", ".tab"):
         return "\t"
-    with open(path, "rb") as f:
+    with _reading(path), open_binary(path) as f:
         first = f.readline(1 << 16).decode(encoding, errors="replace")
     counts = {s: first.count(s) for s in _SEPARATORS}
     best = max(counts, key=lambda s: counts[s])
     return best if counts[best] else ","
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """A damaged compressed stream (truncated gzip, bad zstd frame) as one line."""
+    try:
+        yield
+    except (OSError, EOFError, lzma.LZMAError, zlib.error, pa.ArrowInvalid) as exc:
+        if isinstance(exc, pa.ArrowInvalid) and not compression(path):
+            raise
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise RecsysError(f"{path}: cannot decompress ({msg}); the file is truncated or "
+                          "damaged") from None
 
 
 def is_parquet(path: str | os.PathLike[str]) -> bool:
@@ -129,10 +231,9 @@ def read_rating_log(
     parser's own buffers never hold the whole file.
     """
     path = Path(path)
-    if not path.is_file():
-        hint = "it is a directory; pass the rating file inside it" if path.is_dir() else \
-            "check the path"
-        raise RecsysError(f"{path}: file not found ({hint})")
+    if not path.exists():
+        raise RecsysError(f"{path}: file not found (check the path)")
+    check_readable(path)
     if path.stat().st_size == 0:
         raise RecsysError(f"{path}: the file is empty; expected a header and rating rows")
     # The source hash goes into the prepared dataset's metadata; hashing in a thread overlaps it
@@ -143,13 +244,8 @@ def read_rating_log(
             table = _read_parquet(path)
             fields = _resolve_columns(table.column_names, columns or {}, path)
             table = table.select(list(fields.values())).rename_columns(list(fields))
-            try:
-                log = _collect(table.to_batches(max_chunksize=1 << 20), path, list(fields), 0,
-                               require_rating, min_rating)
-            except _TextIds as exc:
-                raise RecsysError(f"{path} column '{fields[exc.field]}': ids are floats beyond "
-                                  "2^53, which cannot be told apart; store them as strings or "
-                                  "64-bit integers") from None
+            log = _collect(table.to_batches(max_chunksize=1 << 20), path, fields, 0,
+                           require_rating, min_rating)
         else:
             log = _read_delimited(path, sep, columns, names, encoding, require_rating,
                                   min_rating)
@@ -174,7 +270,7 @@ def _resolve_columns(available: list[str], columns: dict[str, str], path: Path
             found[f] = columns[f]
             continue
         for alias in ALIASES[f]:
-            if alias in lower:
+            if alias in lower and lower[alias] not in columns.values():
                 found[f] = lower[alias]
                 break
     for f in REQUIRED:
@@ -189,12 +285,14 @@ def _resolve_columns(available: list[str], columns: dict[str, str], path: Path
                                   f"so the delimiter is wrong{guess}")
             raise RecsysError(f"{path}: no '{f}' column (columns: {', '.join(available)}); "
                               f"rename it or map it with --columns {f}=NAME")
+    _one_role_per_column(found, str(path))
     return found
 
 
 def _read_delimited(path: Path, sep: str | None, columns: dict[str, str] | None,
                     names: list[str] | None, encoding: str, require_rating: bool,
                     min_rating: float | None) -> RatingLog:
+    compression(path)  # a zip is refused before anything else reads it
     sep = sep if sep is not None else sniff_separator(path, encoding)
     if sep in ("\\t", "tab", "TAB"):
         sep = "\t"
@@ -211,44 +309,34 @@ def _read_delimited(path: Path, sep: str | None, columns: dict[str, str] | None,
         raise RecsysError(f"{path}: no 'rating' column (columns: {', '.join(file_columns)}); "
                           "map one with --columns rating=NAME")
     back = {v: k for k, v in fields.items()}
-    text_ids: set[str] = set()
-    while True:
-        types: dict[str, pa.DataType] = {fields[f]: pa.string() for f in text_ids}
-        if "rating" in fields:
-            types[fields["rating"]] = pa.float32()
-        try:
+    # Ids and timestamps as text: the rules of this module decide what they are, not the
+    # parser's guess from the first block (which reads 007 as 7). Ratings as float64, so that
+    # a value beyond float32 is told apart from an "inf" in the file.
+    types: dict[str, pa.DataType] = {c: pa.string() for f, c in fields.items() if f != "rating"}
+    if "rating" in fields:
+        types[fields["rating"]] = pa.float64()
+    try:
+        with _reading(path), _arrow_source(path) as source:
             reader = pacsv.open_csv(
-                path,
-                read_options=pacsv.ReadOptions(column_names=names, encoding=encoding,
-                                               block_size=1 << 22),
+                source,
+                # The header as `_header` read it (spaces and a byte-order mark stripped).
+                read_options=pacsv.ReadOptions(column_names=file_columns,
+                                               skip_rows=header_rows, encoding=encoding,
+                                               block_size=_BLOCK_SIZE),
                 parse_options=pacsv.ParseOptions(delimiter=sep),
                 convert_options=pacsv.ConvertOptions(
                     include_columns=list(fields.values()), column_types=types,
                     null_values=[""], strings_can_be_null=True,
                     quoted_strings_can_be_null=True))
             batches = (b.rename_columns([back[c] for c in b.schema.names]) for b in reader)
-            return _collect(batches, path, list(fields), header_rows, require_rating,
-                            min_rating)
-        except _TextIds as exc:
-            # Integers beyond int64 were parsed as (inexact) floats: they are opaque labels.
-            text_ids.add(exc.field)
-            continue
-        except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
-            _check_utf8(path, encoding)
-            # Types are inferred from the first block; ids that turn out to be text later on
-            # are read again as text.
-            failed = _failed_field(str(exc), file_columns, back)
-            if failed in ("user", "item") and failed not in text_ids \
-                    and "conversion error" in str(exc):
-                text_ids.add(failed)
-                continue
-            raise _explain_arrow_error(exc, path, fields, sep, encoding, header_rows,
-                                       file_columns) from None
+            return _collect(batches, path, fields, header_rows, require_rating, min_rating)
+    except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+        _check_utf8(path, encoding)
+        raise _explain_arrow_error(exc, path, fields, sep, encoding, header_rows,
+                                   file_columns) from None
 
 
 def _failed_field(message: str, file_columns: list[str], back: dict[str, str]) -> str | None:
-    import re
-
     match = re.search(r"CSV column #(\d+)", message)
     if not match or int(match.group(1)) >= len(file_columns):
         return None
@@ -259,13 +347,12 @@ def _header(path: Path, sep: str, encoding: str) -> list[str]:
     # A byte-order mark (Excel writes one) is not part of the first column's name.
     utf8 = encoding.lower().replace("-", "").replace("_", "") == "utf8"
     try:
-        with open(path, encoding="utf-8-sig" if utf8 else encoding, newline="") as f:
-            line = f.readline()
+        with _reading(path), open_binary(path) as raw:
+            line = io.TextIOWrapper(raw, encoding="utf-8-sig" if utf8 else encoding,
+                                    newline="").readline()
     except UnicodeDecodeError:
         _check_utf8(path, encoding)
         raise
-    import csv
-
     return [c.strip() for c in next(csv.reader([line], delimiter=sep))]
 
 
@@ -273,14 +360,22 @@ def _check_utf8(path: Path, encoding: str) -> None:
     """On a parse error, first rule out bytes that are not valid in the file's encoding."""
     if encoding.lower().replace("-", "") not in ("utf8", "utf_8"):
         return
-    data = path.read_bytes()
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise RecsysError(f"{path} row {line}: bytes that are not UTF-8 "
-                          f"({data[exc.start:exc.start + 4]!r}); re-save the file as UTF-8"
-                          ) from None
+    line, pending = 1, b""
+    with _reading(path), open_binary(path) as f:
+        while True:
+            block = f.read(1 << 20)
+            data = pending + block
+            try:
+                _, used = codecs.utf_8_decode(data, "strict", not block)
+            except UnicodeDecodeError as exc:
+                line += data.count(b"\n", 0, exc.start)
+                raise RecsysError(f"{path} row {line}: bytes that are not UTF-8 "
+                                  f"({data[exc.start:exc.start + 4]!r}); re-save the file as "
+                                  "UTF-8") from None
+            line += data.count(b"\n", 0, used)
+            pending = data[used:]
+            if not block:
+                return
 
 
 def _explain_arrow_error(exc: Exception, path: Path, fields: dict[str, str], sep: str,
@@ -288,22 +383,21 @@ def _explain_arrow_error(exc: Exception, path: Path, fields: dict[str, str], sep
                          ) -> RecsysError:
     msg = str(exc).splitlines()[0]
     failed = _failed_field(msg, file_columns, {v: k for k, v in fields.items()})
-    if "conversion error" in msg and failed == "timestamp":
-        return RecsysError(f"{path} column '{fields['timestamp']}': {msg.split(': ', 1)[-1]}; "
-                           "timestamps must be numbers or dates")
-    if "conversion error" in msg and "rating" in fields:
+    if "straddl" in msg or "out of sync" in msg:
+        return _explain_long_row(path)
+    if "conversion error" in msg and failed == "rating":
         # Re-read the rating column as text to find the first value that is not a number.
-        table = pacsv.read_csv(
-            path, read_options=pacsv.ReadOptions(
-                column_names=None if header_rows else file_columns, encoding=encoding),
-            parse_options=pacsv.ParseOptions(delimiter=sep),
-            convert_options=pacsv.ConvertOptions(
-                include_columns=[fields["rating"]],
-                column_types={fields["rating"]: pa.string()}, null_values=[""],
-                strings_can_be_null=True))
+        with _reading(path), open_binary(path) as source:
+            table = pacsv.read_csv(
+                source, read_options=pacsv.ReadOptions(
+                    column_names=file_columns, skip_rows=header_rows, encoding=encoding,
+                    block_size=_BLOCK_SIZE),
+                parse_options=pacsv.ParseOptions(delimiter=sep),
+                convert_options=pacsv.ConvertOptions(
+                    include_columns=[fields["rating"]],
+                    column_types={fields["rating"]: pa.string()}, null_values=[""],
+                    strings_can_be_null=True))
         raw = table.column(0).to_numpy(zero_copy_only=False)
-        import pandas as pd
-
         numeric = pd.to_numeric(pd.Series(raw, dtype=object), errors="coerce")
         bad = np.flatnonzero(numeric.isna().to_numpy() & pd.notna(raw))
         if len(bad):
@@ -314,6 +408,29 @@ def _explain_arrow_error(exc: Exception, path: Path, fields: dict[str, str], sep
         return RecsysError(f"{path}: rows have differing numbers of fields ({msg}); check the "
                            f"delimiter (--sep, now {_SEP_NAMES.get(sep, repr(sep))}) and quoting")
     return RecsysError(f"{path}: cannot parse ({msg})")
+
+
+def _explain_long_row(path: Path) -> RecsysError:
+    """The parser reads blocks of `_BLOCK_SIZE` bytes and a row must fit in about one: name the
+    first line that is longer, or else the quote that opens a field and never closes (which
+    makes the rest of the file one field)."""
+    line = 0
+    odd_quote = None
+    with _reading(path), open_binary(path) as f:
+        for raw in iter(lambda: f.readline(_BLOCK_SIZE + 1), b""):
+            line += 1
+            if len(raw) > _BLOCK_SIZE:
+                size = len(raw)
+                while not raw.endswith(b"\n") and (raw := f.readline(_BLOCK_SIZE)):
+                    size += len(raw)
+                return RecsysError(f"{path} row {line}: the row is {size / 2**20:.1f} MB long; "
+                                   f"rows of a rating file may hold at most "
+                                   f"{_BLOCK_SIZE >> 20} MB (is this a rating file?)")
+            if odd_quote is None and raw.count(b'"') % 2:
+                odd_quote = line
+    where = f" from row {odd_quote}, which has an odd number of '\"'" if odd_quote else ""
+    return RecsysError(f"{path}: a quoted field runs on for more than {_BLOCK_SIZE >> 20} MB"
+                       f"{where}; close the quote or remove it")
 
 
 def _read_parquet(path: Path) -> pa.Table:
@@ -328,57 +445,49 @@ def _read_parquet(path: Path) -> pa.Table:
 # -- columns to arrays -----------------------------------------------------------------------
 
 
-def _collect(batches: Iterator[pa.RecordBatch], path: Path, present: list[str],
+def _collect(batches: Iterator[pa.RecordBatch], path: Path, fields: dict[str, str],
              header_rows: int, require_rating: bool, min_rating: float | None) -> RatingLog:
-    """Record batches -> compact numpy columns, block by block; rows with an empty field are
-    rejected (counted), ratings must be finite numbers."""
+    """Record batches (columns named by our fields) -> compact numpy columns, block by block;
+    rows with an empty field are rejected (counted), ratings must be finite float32 numbers.
+    ``fields`` maps our fields to the file's column names (for messages)."""
+    present = list(fields)
     if require_rating and "rating" not in present:
         raise RecsysError(f"{path}: no 'rating' column (columns: {', '.join(present)}); map "
                           "one with --columns rating=NAME")
-    chunks: dict[str, list[np.ndarray]] = {f: [] for f in present}
+    ids = {f: _Ids(path, fields[f]) for f in ("user", "item")}
+    stamps = _Stamps(path, fields["timestamp"]) if "timestamp" in present else None
+    ratings: list[np.ndarray] = []
     rows = missing = below = 0
     lo, hi = np.inf, -np.inf
-    notes: list[str] = []
     pool = pa.default_memory_pool()
     for k, batch in enumerate(batches):
         n = batch.num_rows
+        first_row = rows + 1 + header_rows
         empty = None
         for f in present:
             col = batch.column(f)
             if col.null_count:
                 m = col.is_null().to_numpy(zero_copy_only=False)
                 empty = m if empty is None else empty | m
-        keep = None if empty is None else ~empty
+        valid = None if empty is None else ~empty  # rows whose values are checked
         if empty is not None:
             missing += int(empty.sum())
-        for f in ("user", "item"):
-            if f in present and pa.types.is_floating(batch.column(f).type):
-                _check_float_ids(batch.column(f), keep, path, f, rows + 1 + header_rows)
+        keep = valid  # rows kept
         if "rating" in present:
-            col = batch.column("rating")
-            if not pa.types.is_floating(col.type) and not pa.types.is_integer(col.type):
-                raise RecsysError(f"{path} column 'rating': values are {col.type}, not numbers")
-            r = col.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-            bad = ~np.isfinite(r) if keep is None else ~np.isfinite(r) & keep
-            if bad.any():
-                first = int(np.argmax(bad))
-                raise RecsysError(f"{path} row {rows + first + 1 + header_rows} column "
-                                  f"'rating': {r[first]} is not a valid rating; fix or remove "
-                                  "the row")
-            valid = r if keep is None else r[keep]
-            if len(valid):
-                lo, hi = min(lo, float(valid.min())), max(hi, float(valid.max()))
+            r = _ratings(batch.column("rating"), valid, path, fields["rating"], first_row)
+            ok = r if valid is None else r[valid]
+            if len(ok):
+                lo, hi = min(lo, float(ok.min())), max(hi, float(ok.max()))
             if min_rating is not None:
                 positive = r >= np.float32(min_rating)
-                below += int((~positive if keep is None else ~positive & keep).sum())
+                below += int((~positive if valid is None else ~positive & valid).sum())
                 keep = positive if keep is None else keep & positive
-        for f in present:
-            if f == "rating" and min_rating is not None:
-                continue  # every kept rating is a positive: the value is not needed
-            a = batch.column(f)
-            if keep is not None:
-                a = a.filter(pa.array(keep))
-            chunks[f].append(_compact(a, f, path, notes, rows, header_rows))
+            else:  # with a threshold every kept rating is a positive: the value is not needed
+                ratings.append(r if keep is None else r[keep])
+        for f in ("user", "item"):
+            ids[f].add(batch.column(f), valid, keep, first_row)
+        if stamps is not None:
+            stamps.add(batch.column("timestamp"), valid, keep, first_row)
         rows += n
         del batch
         if k % 16 == 15:
@@ -387,98 +496,387 @@ def _collect(batches: Iterator[pa.RecordBatch], path: Path, present: list[str],
         raise RecsysError(f"{path}: no rating rows after the header")
     if missing == rows:
         raise RecsysError(f"{path}: every row has an empty user, item, rating or timestamp")
-    cols = {f: _concat(chunks.pop(f)) for f in list(chunks) if chunks[f]}
+    notes: list[str] = []
+    user, item = ids["user"].finish(notes), ids["item"].finish(notes)
+    timestamp = stamps.finish(notes) if stamps is not None else None
+    rating = _concat(ratings) if "rating" in present and min_rating is None else None
+    if rating is not None:
+        notes.extend(_far_outside(rating, path, fields["rating"]))
     pool.release_unused()
-    user, item = _ids(cols["user"], path, "user", notes), _ids(cols["item"], path, "item", notes)
-    rating = cols.get("rating") if min_rating is None else None
-    return RatingLog(user, item, rating, cols.get("timestamp"), path, rows_read=rows,
-                     missing_dropped=missing, notes=list(dict.fromkeys(notes)),
-                     threshold_applied=min_rating, below_threshold_dropped=below,
+    return RatingLog(user, item, rating, timestamp, path, rows_read=rows,
+                     missing_dropped=missing, notes=notes, threshold_applied=min_rating,
+                     below_threshold_dropped=below,
                      rating_range=[lo, hi] if "rating" in present and lo <= hi else None)
 
 
-def _check_float_ids(col: pa.Array, keep: np.ndarray | None, path: Path, name: str,
-                     first_row: int) -> None:
-    """Ids that came out as floats: NaN, infinite or fractional ones are errors (naming the
-    row); integers too large to be exact in a float are re-read as text (`_TextIds`)."""
-    v = col.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+def _ratings(col: pa.Array, valid: np.ndarray | None, path: Path, name: str, first_row: int
+             ) -> np.ndarray:
+    """One block of ratings as float32; NaN, infinite and float32-overflowing values (checked
+    rows only) are errors naming the row."""
+    if not pa.types.is_floating(col.type) and not pa.types.is_integer(col.type):
+        raise RecsysError(f"{path} column '{name}': values are {col.type}, not numbers")
+    r = col.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
     with np.errstate(invalid="ignore"):
-        bad = ~np.isfinite(v) | (v != np.round(v))
-    if keep is not None:
-        bad &= keep
+        bad = ~np.isfinite(r) | (np.abs(r) > _FLOAT32_MAX)
+    if valid is not None:
+        bad &= valid
     if bad.any():
         i = int(np.argmax(bad))
-        what = "are fractional numbers" if np.isfinite(v[i]) else "are not numbers"
-        raise RecsysError(f"{path} row {first_row + i} column '{name}': ids {what} "
-                          f"('{float(v[i]):g}'); ids must be integers or text")
-    big = np.abs(v) > 2.0**53
-    if keep is not None:
-        big &= keep
-    if big.any():
-        raise _TextIds(name)
+        why = (f"{r[i]:g} overflows float32 (ratings are stored as 32-bit floats, at most about "
+               "3.4e38)" if np.isfinite(r[i]) else f"{r[i]} is not a valid rating")
+        raise RecsysError(f"{path} row {first_row + i} column '{name}': {why}; fix or remove "
+                          "the row")
+    return r.astype(np.float32)
+
+
+def _far_outside(rating: np.ndarray, path: Path, name: str) -> list[str]:
+    """A note (not an error) for ratings far from the scale the others keep to: the range of
+    the middle 99% widened by its own width (at least 1) on each side; on a 1-5 scale, below
+    -3 or above 9 (a -5 or 1e9 typed by mistake). Files of fewer than 50 ratings get none."""
+    if len(rating) < 50:  # too few to tell a scale from its outliers
+        return []
+    # One partial sort for both ends (np.quantile would sort a copy twice).
+    a, b = int(np.ceil(0.005 * (len(rating) - 1))), int(np.floor(0.995 * (len(rating) - 1)))
+    ends = np.partition(rating, [a, b])
+    lo, hi = float(ends[a]), float(ends[b])
+    del ends
+    margin = max(hi - lo, 1.0)
+    far = (rating < lo - margin) | (rating > hi + margin)
+    n = int(far.sum())
+    if not n:
+        return []
+    example = float(rating[np.argmax(far)])
+    return [f"{path} column '{name}': {n:,} rating{'s lie' if n > 1 else ' lies'} far outside "
+            f"the scale of the others (99% are within [{lo:g}, {hi:g}]; e.g. {example:g}); "
+            "check the file"]
 
 
 def _concat(parts: list[np.ndarray]) -> np.ndarray:
     if len(parts) == 1:
         return parts[0]
-    if any(p.dtype == object for p in parts):
-        return np.concatenate([p.astype(object) for p in parts])
     return np.concatenate(parts)
 
 
-def _compact(col: pa.Array, name: str, path: Path, notes: list[str], rows: int,
-             header_rows: int) -> np.ndarray:
-    """One block of one column as the smallest numpy array that holds it."""
-    if name == "timestamp":
-        return _timestamps(col, path)
-    a = col.to_numpy(zero_copy_only=False)
-    if name == "rating":
-        return a.astype(np.float32, copy=False)
-    if a.dtype.kind in "iu" and len(a):
-        lo, hi = int(a.min()), int(a.max())
-        if lo < 0:
-            notes.append(f"{path} column '{name}' has negative ids; they are kept as ids "
-                         "(labels, not numbers)")
-        # int32 halves the memory of ids; blocks that need int64 upcast the whole column.
-        if -(2**31) <= lo and hi < 2**31:
-            return a.astype(np.int32)
-    return a
+def _any(mask: pa.Array) -> bool:
+    return pc.any(mask).as_py() is True
 
 
-def _ids(values: np.ndarray, path: Path, name: str, notes: list[str]) -> np.ndarray:
-    if values.dtype.kind in "iu":
-        return values
-    if values.dtype.kind == "f":
-        if np.all(values == np.round(values)):
-            return values.astype(np.int64)
-        raise RecsysError(f"{path} column '{name}': ids are fractional numbers; ids must be "
-                          "integers or text")
-    return values.astype(str).astype(object)
+def _plain_int64(col: pa.Array) -> pa.Array | None:
+    """The block as int64 when every value is an integer written plainly (the spelling of
+    `recsys.data.interactions.PLAIN_INTEGER`), else None. The cast refuses signs, spaces,
+    decimals and overflow; leading zeros (which it accepts) are looked for separately, which is
+    much cheaper than printing the numbers back."""
+    try:
+        ints = pc.cast(col, pa.int64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    # Most blocks have no id starting with 0 and no negative one: two cheap tests settle them.
+    zero = pc.starts_with(col, "0")
+    if _any(zero) and _any(pc.and_(zero, pc.greater(pc.binary_length(col), 1))):
+        return None
+    low = pc.min(ints).as_py()
+    if low is not None and low <= 0 and _any(pc.starts_with(col, "-0")):
+        return None
+    return ints
 
 
-def _timestamps(col: pa.Array | pa.ChunkedArray, path: Path) -> np.ndarray:
-    if pa.types.is_timestamp(col.type) or pa.types.is_date(col.type):
-        col = pc.cast(col, pa.timestamp("s")) if pa.types.is_date(col.type) else col
-        return (col.to_numpy(zero_copy_only=False).astype("datetime64[s]")
-                .astype(np.int64))
-    if pa.types.is_integer(col.type):
-        return col.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
-    if pa.types.is_floating(col.type):
-        return col.to_numpy(zero_copy_only=False).astype(np.int64)
-    import pandas as pd
+def _filtered(a: np.ndarray, keep: np.ndarray | None) -> np.ndarray:
+    return a if keep is None else a[keep]
 
-    raw = pd.Series(col.to_numpy(zero_copy_only=False))
-    # A text column may still hold numbers (seconds) beside the one value that is neither.
-    numeric = pd.to_numeric(raw, errors="coerce")
-    dates = raw[numeric.isna()]
+
+class _Ids:
+    """One id column of one file, block by block, by the rule in the module docstring.
+
+    A block is kept as compact integers when its ids are plain integers, as text (an arrow
+    string array, far smaller than Python strings) otherwise, and as both when its ids are
+    floats (``7.0``), whose text is needed if a later block turns the column to text."""
+
+    def __init__(self, path: Path, name: str) -> None:
+        self.path, self.name = path, name
+        self.blocks: list[tuple[np.ndarray | None, pa.Array | None]] = []
+        self.text = False  # some id is no number, or an integer not written plainly
+        self.float_error: str | None = None  # a fractional/NaN id: refused unless text
+
+    def add(self, col: pa.Array, valid: np.ndarray | None, keep: np.ndarray | None,
+            first_row: int) -> None:
+        if pa.types.is_dictionary(col.type):
+            col = col.dictionary_decode()
+        if pa.types.is_integer(col.type):
+            self._ints(pc.fill_null(col, 0), keep)
+            return
+        if pa.types.is_floating(col.type):  # Parquet: no text to fall back on
+            v = col.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+            error = self._check_floats(v, valid, first_row)
+            if error or (np.abs(np.nan_to_num(v)) > 2.0**53).any():
+                raise RecsysError(error or f"{self.path} column '{self.name}': ids are floats "
+                                  "beyond 2^53, which cannot be told apart; store them as "
+                                  "strings or 64-bit integers")
+            self._ints(pa.array(np.nan_to_num(v).astype(np.int64)), keep)
+            return
+        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+            try:
+                col = pc.cast(col, pa.string())
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                raise RecsysError(f"{self.path} column '{self.name}': ids are {col.type}; "
+                                  "expected integers or text") from None
+        ints = _plain_int64(col)
+        if ints is None:
+            col = pc.utf8_trim_whitespace(col)  # spaces around an id are not part of it
+            ints = _plain_int64(col)
+        if ints is not None:
+            self._ints(pc.fill_null(ints, 0), keep)
+            return
+        text = col if keep is None else col.filter(pa.array(keep))
+        if not self.text and not _any(pc.match_substring_regex(col, _PADDED_INTEGER)):
+            try:
+                floats = pc.cast(col, pa.float64())
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                floats = None
+            if floats is not None:
+                v = floats.to_numpy(zero_copy_only=False)
+                big = np.abs(np.nan_to_num(v)) > 2.0**53  # integers beyond int64: exact as text
+                if not _filtered(big, valid).any():
+                    self.float_error = self.float_error or self._check_floats(v, valid, first_row)
+                    ints_f = np.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0).astype(np.int64)
+                    self.blocks.append((_compact_ints(_filtered(ints_f, keep)), text))
+                    return
+        self.text = True
+        self.blocks.append((None, text))
+
+    def _ints(self, ints: pa.Array, keep: np.ndarray | None) -> None:
+        a = _filtered(ints.to_numpy(zero_copy_only=False), keep)
+        self.blocks.append((_compact_ints(a), None))
+
+    def _check_floats(self, v: np.ndarray, valid: np.ndarray | None, first_row: int
+                      ) -> str | None:
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isfinite(v) | (v != np.round(v))
+        if valid is not None:
+            bad &= valid
+        if not bad.any():
+            return None
+        i = int(np.argmax(bad))
+        what = "are fractional numbers" if np.isfinite(v[i]) else "are not numbers"
+        return (f"{self.path} row {first_row + i} column '{self.name}': ids {what} "
+                f"('{float(v[i]):g}'); ids must be integers or text")
+
+    def finish(self, notes: list[str]) -> np.ndarray:
+        if self.text:
+            parts = [t if t is not None else pa.array(i.astype(str)) for i, t in self.blocks]
+            self.blocks = []
+            return pa.chunked_array(parts, type=pa.string()).to_numpy(zero_copy_only=False) \
+                .astype(object)
+        if self.float_error:
+            raise RecsysError(self.float_error)
+        parts = [i for i, _ in self.blocks]
+        self.blocks = []
+        out = _concat(parts) if parts else np.empty(0, np.int64)
+        if len(out) and out.min() < 0:
+            notes.append(f"{self.path} column '{self.name}' has negative ids; they are kept as "
+                         "ids (labels, not numbers)")
+        return out
+
+
+def _compact_ints(a: np.ndarray) -> np.ndarray:
+    """int32 when the block fits (half the memory of ids); blocks that need int64 upcast the
+    whole column when they are joined."""
+    if len(a) and -(2**31) <= int(a.min()) and int(a.max()) < 2**31:
+        return a.astype(np.int32)
+    return a.astype(np.int64, copy=False)
+
+
+def join_ids(arrays: list[np.ndarray]) -> np.ndarray:
+    """The id columns of several files of one source under one rule: integers only when every
+    file's are (each file's text ids keep their spelling; plain integers print back exactly)."""
+    if all(a.dtype.kind in "iu" for a in arrays):
+        return np.concatenate(arrays)
+    return np.concatenate([a.astype(str).astype(object) for a in arrays])
+
+
+_MS_FROM = 1e11  # as epoch seconds: the year 5138; as milliseconds: March 1973
+_TOO_LARGE = 1e14  # as milliseconds: the year 5138
+
+
+class _Stamps:
+    """One timestamp column, block by block, to int64 epoch seconds (floored), by one rule:
+
+    * numbers are epoch seconds; a column whose every number is at least 1e11 in magnitude
+      (as seconds, after the year 5138) holds epoch milliseconds and is divided by 1000, with a
+      note; seconds and milliseconds in one column, or a number of 1e14 or more, are refused;
+    * dates (text) are ISO 8601 in any of its forms (``2020-01-01``, ``2020/01/01 10:00``,
+      ``2020-01-01T10:00:00+02:00``), or else all in the one format of the column's first date
+      (``01/01/2020``: month first unless that first date, or another in its block, needs day
+      first; ``Jan 1 2020``); dates without a zone are UTC; Parquet dates and times likewise;
+    * numbers and dates in one column are refused, naming the first row of the other kind.
+    """
+
+    def __init__(self, path: Path, name: str) -> None:
+        self.path, self.name = path, name
+        self.chunks: list[np.ndarray] = []
+        self.kind: str | None = None  # numbers or dates, from the column's first value
+        self.first: tuple[int, str] = (0, "")  # its row and value
+        self.fmt: str | None = None  # the dates' format
+        self.scale: dict[bool, tuple[int, float]] = {}  # is-milliseconds -> first row, value
+
+    def _where(self, row: int) -> str:
+        return f"{self.path} row {row} column '{self.name}'"
+
+    def add(self, col: pa.Array, valid: np.ndarray | None, keep: np.ndarray | None,
+            first_row: int) -> None:
+        if pa.types.is_dictionary(col.type):
+            col = col.dictionary_decode()
+        check = np.ones(len(col), bool) if valid is None else valid
+        rows = np.flatnonzero(check)
+        if not len(rows):
+            self.chunks.append(np.empty(0, np.int64))
+            return
+        t = col.type
+        if pa.types.is_timestamp(t) or pa.types.is_date(t):
+            self._kind("dates", first_row + int(rows[0]), str(col[int(rows[0])]))
+            if pa.types.is_date(t):
+                col = pc.cast(col, pa.timestamp("s"))
+            seconds = (pc.fill_null(col, 0).to_numpy(zero_copy_only=False)
+                       .astype("datetime64[s]").astype(np.int64))
+        elif pa.types.is_integer(t) or pa.types.is_floating(t):
+            seconds = self._numbers(col, check, first_row)
+        elif pa.types.is_string(t) or pa.types.is_large_string(t):
+            seconds = self._text(col, check, first_row)
+        else:
+            raise RecsysError(f"{self.path} column '{self.name}': timestamps are {t}; expected "
+                              "numbers (epoch seconds) or dates")
+        self.chunks.append(_filtered(seconds, keep))
+
+    def _kind(self, kind: str, row: int, value: str) -> None:
+        if self.kind is None:
+            self.kind, self.first = kind, (row, value)
+        elif kind != self.kind:
+            words = {"numbers": "a number", "dates": "a date"}
+            raise RecsysError(
+                f"{self._where(row)}: {value!r} is {words[kind]}, while row {self.first[0]} "
+                f"({self.first[1]!r}) and the rows before are {self.kind}; a timestamp column "
+                "holds either numbers (epoch seconds) or dates, not both")
+
+    def _numbers(self, col: pa.Array, check: np.ndarray, first_row: int) -> np.ndarray:
+        v = col.to_numpy(zero_copy_only=False)
+        if v.dtype.kind == "f":
+            with np.errstate(invalid="ignore"):
+                bad = ~np.isfinite(v) & check
+            if bad.any():
+                i = int(np.argmax(bad))
+                raise RecsysError(f"{self._where(first_row + i)}: {v[i]} is not a time; fix or "
+                                  "remove the row")
+            v = np.floor(np.nan_to_num(v)).astype(np.int64)
+        v = v.astype(np.int64, copy=False)
+        rows = np.flatnonzero(check)
+        self._kind("numbers", first_row + int(rows[0]), str(v[rows[0]]))
+        size = np.abs(v)
+        huge = (size >= _TOO_LARGE) & check
+        if huge.any():
+            i = int(np.argmax(huge))
+            raise RecsysError(f"{self._where(first_row + i)}: {v[i]} is too large for epoch "
+                              "seconds or milliseconds; store seconds")
+        ms = (size >= _MS_FROM) & check
+        for scale, mask in ((True, ms), (False, check & ~ms)):
+            if scale not in self.scale and mask.any():
+                i = int(np.argmax(mask))
+                self.scale[scale] = (first_row + i, int(v[i]))
+        return v
+
+    def _text(self, col: pa.Array, check: np.ndarray, first_row: int) -> np.ndarray:
+        # Rows that are dropped anyway (an empty field) are not looked at.
+        trimmed = pc.if_else(pa.array(check), pc.utf8_trim_whitespace(col), "0")
+        for numeric_type in (pa.int64(), pa.float64()):
+            try:
+                numbers = pc.cast(trimmed, numeric_type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                continue
+            return self._numbers(numbers, check, first_row)
+        raw = trimmed.to_numpy(zero_copy_only=False)
+        numeric = pc.match_substring_regex(trimmed, _NUMBER).to_numpy(zero_copy_only=False)
+        numeric = numeric.astype(bool) & check
+        dated = check & ~numeric
+        first = int(np.flatnonzero(check)[0])
+        if (self.kind or ("numbers" if numeric[first] else "dates")) == "numbers":
+            i = int(np.argmax(dated))  # text among numbers: a date, or no time at all
+            self._refuse_other(raw[i], first_row + i)
+            self._kind("numbers", first_row + first, raw[first])
+            self._kind("dates", first_row + i, raw[i])
+        self._kind("dates", first_row + first, raw[first])
+        if numeric.any():
+            i = int(np.argmax(numeric))
+            self._kind("numbers", first_row + i, raw[i])
+        values = pd.Series(raw[dated], dtype=object)
+        at = np.flatnonzero(dated) + first_row
+        if self.fmt is None:
+            self.fmt = self._date_format(values, at)
+        parsed = _parse_dates(values, self.fmt)
+        failed = np.flatnonzero(parsed.isna().to_numpy())
+        if len(failed):
+            value, row = values.iloc[failed[0]], int(at[failed[0]])
+            self._refuse_other(value, row)
+            shown = "ISO 8601" if self.fmt == "ISO8601" else self.fmt
+            raise RecsysError(f"{self._where(row)}: {value!r} is not a date in the column's "
+                              f"format ({shown}, as in row {self.first[0]}: {self.first[1]!r})")
+        out = np.zeros(len(col), np.int64)
+        out[dated] = (parsed.dt.tz_convert(None).to_numpy().astype("datetime64[s]")
+                      .astype(np.int64))
+        return out
+
+    def _refuse_other(self, value: str, row: int) -> None:
+        """A value out of place that is no time at all (rather than a date among numbers, or
+        a date in another format) gets its own words."""
+        if not _is_date(value):
+            raise RecsysError(f"{self._where(row)}: {value!r} is neither a number nor a date; "
+                              "fix the value or leave the column out")
+
+    def _date_format(self, values: pd.Series, at: np.ndarray) -> str:
+        """ISO 8601 when every date of the first block is one, else the format of the first
+        date, month first unless only day first reads the whole block."""
+        if _parse_dates(values, "ISO8601").notna().all():
+            return "ISO8601"
+        from pandas.tseries.api import guess_datetime_format
+
+        first = values.iloc[0]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # pandas' dayfirst hint
+            guesses = [guess_datetime_format(first), guess_datetime_format(first, dayfirst=True)]
+        formats = list(dict.fromkeys(g for g in guesses if g))
+        if not formats:
+            raise RecsysError(f"{self._where(int(at[0]))}: {first!r} is neither a number nor a "
+                              "date; fix the value or leave the column out")
+        for fmt in formats:
+            if _parse_dates(values, fmt).notna().all():
+                return fmt
+        return formats[0]  # the first failing value is reported by the caller
+
+    def finish(self, notes: list[str]) -> np.ndarray:
+        out = _concat(self.chunks) if self.chunks else np.empty(0, np.int64)
+        self.chunks = []
+        if len(self.scale) == 2:
+            first_ms = self.scale[True][0] < self.scale[False][0]
+            row, value = self.scale[not first_ms]
+            other_row, other = self.scale[first_ms]
+            unit, other_unit = ("seconds", "milliseconds") if first_ms else \
+                ("milliseconds", "seconds")
+            raise RecsysError(f"{self._where(row)}: {value} reads as epoch {unit}, while row "
+                              f"{other_row} ({other}) reads as {other_unit} (from 1e11 on); "
+                              "use one unit for the whole column")
+        if self.scale.get(True):
+            out = out // 1000
+            notes.append(f"{self.path} column '{self.name}': every value is 1e11 or more, so "
+                         "they are read as epoch milliseconds (as seconds they would lie after "
+                         "the year 5000) and stored as seconds")
+        return out
+
+
+def _parse_dates(values: pd.Series, fmt: str) -> pd.Series:
+    return pd.to_datetime(values, format=fmt, utc=True, errors="coerce")
+
+
+def _is_date(value: Any) -> bool:
+    """Whether pandas reads ``value`` as a date in any format (for messages only)."""
     with warnings.catch_warnings():
-        # pandas warns when it falls back to per-element parsing; failures are reported below.
         warnings.simplefilter("ignore", UserWarning)
-        parsed = pd.to_datetime(dates, errors="coerce", utc=True)
-    bad = np.flatnonzero(parsed.isna().to_numpy())
-    if len(bad):
-        raise RecsysError(f"{path} column 'timestamp': {dates.iloc[bad[0]]!r} is neither a number "
-                          "nor a date; fix the value or leave the column out")
-    out = numeric.to_numpy(dtype=np.float64, na_value=0.0).astype(np.int64)
-    out[numeric.isna().to_numpy()] = parsed.astype("int64").to_numpy() // 10**9
-    return out
+        parsed = pd.to_datetime(pd.Series([value], dtype=object), format="mixed", utc=True,
+                                errors="coerce")
+    return bool(parsed.notna().all())
