@@ -6,6 +6,7 @@ names the key and suggests the closest valid one. Configs round-trip to plain di
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -88,14 +89,27 @@ def parse_set_options(items: list[str] | None) -> dict[str, Any]:
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A config file as a mapping, read with YAML's safe loader: plain values, lists and
+    mappings only; a tag that would build a Python object is refused by name."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise RecsysError(f"{path}: config file not found")
+    if path.is_dir():
+        raise RecsysError(f"{path}: it is a directory; pass the config file inside it")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError as exc:
         raise RecsysError(f"{path}: bytes that are not UTF-8 at offset {exc.start}; save the "
                           "config as UTF-8 text") from None
+    except OSError as exc:  # no permission, a socket
+        raise RecsysError(f"{path}: cannot read the config file ({exc.strerror or exc})") from None
+    except yaml.constructor.ConstructorError as exc:
+        mark = exc.problem_mark
+        tag = re.search(r"tag '([^']*)'", str(exc.problem))
+        name = tag.group(1).replace("tag:yaml.org,2002:", "!!") if tag else "a tag"
+        raise RecsysError(f"{path}{f' line {mark.line + 1}' if mark else ''}: the tag '{name}' is "
+                          "refused: configs are read with YAML's safe loader (plain values, "
+                          "lists and mappings only)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

@@ -7,8 +7,10 @@ the cache (``RECSYS_CACHE``, default ``<repo>/data/cache``), a mirror (``--mirro
 Verification: a download from GroupLens must match the MD5 that GroupLens publishes. A mirror's
 zip may have been rebuilt (so its MD5 differs), so a mirror is accepted when the zip matches the
 official MD5, or a ``<zip>.sha256`` file beside it, or when the extracted ratings file matches
-its known SHA-256 (see ../shared/PROTOCOLS.md). Extraction refuses entries that would land
-outside the target folder and happens in a temporary folder renamed only when complete.
+its known SHA-256 (see ../shared/PROTOCOLS.md), hashed from inside the archive before anything
+is extracted. Extraction refuses entries that would land outside the target folder and archives
+that would expand to more than `MAX_EXPANSION` times their size, and happens in a temporary
+folder renamed only when complete.
 """
 
 from __future__ import annotations
@@ -295,13 +297,46 @@ def _is_symlink(info: zipfile.ZipInfo) -> bool:
     return stat.S_ISLNK(info.external_attr >> 16)
 
 
+# An archive may expand to at most this many times its own size (MovieLens zips expand 3-5
+# times; a zip bomb, thousands of times), plus a little for tiny archives.
+MAX_EXPANSION = 100
+_EXPANSION_SLACK = 1 << 20
+
+
+def _check_expanded_size(zip_path: Path, members: list[zipfile.ZipInfo]) -> None:
+    """Refuse before extraction an archive whose entries declare more bytes than the cap.
+    The declared sizes bound what is written: zipfile stops each entry at its declared size
+    and checks its CRC."""
+    declared = sum(m.file_size for m in members)
+    cap = MAX_EXPANSION * zip_path.stat().st_size + _EXPANSION_SLACK
+    if declared > cap:
+        raise RecsysError(f"{zip_path}: its entries would expand to {declared:,} bytes, more "
+                          f"than {MAX_EXPANSION} times the archive's size; refusing to extract "
+                          "it (not a MovieLens zip, or damaged)")
+
+
+def _entry_sha256(zf: zipfile.ZipFile, entry: zipfile.ZipInfo, zip_path: Path) -> str:
+    h = hashlib.sha256()
+    try:
+        with zf.open(entry) as src:
+            while block := src.read(1 << 20):
+                h.update(block)
+    except (zipfile.BadZipFile, EOFError, OSError) as exc:
+        raise RecsysError(f"{zip_path}: entry '{entry.filename}' is damaged ({exc}); the archive "
+                          "is truncated or corrupt: fetch it again") from None
+    return h.hexdigest()
+
+
 def extract(zip_path: Path, cache: Path, spec: MovieLensSpec, *, source: str,
             verified_by: str | None) -> Path:
     """Unpack ``zip_path`` into ``cache/<spec.folder>`` safely; return that folder.
 
     Entries are checked before anything is written: absolute names, ``..`` components and
-    symlinks are refused (zip-slip). The files land in a temporary folder that is renamed only
-    after the ratings file has been verified, so a failure leaves nothing behind.
+    symlinks are refused (zip-slip), so is an archive that would expand to more than
+    `MAX_EXPANSION` times its size (zip bomb), and where the archive itself was not verified
+    (``verified_by`` None) the ratings entry is hashed from the archive and compared with its
+    known SHA-256. The files land in a temporary folder renamed only when complete, so a
+    failure leaves nothing behind.
     """
     target = cache / spec.folder
     try:
@@ -321,6 +356,22 @@ def extract(zip_path: Path, cache: Path, spec: MovieLensSpec, *, source: str,
         tops = {PurePosixPath(m.filename).parts[0] for m in members}
         strip = len(tops) == 1 and any(len(PurePosixPath(m.filename).parts) > 1
                                        for m in members)
+        _check_expanded_size(zip_path, members)
+        by_name = {PurePosixPath(*PurePosixPath(m.filename).parts[1 if strip else 0:]): m
+                   for m in members}
+        entry = by_name.get(PurePosixPath(spec.ratings_file))
+        if entry is None:
+            raise RecsysError(f"{zip_path}: no {spec.ratings_file} inside; is this "
+                              f"{spec.zip_name}?")
+        digest = None
+        if verified_by is None:
+            # Not verified as a whole: the ratings inside are checked before anything is
+            # written (a bad copy must not fill the disk first).
+            digest = _entry_sha256(zf, entry, zip_path)
+            if spec.ratings_sha256 and digest != spec.ratings_sha256:
+                raise RecsysError(f"{zip_path}: {spec.ratings_file} has SHA-256 {digest}, "
+                                  f"expected {spec.ratings_sha256}; the copy is corrupt or "
+                                  "another release: replace it")
         cache.mkdir(parents=True, exist_ok=True)
         with atomic_dir(target) as tmp:
             root = tmp.resolve()
@@ -338,15 +389,8 @@ def extract(zip_path: Path, cache: Path, spec: MovieLensSpec, *, source: str,
                     raise RecsysError(f"{zip_path}: entry '{m.filename}' is damaged ({exc}); "
                                       "the archive is truncated or corrupt: fetch it again"
                                       ) from None
-            ratings = tmp / spec.ratings_file
-            if not ratings.is_file():
-                raise RecsysError(f"{zip_path}: no {spec.ratings_file} inside; is this "
-                                  f"{spec.zip_name}?")
-            digest = sha256_file(ratings)
-            if spec.ratings_sha256 and digest != spec.ratings_sha256:
-                raise RecsysError(f"{zip_path}: {spec.ratings_file} has SHA-256 {digest}, expected "
-                                  f"{spec.ratings_sha256}; the copy is corrupt or another "
-                                  "release: replace it")
+            if digest is None:
+                digest = sha256_file(tmp / spec.ratings_file)
             if verified_by is None:
                 verified_by = f"sha256 of {spec.ratings_file}"
             (tmp / MARKER).write_text(json.dumps({
