@@ -22,6 +22,7 @@ batch_size is then the global batch; rank 0 alone writes RUN_DIR, evaluates and 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import shutil
 import sys
@@ -348,6 +349,8 @@ def check_distributable(args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace, dist_info: Any = None) -> int:
     """The command; ``dist_info`` (a `DistInfo`) when this process is one rank of a torchrun launch:
     only rank 0 clears/writes RUN_DIR, evaluates, prints and logs to MLflow."""
+    import torch
+
     from recsys.commands.evaluate import default_metrics
     from recsys.config import validate_config
     from recsys.data.interactions import Dataset
@@ -360,6 +363,7 @@ def _train(args: argparse.Namespace, dist_info: Any = None) -> int:
     from recsys.tracking.base import flatten
     from recsys.tracking.options import log_training_end, log_training_start
     from recsys.training.refit import fit_final
+    from recsys.training.trainer import deterministic_threads
 
     # Everything cheap and user-caused is checked before the data is read or anything is fitted.
     model_cls = get_model_class(args.model)
@@ -423,6 +427,11 @@ def _train(args: argparse.Namespace, dist_info: Any = None) -> int:
         tracker = share_error(make_tracker, args, model)  # runs on rank 0 only
         if tracker is None:
             tracker = Tracker()
+    # --deterministic: the whole job, the test evaluation included, on one CPU thread, so that
+    # its numbers do not depend on the machine's thread count (`deterministic_threads`).
+    threads = contextlib.ExitStack()
+    threads.enter_context(deterministic_threads(bool(getattr(model.config, "deterministic",
+                                                             False))))
     status = "FAILED"
     try:
         ctx = FitContext(run_dir=out, tracker=tracker, resume=args.resume, quiet=quiet,
@@ -458,7 +467,9 @@ def _train(args: argparse.Namespace, dist_info: Any = None) -> int:
             print(final.summary())
         info = {**data_record(data_dir, dataset),
                 "tuned": tuned, "tune_seconds": tune_seconds, **final.record(),
-                "metric": metric, "seed": args.seed}
+                "metric": metric, "seed": args.seed,
+                # What a run's last digits depend on (see `deterministic_threads`).
+                "torch_threads": torch.get_num_threads()}
         save_run(out, model, info)
 
         evaluation = None
@@ -483,6 +494,7 @@ def _train(args: argparse.Namespace, dist_info: Any = None) -> int:
         print(f"run written to {out}")
         status = "FINISHED"
     finally:
+        threads.close()
         tracker.close(status)
     # Last: the mark a resume reads as "nothing left to do" (`finished_training`). A kill before
     # it leaves a run that a resume finishes (at worst logging the model to MLflow once more).

@@ -84,6 +84,26 @@ def configure_determinism(deterministic: bool) -> None:
     torch.backends.cudnn.deterministic = deterministic
 
 
+@contextlib.contextmanager
+def deterministic_threads(deterministic: bool) -> Iterator[None]:
+    """With ``deterministic``, run the block on one CPU thread (torch's intra-op pool), then
+    put the count back. torch splits work at thread boundaries: reductions sum their chunks in
+    another order, and element-wise kernels (a sigmoid) give the elements a chunk boundary puts
+    in a scalar tail rather than a vector lane other last bits, so float results move in the
+    last digits with the thread count (1 vs 2 threads changed AutoRec's weights). On one thread
+    a deterministic run's numbers do not depend on the machine's thread settings. CUDA kernels
+    are unaffected (`configure_determinism` covers them)."""
+    if not deterministic:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def rng_state() -> dict[str, Any]:
     """Global RNG states as tensors and plain values (loadable with ``weights_only=True``)."""
     _, keys, pos, has_gauss, cached = np.random.get_state()
@@ -509,7 +529,8 @@ class Trainer:
         # TF32 is a process-wide switch: set for this fit (on CUDA) and put back after it.
         before = torch.backends.cuda.matmul.allow_tf32
         try:
-            return self._fit(train, valid)
+            with deterministic_threads(self.config.deterministic):
+                return self._fit(train, valid)
         finally:
             torch.backends.cuda.matmul.allow_tf32 = before
 

@@ -1,7 +1,11 @@
 """Same seed, same data: the same metrics to the last digit on CPU (and the same weights), for a
 neural model and for the ALS and EASE baselines; in one process and across processes (where
 hash randomisation and fresh RNG state differ). A different seed must change the neural model
-and ALS, so the equality is not vacuous."""
+and ALS, so the equality is not vacuous.
+
+What `--deterministic` adds: the same numbers whatever the thread count of the machine (torch's
+kernels split work at thread boundaries, which moves the last bits: `deterministic_threads`), so
+1 and 2 threads give byte-identical weights and metrics where, without it, the weights differ."""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import json
 import pytest
 import torch
 
-from reliability.helpers import cli, run_process
+from reliability.helpers import cli, run_process, write_ratings
 
 MODELS = {
     "multdae": ["--set", "epochs=4", "--set", "hidden_dims=[16]", "--set", "batch_size=16",
@@ -72,3 +76,35 @@ def test_same_metrics_across_processes(world, tmp_path, model):
         assert result.code == 0, result.err
         outs.append((out / "metrics.json").read_bytes())
     assert outs[0] == outs[1]
+
+
+@pytest.mark.slow
+def test_deterministic_results_do_not_depend_on_the_thread_count(tmp_path):
+    # Odd sizes (601 users, 129 hidden units): tensors whose halves do not fall on a vector
+    # boundary, so two threads really compute some elements another way.
+    ratings = write_ratings(tmp_path / "r.csv", n_users=601, n_items=300, per_user=25, seed=1)
+    assert run_process(["prepare", "--input", ratings, "--out", tmp_path / "data",
+                        "--quiet"]).code == 0
+    runs = {}
+    for deterministic in (False, True):
+        for threads in ("1", "2"):
+            out = tmp_path / f"run-{deterministic}-{threads}"
+            result = run_process(["train", "autorec", "--data", tmp_path / "data", "--out", out,
+                                  "--set", "epochs=5", "--set", "hidden=129", "--seed", "0",
+                                  "--device", "cpu", "--no-track", "--quiet",
+                                  *(["--deterministic"] if deterministic else [])],
+                                 OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+            assert result.code == 0, result.err
+            runs[deterministic, threads] = out
+    recorded = {key: json.loads((out / "run.json").read_text())["torch_threads"]
+                for key, out in runs.items()}
+    assert recorded == {(False, "1"): 1, (False, "2"): 2, (True, "1"): 1, (True, "2"): 1}
+    one, two = _weights(runs[True, "1"]), _weights(runs[True, "2"])
+    assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
+    assert (runs[True, "1"] / "metrics.json").read_bytes() == \
+        (runs[True, "2"] / "metrics.json").read_bytes()
+    # The premise: without --deterministic the thread count does change the weights here.
+    one, two = _weights(runs[False, "1"]), _weights(runs[False, "2"])
+    assert any(not torch.equal(one[k], two[k]) for k in one), \
+        "1 and 2 threads gave the same weights without --deterministic: the data no longer " \
+        "shows the thread dependence this test guards against (pick other odd sizes)"
