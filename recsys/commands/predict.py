@@ -48,9 +48,12 @@ def _header(path: Path) -> str:
 
 def read_pairs(path: str | Path) -> pd.DataFrame:
     """The ``user`` and ``item`` columns of a CSV, as strings (ids are mapped later)."""
+    from recsys.data.readers import check_readable
+
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise RecsysError(f"--pairs {path}: no such file")
+    check_readable(path)  # a directory, no permission
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except pd.errors.EmptyDataError:
