@@ -102,6 +102,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        # A full disk, a read-only or forbidden place: the user's to fix, so one line naming the
+        # file (every writer has removed its temporaries on the way out). Other OSErrors are bugs.
+        from recsys.data.io import describe_os_error
+
+        line = describe_os_error(exc)
+        if line is None or debug:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        return RecsysError.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -154,6 +155,11 @@ def run(args: argparse.Namespace) -> int:
                                only=args.only)
     if args.table and Path(args.table).suffix.lower() != ".csv":
         raise RecsysError(f"--table {args.table}: use a .csv file name")
+    if args.table:
+        from recsys.data.io import check_replaceable_file, has_columns
+
+        check_replaceable_file(args.table, flag="--table", what="comparison table",
+                               ours=has_columns(*TABLE_COLUMNS))
     result = compare(spec, args, config_path=Path(args.config), quiet=args.quiet)
     print_table(result, spec)
     if args.table:
@@ -323,6 +329,46 @@ def compare(spec: CompareConfig, args: argparse.Namespace | None = None, *,
     ``train+evaluate <label>``, ``compare``, ``register``); pipelines use it to time and log
     their steps.
     """
+    from recsys.data.io import output_lock
+
+    out = Path(spec.out)
+    check_compare_out(out, [m.name for m in spec.models])
+    # One comparison at a time writes `out` (two would mix their runs and table).
+    with output_lock(out, "compare"):
+        return _compare(spec, args, config_path=config_path, quiet=quiet, step=step)
+
+
+# The comparison folder's marker kind, and what a comparison writes beside its run directories.
+COMPARE_KIND = "comparison"
+COMPARE_FILES = ("comparison.csv", "comparison.png")
+TABLE_COLUMNS = ("model", "metric", "mean", "low", "high", "p_value", "significant", "best")
+
+
+def check_compare_out(out: Path, labels: list[str]) -> None:
+    """Refuse (one line), before anything is trained, an ``out`` a comparison must not write
+    into: anything but a new or empty folder or a comparison (its marker, or, written before
+    markers existed, nothing but comparison.csv/png and runs); and a model's run directory that
+    exists and is not a run (`recsys.commands.train.check_out` replaces only runs)."""
+    from recsys.commands.train import is_run_dir
+    from recsys.data.io import check_replaceable
+
+    def unmarked(folder: Path) -> bool:
+        return all(e in COMPARE_FILES or ((folder / e).is_dir() and is_run_dir(folder / e))
+                   for e in os.listdir(folder))
+
+    check_replaceable(out, COMPARE_KIND, what="comparison folder", legacy=unmarked)
+    for label in labels:
+        run_dir = out / label
+        if run_dir.is_symlink() or (run_dir.exists() and not (
+                run_dir.is_dir() and (not any(run_dir.iterdir()) or is_run_dir(run_dir)))):
+            raise RecsysError(f"--out {out}: {run_dir} (model '{label}') exists and is not a run "
+                              "recsys wrote; move it away or choose another --out")
+
+
+def _compare(spec: CompareConfig, args: argparse.Namespace | None, *,
+             config_path: Path | None, quiet: bool,
+             step: Callable[[str, Tracker], AbstractContextManager[Any]] | None
+             ) -> CompareResult:
     from recsys.data.interactions import Dataset
     from recsys.tracking.options import make_tracker
 
@@ -578,10 +624,12 @@ def log_comparison(parent: Tracker, result: CompareResult, spec: CompareConfig) 
     """Comparison table and figure: into the output folder and the parent run."""
     import matplotlib.pyplot as plt
 
-    from recsys.data.io import atomic_path
+    from recsys.data.io import atomic_path, read_marker, write_marker
 
     out = Path(spec.out)
     out.mkdir(parents=True, exist_ok=True)
+    if read_marker(out) is None:  # marks the folder a comparison: a later one may write into it
+        write_marker(out, COMPARE_KIND, 1)
     with atomic_path(out / "comparison.csv") as tmp:
         result.table.to_csv(tmp, index=False)
     fig = comparison_figure(result.table, spec.metrics, f"{spec.name}: test metrics (95% CI)")

@@ -99,12 +99,22 @@ def run_datasets(args: argparse.Namespace) -> int:
 
 
 def run_prepare(args: argparse.Namespace) -> int:
-    from recsys.data.prepare import prepare_file, prepare_files, prepare_movielens, summary
-    from recsys.data.readers import parse_column_mapping
+    from recsys.data.interactions import check_dataset_out
+    from recsys.data.io import output_lock
 
     options = check_flags(args)
     out = Path(args.out)
-    _check_out(out)
+    # Saving replaces --out: only a prepared dataset may be there. One `prepare` at a time
+    # writes it (the lock also guards the temporaries beside it).
+    check_dataset_out(out)
+    with output_lock(out, "prepare"):
+        return _prepare(args, options, out)
+
+
+def _prepare(args: argparse.Namespace, options: PrepareOptions, out: Path) -> int:
+    from recsys.data.prepare import prepare_file, prepare_files, prepare_movielens, summary
+    from recsys.data.readers import parse_column_mapping
+
     quiet = bool(getattr(args, "quiet", False))
     columns = parse_column_mapping(args.columns)
     if source_kind(args) == "files":
@@ -301,10 +311,3 @@ def check_flags(args: argparse.Namespace) -> PrepareOptions:
             raise RecsysError(f"{flag} {value}: must be >= 0")
     return options
 
-
-def _check_out(out: Path) -> None:
-    """Refuse to replace a folder that is not a prepared dataset (saving replaces --out)."""
-    if out.exists() and (not out.is_dir() or (any(out.iterdir())
-                                              and not (out / "metadata.json").is_file())):
-        raise RecsysError(f"--out {out}: exists and is not a prepared dataset; choose a new or "
-                          "empty directory")

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from recsys.data.interactions import Dataset
-from recsys.data.io import atomic_path, write_json
+from recsys.data.io import atomic_path, check_replaceable_file, read_json, table_columns, write_json
 from recsys.errors import RecsysError
 
 RANKING_DEFAULT = ("recall@20,recall@50,ndcg@20,ndcg@100,precision@20,hit@20,mrr@20,map@20,"
@@ -61,9 +61,13 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise RecsysError(f"--batch-size must be at least 1 (got {args.batch_size})")
     read_run(args.run_dir)  # not a run: one line, before anything slow
-    for flag, path in (("--json", args.json), ("--per-user", args.per_user)):
-        if path and Path(path).is_dir():
-            raise RecsysError(f"{flag} {path} is a directory; give a file name")
+    # An existing output is replaced only when it is one recsys wrote.
+    if args.json:
+        check_replaceable_file(args.json, flag="--json", what="metrics file",
+                               ours=_is_metrics_json)
+    if args.per_user:
+        check_replaceable_file(args.per_user, flag="--per-user", what="per-user table",
+                               ours=_is_per_user_table)
     if args.per_user and Path(args.per_user).suffix.lower() not in (".csv", ".parquet"):
         raise RecsysError(f"--per-user {args.per_user}: use a .csv or .parquet file name")
     if args.metrics is not None:
@@ -113,3 +117,26 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {result.skipped_users} users with held-out items but no history were "
               "skipped", file=sys.stderr)
     return 0
+
+
+def _is_metrics_json(path: Path) -> bool:
+    """What --json writes: a JSON object of metric name -> number (null for NaN)."""
+    try:
+        record = read_json(path)
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and all(
+        isinstance(v, int | float) or v is None for v in record.values())
+
+
+def _is_per_user_table(path: Path) -> bool:
+    """What --per-user writes: a `user` column, then metric columns."""
+    from recsys.evaluation.metrics import parse_metrics
+
+    columns = table_columns(path)
+    if not columns or columns[0] != "user" or len(columns) < 2:
+        return False
+    try:
+        return parse_metrics(columns[1:]) == columns[1:]
+    except RecsysError:
+        return False

@@ -37,6 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+# The columns of the file written (one row per pair).
+OUTPUT_COLUMNS = ("user", "item", "prediction", "fallback")
 _LONG_ROW = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
 
 
@@ -96,14 +98,14 @@ def read_pairs(path: str | Path) -> pd.DataFrame:
 
 def run(args: argparse.Namespace) -> int:
     from recsys.data.interactions import Dataset
-    from recsys.data.io import atomic_path
+    from recsys.data.io import atomic_path, check_replaceable_file, has_columns
     from recsys.models.base import resolve_device
     from recsys.run import check_run_data, load_run, read_run
 
     info = read_run(args.run_dir)  # not a run: one line, before anything slow
     out = Path(args.out)
-    if out.is_dir():
-        raise RecsysError(f"--out {out} is a directory; give a file name")
+    # An existing --out is replaced only when it is a prediction file recsys wrote.
+    check_replaceable_file(out, what="prediction file", ours=has_columns(*OUTPUT_COLUMNS))
     pairs = read_pairs(args.pairs)
     model, info = load_run(args.run_dir)
     if not getattr(model, "explicit", False):

@@ -242,10 +242,8 @@ def _digest(path: str | Path | None) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from recsys.models.base import resolve_device
-    from recsys.run import check_run_data, load_run, read_run
-    from recsys.scoring.export import ChunkedWriter, lists_schema, lists_table, output_format
-    from recsys.scoring.topk import item_mask, place_model, topk_chunk
+    from recsys.data.io import check_replaceable_file, clean_stale, has_columns, output_lock
+    from recsys.scoring.export import COLUMNS, output_format
 
     if args.histories and args.history is not None:
         raise RecsysError("--history chooses the stored history of the data's users; "
@@ -262,10 +260,24 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, flag) < 1:
             raise RecsysError(f"--{flag.replace('_', '-')} must be at least 1")
     output_format(args.out)
-    if Path(args.out).is_dir():
-        raise RecsysError(f"--out {args.out} is a directory; give a .csv or .parquet file name")
+    # An existing --out is replaced only when it is a list file recsys wrote.
+    check_replaceable_file(args.out, what="list file", ours=has_columns(*COLUMNS))
     if args.histories and args.users != "all":
         raise RecsysError("--histories scores the users in that file; drop --users")
+    # One `recommend` at a time writes --out and its hidden partial folder: two would mix
+    # their chunks.
+    with output_lock(args.out, "recommend"):
+        clean_stale(args.out)  # a temporary final file of a run killed while assembling it
+        return _recommend(args)
+
+
+def _recommend(args: argparse.Namespace) -> int:
+    from recsys.data.io import WriteError, write_advice
+    from recsys.models.base import resolve_device
+    from recsys.run import check_run_data, load_run, read_run
+    from recsys.scoring.export import ChunkedWriter, lists_schema, lists_table
+    from recsys.scoring.topk import item_mask, place_model, topk_chunk
+
     run_info = read_run(args.run_dir)
     data = Dataset.load(args.data)
     n_items = len(data.items)
@@ -331,29 +343,37 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm  # plain: tqdm.auto warns in notebooks without ipywidgets
 
     start = time.perf_counter()
-    rows_written = cold_users = 0
+    cold_users = 0
     quiet = bool(getattr(args, "quiet", False))
-    # disable=None: no bar when stderr is not a terminal either.
-    with tqdm(total=n, unit="users", unit_scale=True, disable=True if quiet else None,
-              file=sys.stderr, desc="recommend") as bar:
-        for c in range(n_chunks):
-            lo, hi = c * args.chunk_size, min(n, (c + 1) * args.chunk_size)
-            if writer.committed(c):
+    try:
+        # disable=None: no bar when stderr is not a terminal either.
+        with tqdm(total=n, unit="users", unit_scale=True, disable=True if quiet else None,
+                  file=sys.stderr, desc="recommend") as bar:
+            for c in range(n_chunks):
+                lo, hi = c * args.chunk_size, min(n, (c + 1) * args.chunk_size)
+                if writer.committed(c):
+                    bar.update(hi - lo)
+                    continue
+                chunk_rows = (history[np.arange(lo, hi)] if args.histories
+                              else history[rows[lo:hi]])
+                items, scores, cold = topk_chunk(
+                    model, internal[lo:hi], chunk_rows, args.k, device=device, banned=banned,
+                    cold_scores=popularity, batch_size=args.batch_size)
+                table = lists_table(user_ids[lo:hi], items, scores, cold, data.items.ids)
+                writer.write(c, table.cast(schema))
+                cold_users += int(cold.sum())
                 bar.update(hi - lo)
-                continue
-            chunk_rows = history[np.arange(lo, hi)] if args.histories else history[rows[lo:hi]]
-            items, scores, cold = topk_chunk(
-                model, internal[lo:hi], chunk_rows, args.k, device=device, banned=banned,
-                cold_scores=popularity, batch_size=args.batch_size)
-            table = lists_table(user_ids[lo:hi], items, scores, cold, data.items.ids)
-            writer.write(c, table.cast(schema))
-            rows_written += table.num_rows
-            cold_users += int(cold.sum())
-            bar.update(hi - lo)
-    writer.finish(schema)
+        writer.finish(schema)
+    except WriteError as exc:
+        # A full disk (or a place that stopped being writable): the partial output would only
+        # fill it further; an interrupted run keeps it for --resume.
+        writer.discard()
+        raise WriteError(f"--out {args.out}: {write_advice(exc.errno)} (the partial output was "
+                         "removed)", exc.errno) from exc
     seconds = time.perf_counter() - start
     if not quiet:
-        print(f"wrote {args.out}: {n} users ({cold_users} cold in this run), {rows_written} rows "
+        # writer.rows: every row of the finished file, a resumed run's earlier chunks included.
+        print(f"wrote {args.out}: {n} users ({cold_users} cold in this run), {writer.rows} rows "
               f"in {seconds:.1f} s ({n / max(seconds, 1e-9):,.0f} users/s)", file=sys.stderr)
     return 0
 

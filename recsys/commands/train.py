@@ -24,6 +24,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
+import os
+import re
 import shutil
 import sys
 import time
@@ -265,7 +267,11 @@ def finished_training(out: Path, config: dict[str, Any], data_dir: Path,
 def check_out(out: Path, resume: bool, overwrite: bool, model: str | None = None,
               checkpoints: bool = True) -> None:
     """Refuse to clobber a run; with ``resume``, the run in ``out`` must be one ``model`` can
-    continue (``checkpoints``: whether that model writes any)."""
+    continue (``checkpoints``: whether that model writes any). ``out`` must be new, an empty
+    folder or a run (`is_run_dir`): a folder holding anything else is never written into."""
+    from recsys.data.io import refuse_symlink
+
+    refuse_symlink(out)
     if out.exists() and not out.is_dir():
         raise RecsysError(f"--out {out}: exists and is not a directory")
     if resume and overwrite:
@@ -273,10 +279,16 @@ def check_out(out: Path, resume: bool, overwrite: bool, model: str | None = None
                           "pass one of them")
     has_run, has_checkpoints = (out / "run.json").exists(), (out / "checkpoints").exists()
     if not has_run and not has_checkpoints:
+        if out.is_dir() and any(out.iterdir()):
+            raise RecsysError(f"--out {out}: exists, is not empty and holds no run; choose a new "
+                              "or empty directory (recsys writes runs only where it wrote them)")
         if resume:
             print(f"note: --resume: {out} holds no run yet; training from the start",
                   file=sys.stderr)
         return
+    if not is_run_dir(out):
+        raise RecsysError(f"--out {out}: holds a run.json or checkpoints/ that recsys did not "
+                          "write beside other files; choose a new or empty directory")
     if resume:
         # Resuming must never turn one model's run into another's (a baseline has no
         # checkpoint to refuse it, and would silently replace the run).
@@ -305,6 +317,31 @@ def check_out(out: Path, resume: bool, overwrite: bool, model: str | None = None
                       "--overwrite to replace it, or choose another directory")
 
 
+# What a run's checkpoints/ holds: epoch checkpoints, their temporaries, refit folders.
+_CHECKPOINT_ENTRY = re.compile(r"^(\.?epoch-\d+\.(pt|json)(\..+\.tmp)?|refit-\d+)$")
+
+
+def is_run_dir(out: Path) -> bool:
+    """Whether ``out`` is a run that `train` wrote: its run.json is a run record (what
+    `--overwrite` removes is then only RUN_ENTRIES; other files stay), or, with a damaged or
+    missing run.json (killed before it was written), the folder holds nothing but RUN_ENTRIES
+    and its checkpoints/ nothing but checkpoints."""
+    from recsys.data.io import read_json
+
+    try:
+        record = read_json(out / "run.json")
+        if isinstance(record, dict) and {"model", "created"} <= set(record):
+            return True
+    except (OSError, ValueError):
+        pass
+    temporaries = tuple(f".{name}." for name in RUN_ENTRIES)
+    if any(e not in RUN_ENTRIES and not (e.startswith(temporaries) and e.endswith(".tmp"))
+           for e in os.listdir(out)):
+        return False
+    folder = out / "checkpoints"
+    return not folder.is_dir() or all(_CHECKPOINT_ENTRY.match(e) for e in os.listdir(folder))
+
+
 def run(args: argparse.Namespace) -> int:
     from recsys.training.distributed import distributed_session, launched_by_torchrun
 
@@ -315,7 +352,11 @@ def run(args: argparse.Namespace) -> int:
             raise RecsysError(f"recsys train {args.model}: {flag} is required (or "
                               "--print-config to only show the config)")
     if not launched_by_torchrun():
-        return _train(args)
+        from recsys.data.io import output_lock
+
+        # One `train` at a time writes RUN_DIR (two would mix checkpoints and metrics).
+        with output_lock(args.out, "train"):
+            return _train(args)
     check_distributable(args)
     with distributed_session(args.device) as dist_info:
         # One device per process (cuda:LOCAL_RANK or cpu): the config, evaluation and scoring

@@ -12,6 +12,8 @@ byte-for-byte what an uninterrupted run writes.
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -21,12 +23,14 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from recsys.data.io import atomic_path, write_json
+from recsys.data.io import atomic_path, write_json, writing
 from recsys.errors import RecsysError
 
 COLUMNS = ("user", "item", "rank", "score", "cold")
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 PROGRESS_FILE = "progress.json"
+# What the parts folder holds: progress, parts, and atomic_path's temporaries of either.
+_PARTS_ENTRY = re.compile(r"^\.?(progress\.json|part-\d{6}\.(csv|parquet))(\..+\.tmp)?$")
 
 
 def output_format(path: str | Path) -> str:
@@ -73,7 +77,10 @@ def lists_table(user_ids: np.ndarray, items: np.ndarray, scores: np.ndarray, col
 
 
 class ChunkedWriter:
-    """Commit numbered chunks to a hidden parts folder, then assemble the final file."""
+    """Commit numbered chunks to a hidden parts folder, then assemble the final file.
+
+    The caller holds ``recsys.data.io.output_lock(path)`` while it writes (`recsys recommend`
+    does, for its whole run): two writers of one output would mix their chunks."""
 
     def __init__(self, path: str | Path, fingerprint: dict[str, Any], *, resume: bool = False
                  ) -> None:
@@ -82,6 +89,7 @@ class ChunkedWriter:
         self.parts = self.path.parent / f".{self.path.name}.partial"
         self.fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
         self.done = 0  # chunks 0..done-1 are committed
+        self.chunk_rows: list[int] = []  # rows of each committed chunk
         progress = self.parts / PROGRESS_FILE
         if resume and progress.is_file():
             state = json.loads(progress.read_text())
@@ -90,17 +98,55 @@ class ChunkedWriter:
                                   "inputs or options; rerun them unchanged, or drop --resume to "
                                   "start over")
             self.done = int(state.get("done", 0))
+            rows = state.get("rows")
+            # A partial folder from before rows were recorded: count its parts.
+            self.chunk_rows = ([int(n) for n in rows] if isinstance(rows, list)
+                               and len(rows) == self.done
+                               else [self._count_rows(i) for i in range(self.done)])
         else:
             if self.parts.exists():
+                self._check_parts_folder()
                 shutil.rmtree(self.parts)
-            self.parts.mkdir(parents=True)
-            self._save_progress()
+            try:
+                with writing(self.path):
+                    self.parts.mkdir(parents=True)
+                    self._save_progress()
+            except RecsysError:
+                self.discard()
+                raise
+
+    @property
+    def rows(self) -> int:
+        """Rows committed so far (all of them, a resumed run's earlier chunks included)."""
+        return sum(self.chunk_rows)
+
+    def _check_parts_folder(self) -> None:
+        """The hidden folder is deleted only when it holds nothing but what a writer puts there."""
+        bad = [e for e in os.listdir(self.parts) if not _PARTS_ENTRY.match(e)]
+        if bad or not self.parts.is_dir():
+            raise RecsysError(f"{self.parts}: holds {', '.join(bad[:3]) or 'no folder'} that "
+                              "recsys did not write; move it away (recsys replaces only its "
+                              "own partial output)")
+
+    def _count_rows(self, index: int) -> int:
+        part = self._part(index)
+        if self.format == "parquet":
+            return pq.read_metadata(part).num_rows
+        if part.stat().st_size == 0:
+            return 0
+        options = pacsv.ReadOptions(autogenerate_column_names=True)
+        return pacsv.read_csv(part, read_options=options).num_rows
+
+    def discard(self) -> None:
+        """Remove the parts folder (a write that failed for want of space must not keep it)."""
+        shutil.rmtree(self.parts, ignore_errors=True)
 
     def _part(self, index: int) -> Path:
         return self.parts / f"part-{index:06d}.{self.format}"
 
     def _save_progress(self) -> None:
-        write_json(self.parts / PROGRESS_FILE, {"fingerprint": self.fingerprint, "done": self.done})
+        write_json(self.parts / PROGRESS_FILE, {"fingerprint": self.fingerprint, "done": self.done,
+                                                "rows": self.chunk_rows})
 
     def committed(self, index: int) -> bool:
         return index < self.done
@@ -115,6 +161,7 @@ class ChunkedWriter:
             else:
                 pacsv.write_csv(table, tmp, pacsv.WriteOptions(include_header=False))
         self.done = index + 1
+        self.chunk_rows.append(table.num_rows)
         self._save_progress()
 
     def finish(self, schema: pa.Schema) -> Path:

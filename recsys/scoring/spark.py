@@ -279,21 +279,34 @@ def write_lists(spark: SparkSession, lists: DataFrame, out: str, *,
     Elsewhere (HDFS, object stores, a cluster's default filesystem) Spark's output committer
     publishes the job and writes ``_SUCCESS`` last; readers should look for it.
     """
-    from recsys.data.io import atomic_dir
+    from recsys.data.io import replace_dir
 
     local_master = spark.sparkContext.master.startswith("local")
     if is_local_path(out) and local_master:
         target = Path(out)
-        if target.exists() and not target.is_dir():
+        if target.exists() and not target.is_dir() and not target.is_symlink():
             raise RecsysError(f"--out {out} is a file; the Spark engine writes a directory of "
                               "Parquet parts: choose a new name or remove it")
         if target.exists() and not overwrite:
             raise RecsysError(f"--out {out} already exists")
-        with atomic_dir(target) as tmp:
+        # Replaced only when it is a lists dataset recsys wrote (its marker is a dot file,
+        # which Spark and pyarrow readers skip).
+        with replace_dir(target, LISTS_KIND, what="Spark lists dataset", format_version=1,
+                         legacy=_is_unmarked_lists) as tmp:
             lists.write.mode("overwrite").parquet(tmp.resolve().as_uri())
         return str(target)
     lists.write.mode("overwrite" if overwrite else "errorifexists").parquet(out)
     return out
+
+
+LISTS_KIND = "spark-lists"
+# What Spark's Parquet writer puts in a dataset folder: parts, _SUCCESS and their .crc files.
+_SPARK_OUTPUT = re.compile(r"^\.?(part-.+|_SUCCESS)(\.crc)?$")
+
+
+def _is_unmarked_lists(folder: Path) -> bool:
+    """A lists dataset written before markers existed: nothing but Spark's own files."""
+    return all(_SPARK_OUTPUT.match(e) for e in os.listdir(folder))
 
 
 def summarise(spark: SparkSession, out: str) -> dict[str, int]:
