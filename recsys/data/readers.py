@@ -662,10 +662,12 @@ class _Ids:
 
     def finish(self, notes: list[str]) -> np.ndarray:
         if self.text:
-            parts = [t if t is not None else pa.array(i.astype(str)) for i, t in self.blocks]
+            # large_string: Parquet's text may come as it, and a column may pass 2 GB.
+            parts = [pc.cast(t if t is not None else pa.array(i.astype(str)), pa.large_string())
+                     for i, t in self.blocks]
             self.blocks = []
-            return pa.chunked_array(parts, type=pa.string()).to_numpy(zero_copy_only=False) \
-                .astype(object)
+            return pa.chunked_array(parts, type=pa.large_string()) \
+                .to_numpy(zero_copy_only=False).astype(object)
         if self.float_error:
             raise RecsysError(self.float_error)
         parts = [i for i, _ in self.blocks]

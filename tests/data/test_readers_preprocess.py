@@ -185,3 +185,40 @@ def test_threshold_while_reading_matches_threshold_after(tmp_path):
     assert pre.rating is None and pre.threshold_applied == 3
     assert pre.below_threshold_dropped == int((~keep).sum()) > 0
     assert np.array_equal(pre.user, full.user[keep]) and pre.rating_range == [2.0, 4.0]
+
+
+@pytest.mark.parametrize("ids, expected", [
+    (["1", "22", "-3", "0"], [1, 22, -3, 0]),  # plain integers: stored as int64
+    (["007", "7"], ["007", "7"]),  # padded: text, two ids
+    (["+7", "7"], ["+7", "7"]),  # signed: text
+    (["-0", "0"], ["-0", "0"]),
+    ([" 7", "8 "], [7, 8]),  # surrounding spaces are not part of an id
+    (["7.0", "1e3"], [7, 1000]),  # integers written as floats (spreadsheet exports)
+    (["7.5", "alice"], ["7.5", "alice"]),  # a text column keeps any spelling
+    (["99999999999999999999991", "1"], ["99999999999999999999991", "1"]),  # beyond int64
+])
+def test_id_spelling_rule(tmp_path, ids, expected):
+    rows = "".join(f"{u},{i},3\n" for i, u in enumerate(ids))
+    log = read_rating_log(_write(tmp_path / "r.csv", "user,item,rating\n" + rows))
+    assert log.user.tolist() == expected
+    assert (log.user.dtype.kind in "iu") == all(isinstance(v, int) for v in expected)
+
+
+def test_id_rule_holds_for_the_whole_column_across_blocks(tmp_path):
+    # The parser reads 4 MB blocks: a padded id far down the file turns the earlier plain
+    # integers to text too (spelt as written), so 7 and 007 stay apart.
+    rows = "".join(f"{u % 1000 + 1},{u % 50 + 1},3\n" for u in range(600_000)) + "007,1,3\n"
+    log = read_rating_log(_write(tmp_path / "r.csv", "user,item,rating\n" + rows))
+    assert log.user.dtype == object and log.user[-1] == "007" and log.user[6] == "7"
+    assert log.item.dtype.kind == "i"
+
+
+def test_parquet_text_ids_and_zoned_times(tmp_path):
+    frame = pd.DataFrame({"user": ["007", "7"], "item": ["1", "2"], "rating": [1.0, 2.0],
+                          "timestamp": pd.to_datetime(["2020-01-01 12:00+02:00",
+                                                       "2020-01-01 10:00Z"], format="ISO8601",
+                                                      utc=True)})
+    frame.to_parquet(tmp_path / "r.parquet")
+    log = read_rating_log(tmp_path / "r.parquet")
+    assert log.user.tolist() == ["007", "7"] and log.item.tolist() == [1, 2]
+    assert log.timestamp.tolist() == [1577872800, 1577872800]

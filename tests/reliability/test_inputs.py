@@ -139,6 +139,18 @@ def test_recommend_users_file_matches_padded_ids_as_written(tmp_path, capsys):
     assert not {"901", "902", "903"} & set(mine["007"])  # seen by 007
 
 
+def test_new_users_histories_keep_padded_ids(world: World, tmp_path, capsys):
+    # New users named 007 and 7 in a --histories file are two users in the lists.
+    histories = _write(tmp_path / "h.csv", "user,item\n007,101\n007,102\n7,103\n")
+    out = tmp_path / "top.csv"
+    _ok(["recommend", world.run_ease, "--data", world.data, "--histories", histories, "--k",
+         "5", "--out", out, "--device", "cpu", "--quiet"], capsys)
+    lists = pd.read_csv(out, dtype={"user": str})
+    mine = lists.groupby("user")["item"].apply(set).to_dict()
+    assert sorted(mine) == ["007", "7"] and all(len(v) == 5 for v in mine.values())
+    assert not mine["007"] & {101, 102} and 103 not in mine["7"]
+
+
 def test_predict_does_not_take_01_for_user_1(world: World, tmp_path, capsys):
     pairs = _write(tmp_path / "pairs.csv", "user,item\n1,101\n01,101\n")
     out = tmp_path / "pred.csv"
