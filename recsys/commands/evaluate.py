@@ -28,7 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="held-out part to evaluate (default: test)")
     p.add_argument("--metrics", default=None, metavar="LIST",
                    help=f"comma-separated, e.g. ndcg@100,recall@20 (default: {RANKING_DEFAULT}, "
-                        f"plus {RATING_DEFAULT} for rating models)")
+                        f"plus {RATING_DEFAULT} for rating models); beyond accuracy: novelty@K, "
+                        "ild@K, arp@K, popbias@K per user, gini@K (like coverage@K) one value "
+                        "over all lists, without a CI")
     p.add_argument("--json", default=None, metavar="FILE", help="write {metric: value} as JSON")
     p.add_argument("--per-user", default=None, metavar="FILE",
                    help="write the per-user metric table (.csv or .parquet)")

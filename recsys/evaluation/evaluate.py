@@ -3,7 +3,10 @@
 For each batch of users: ``model.score`` over the whole catalogue, history items set to ``-inf``,
 one ``torch.topk`` at the largest K (recsys.scoring.topk, shared with `recsys recommend`), the
 hits matrix gathered from the dense target rows, and all metrics from its cumulative sums
-(recsys.evaluation.metrics). No Python loop runs per user.
+(recsys.evaluation.metrics). The beyond-accuracy metrics read the same top-K lists against item
+statistics computed once from the history matrix (popularity, co-occurrence vectors), and the
+exposure of every item is accumulated over batches for coverage and gini. No Python loop runs per
+user.
 
 Users with held-out items but no history are not scored (a model has nothing to rank them from);
 they are counted in ``skipped_users``. Users without held-out items are not part of the split.
@@ -24,10 +27,19 @@ from recsys.data.interactions import EvalSplit
 from recsys.errors import RecsysError
 from recsys.evaluation.metrics import (
     RATING_METRICS,
+    CooccurrenceVectors,
+    ItemVectors,
+    gini_index,
+    global_metric_names,
+    intra_list_diversity,
+    list_mean,
+    list_metric_names,
     parse_metrics,
+    popularity_lift,
     ranking_metric_names,
     ranking_metrics,
     rating_errors,
+    self_information,
     split_name,
 )
 from recsys.scoring.topk import as_device, masked_topk, place_model, score_batch
@@ -41,6 +53,7 @@ class EvalResult:
 
     summary: dict[str, float]
     per_user: pd.DataFrame  # column `user` (internal id) + one column per per-user metric
+    # (+ `history_pop`, the mean popularity of the user's history, with arp@K or popbias@K)
     n_users: int
     skipped_users: int = 0
     seconds: float = 0.0
@@ -59,14 +72,64 @@ def _dense_bool(rows: sp.csr_matrix, device: torch.device) -> torch.Tensor:
     return out
 
 
+@dataclass
+class _ItemStats:
+    """What the beyond-accuracy metrics know about items, on the device lists are ranked on."""
+
+    information: torch.Tensor  # (n_items,) self-information, for novelty
+    popularity: torch.Tensor  # (n_items,) share of users with the item, for arp and popbias
+    history_popularity: torch.Tensor  # (evaluated users,) mean popularity of their history
+    vectors: ItemVectors  # for ild
+
+
+def _item_stats(history: sp.csr_matrix, users: np.ndarray, vectors: ItemVectors | None,
+                device: torch.device) -> _ItemStats:
+    """Item statistics from the binarised history of all users (what is known before the part)."""
+    binary = history.astype(bool).astype(np.float64).tocsr()
+    binary.eliminate_zeros()  # a stored 0 is no interaction
+    n_users = int((np.diff(binary.indptr) > 0).sum())
+    counts = np.bincount(binary.indices, minlength=history.shape[1]).astype(np.float64)
+    popularity = counts / max(n_users, 1)
+    rows = binary[users]
+    with np.errstate(invalid="ignore", divide="ignore"):  # a user without history: NaN
+        history_pop = (rows @ popularity) / np.diff(rows.indptr)
+    if vectors is None:
+        by_item = binary.T.tocsr()  # each item's users: co-occurrence cosines
+        vectors = CooccurrenceVectors(torch.from_numpy(by_item.indptr.astype(np.int64)).to(device),
+                                      torch.from_numpy(by_item.indices.astype(np.int64)).to(device),
+                                      binary.shape[0])
+    return _ItemStats(self_information(torch.from_numpy(counts), n_users).to(device),
+                      torch.from_numpy(popularity).to(device),
+                      torch.from_numpy(history_pop).to(device), vectors)
+
+
+def _list_metrics(names: list[str], items: torch.Tensor, valid: torch.Tensor,
+                  history_pop: torch.Tensor, stats: _ItemStats) -> dict[str, torch.Tensor]:
+    """Per-user novelty/ild/arp/popbias at each K from one batch's top lists."""
+    out: dict[str, torch.Tensor] = {}
+    for name in names:
+        base, k = split_name(name)
+        top, ok = items[:, :k], valid[:, :k]
+        if base == "novelty":
+            out[name] = list_mean(stats.information, top, ok)
+        elif base == "ild":
+            out[name] = intra_list_diversity(top, ok, stats.vectors)
+        else:
+            arp = list_mean(stats.popularity, top, ok)
+            out[name] = arp if base == "arp" else popularity_lift(arp, history_pop)
+    return out
+
+
 def evaluate(model: object, split: EvalSplit, metrics: list[str] | str, *,
              batch_size: int = 2048, device: str | torch.device | None = None,
-             rating_scale: tuple[float, float] | None = None) -> EvalResult:
+             rating_scale: tuple[float, float] | None = None,
+             item_vectors: ItemVectors | None = None) -> EvalResult:
     """Evaluate ``model`` on ``split`` (full-catalogue ranking, history masked).
 
     ``metrics``: names as `parse_metrics` accepts. ``device``: where scores are ranked (and the
     model is moved, when it knows how); ``None`` ranks wherever the model returns its scores.
-    ``rating_scale``: (min, max) to clip rating predictions to, for rmse/mae.
+    ``rating_scale``: (min, max) to clip rating predictions to, for rmse/mae. ``item_vectors``:
+    the similarity behind ild@K (default: co-occurrence in ``split.history``).
     """
     start_time = time.perf_counter()
     names = parse_metrics(metrics)
@@ -83,15 +146,17 @@ def evaluate(model: object, split: EvalSplit, metrics: list[str] | str, *,
     n_items = target.shape[1]
 
     per_user_names = ranking_metric_names(names)
-    coverage_ks = sorted({k for n in names for b, k in [split_name(n)] if b == "coverage"})
+    list_names = list_metric_names(names)
+    global_ks = sorted({split_name(n)[1] for n in global_metric_names(names)})
+    stats: _ItemStats | None = None
     want_rating = [n for n in names if n in RATING_METRICS]
     largest = max([k for n in names for _, k in [split_name(n)] if k] + [0])
     if want_rating and not getattr(model, "explicit", False):
         raise RecsysError(f"model '{getattr(model, 'name', model)}' does not predict ratings; "
                           f"drop {', '.join(want_rating)} from the metrics")
 
-    columns: dict[str, list[np.ndarray]] = {n: [] for n in per_user_names}
-    recommended: torch.Tensor | None = None
+    columns: dict[str, list[np.ndarray]] = {n: [] for n in per_user_names + list_names}
+    exposure: torch.Tensor | None = None  # (len(global_ks), n_items): times each item is listed
     if largest and len(users):
         for start in range(0, len(users), batch_size):
             batch = users[start:start + batch_size]
@@ -106,13 +171,19 @@ def evaluate(model: object, split: EvalSplit, metrics: list[str] | str, *,
                 n_rel = torch.from_numpy(np.diff(target_rows.indptr)).to(top_i.device)
                 for name, value in ranking_metrics(hits, n_rel, per_user_names).items():
                     columns[name].append(value.cpu().numpy())
-            if coverage_ks:
-                if recommended is None:
-                    recommended = torch.zeros(len(coverage_ks), n_items, dtype=torch.bool,
-                                              device=top_i.device)
-                for j, k in enumerate(coverage_ks):
+            if list_names:
+                if stats is None:  # built once, where the lists are
+                    stats = _item_stats(history, users, item_vectors, top_i.device)
+                pop = stats.history_popularity[start:start + batch_size]
+                for name, value in _list_metrics(list_names, top_i, valid, pop, stats).items():
+                    columns[name].append(value.cpu().numpy())
+            if global_ks:
+                if exposure is None:
+                    exposure = torch.zeros(len(global_ks), n_items, dtype=torch.float64,
+                                           device=top_i.device)
+                for j, k in enumerate(global_ks):
                     picked = top_i[:, :k][valid[:, :k]]
-                    recommended[j, picked] = True
+                    exposure[j].index_add_(0, picked, torch.ones_like(picked, dtype=torch.float64))
 
     per_user = pd.DataFrame({"user": users})
     summary: dict[str, float] = {}
@@ -120,9 +191,20 @@ def evaluate(model: object, split: EvalSplit, metrics: list[str] | str, *,
         values = np.concatenate(columns[name]) if columns[name] else np.zeros(0)
         per_user[name] = values
         summary[name] = float(values.mean()) if len(values) else math.nan
-    for j, k in enumerate(coverage_ks):
-        summary[f"coverage@{k}"] = (float(recommended[j].sum().item()) / n_items
-                                    if recommended is not None else math.nan)
+    for name in list_names:  # NaN where a list has no value (ild@K under two items)
+        values = np.concatenate(columns[name]) if columns[name] else np.zeros(0)
+        per_user[name] = values
+        summary[name] = (float(np.nanmean(values)) if np.isfinite(values).any() else math.nan)
+    if stats is not None and any(split_name(n)[0] in ("arp", "popbias") for n in list_names):
+        per_user["history_pop"] = stats.history_popularity.cpu().numpy()
+    for name in global_metric_names(names):
+        base, k = split_name(name)
+        if exposure is None:
+            summary[name] = math.nan
+            continue
+        counts = exposure[global_ks.index(k)]
+        summary[name] = (float((counts > 0).sum().item()) / n_items if base == "coverage"
+                         else gini_index(counts))
     if want_rating:
         _rating_metrics(model, users, target, want_rating, rating_scale, per_user, summary)
     # Keep the caller's order of metric names in the summary.

@@ -13,6 +13,26 @@ the users evaluated:
 - ``coverage@K``      distinct items in all users' top-K lists / catalogue size (global)
 - ``rmse``, ``mae``   over all held-out (user, item, rating) triples (global, not per user)
 
+Beyond accuracy (from the list alone and the history matrix, i.e. every interaction known before
+the evaluated part, all users; ``c_i`` = users with item i there, ``U`` = users with any):
+
+- ``novelty@K``  mean self-information of the listed items, -log2 p_i with p_i = (c_i + 1) /
+  (U + 1): add-one smoothing, so an item nobody has interacted with is finite (log2(U + 1)) and
+  an item everyone has is 0.
+- ``ild@K``      intra-list diversity: mean over the list's pairs of 1 - cos(i, j), cosine of the
+  items' vectors (default: their columns in the binarised history, i.e. co-occurrence; an item
+  without interactions has similarity 0 to every other). Needs K >= 2; a list with fewer than two
+  items has no value (NaN, left out of the mean).
+- ``arp@K``      average recommended popularity: mean of c_i / U over the list.
+- ``popbias@K``  popularity lift: arp@K / (the mean c_i / U over the user's own history) - 1;
+  0 when lists are as popular as what the user consumed, > 0 when they are more popular.
+- ``gini@K``     Gini index of item exposure (how many lists hold each item) over the whole
+  catalogue, items never listed included: 0 when every item is listed equally often, (n-1)/n
+  when one item takes all exposure (global, no per-user value).
+
+Per-user metrics are averaged over the users that have a value (for all but ild@K: every user with
+at least one item listed).
+
 The functions here take a *hits* matrix ``(users, max_k)`` (1.0 where the item at that rank is
 relevant) and the number of relevant items per user, so one ``topk`` at the largest K feeds every
 metric at every K through cumulative sums.
@@ -20,15 +40,18 @@ metric at every K through cumulative sums.
 
 from __future__ import annotations
 
+import math
 import re
+from typing import Protocol
 
 import torch
 
 from recsys.errors import RecsysError, closest
 
 RANKING_METRICS = ("recall", "plain_recall", "ndcg", "precision", "hit", "mrr", "map")
-GLOBAL_METRICS = ("coverage",)  # one number over all lists, no per-user value
-AT_K_METRICS = RANKING_METRICS + GLOBAL_METRICS
+LIST_METRICS = ("novelty", "ild", "arp", "popbias")  # per user, from the list, not from hits
+GLOBAL_METRICS = ("coverage", "gini")  # one number over all lists, no per-user value
+AT_K_METRICS = RANKING_METRICS + LIST_METRICS + GLOBAL_METRICS
 RATING_METRICS = ("rmse", "mae")
 ALL_BASES = AT_K_METRICS + RATING_METRICS
 
@@ -67,6 +90,9 @@ def parse_metrics(spec: str | list[str] | tuple[str, ...]) -> list[str]:
                 raise RecsysError(f"metric '{raw.strip()}' needs a cut-off, e.g. {base}@20")
             if int(k) < 1:
                 raise RecsysError(f"metric '{raw.strip()}': K must be at least 1")
+            if base == "ild" and int(k) < 2:
+                raise RecsysError(f"metric '{raw.strip()}': a list of one item has no pairs to "
+                                  "be diverse over; use K >= 2")
             norm = f"{base}@{int(k)}"
         if norm not in out:
             out.append(norm)
@@ -87,8 +113,18 @@ def max_k(metrics: list[str]) -> int:
 
 
 def ranking_metric_names(metrics: list[str]) -> list[str]:
-    """The per-user at-K metrics (not coverage, not rating metrics)."""
+    """The per-user at-K metrics computed from hits (not list or global ones, not rating ones)."""
     return [m for m in metrics if split_name(m)[0] in RANKING_METRICS]
+
+
+def list_metric_names(metrics: list[str]) -> list[str]:
+    """The per-user beyond-accuracy metrics (novelty, ild, arp, popbias)."""
+    return [m for m in metrics if split_name(m)[0] in LIST_METRICS]
+
+
+def global_metric_names(metrics: list[str]) -> list[str]:
+    """The metrics with one value over all lists (coverage, gini)."""
+    return [m for m in metrics if split_name(m)[0] in GLOBAL_METRICS]
 
 
 def discounts(k: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -170,3 +206,141 @@ def rating_errors(predicted: torch.Tensor, actual: torch.Tensor,
         predicted = predicted.clamp(float(scale[0]), float(scale[1]))
     diff = predicted - actual.to(torch.float64)
     return diff * diff, diff.abs()
+
+
+# -- beyond accuracy -----------------------------------------------------------------------------
+# ``items``: ``(users, K)`` item ids of each top-K list; ``valid``: ``(users, K)`` bool, False where
+# the list ran out of eligible items (a -inf score). Both on any device; results float64 there.
+
+def self_information(counts: torch.Tensor, n_users: int) -> torch.Tensor:
+    """``-log2 p_i``, ``p_i = (c_i + 1) / (n_users + 1)``: per item, from its user counts."""
+    counts = counts.to(torch.float64)
+    return torch.log2(torch.tensor(n_users + 1.0, dtype=torch.float64, device=counts.device)
+                      ) - torch.log2(counts + 1.0)
+
+
+def list_mean(item_values: torch.Tensor, items: torch.Tensor, valid: torch.Tensor
+              ) -> torch.Tensor:
+    """Mean of ``item_values[i]`` over each list's valid items (NaN for a list with none):
+    novelty@K with self-information, arp@K with popularity."""
+    picked = item_values.to(torch.float64)[items] * valid
+    return picked.sum(dim=1) / valid.sum(dim=1)
+
+
+def popularity_lift(arp: torch.Tensor, history_popularity: torch.Tensor) -> torch.Tensor:
+    """popbias@K: how much more popular a user's list is than their history, as a fraction."""
+    return arp / history_popularity.to(arp) - 1.0
+
+
+def gini_index(exposure: torch.Tensor) -> float:
+    """Gini index of ``exposure`` (``(n_items,)`` times listed), every catalogue item counted.
+
+    ``sum_i (2i - n - 1) x_(i) / (n sum x)`` over the values sorted ascending (i = 1..n); NaN
+    when nothing was listed.
+    """
+    x = torch.sort(exposure.to(torch.float64)).values
+    n, total = x.numel(), x.sum()
+    if n == 0 or total <= 0:
+        return math.nan
+    rank = torch.arange(1, n + 1, dtype=torch.float64, device=x.device)
+    return float(((2.0 * rank - n - 1.0) * x).sum() / (n * total))
+
+
+class ItemVectors(Protocol):
+    """Where intra-list similarity comes from: any source of item vectors whose cosine is the
+    similarity (co-occurrence now; item features plug in as `DenseItemVectors`)."""
+
+    def pair_similarity_sum(self, items: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Per list: the sum of cos(i, j) over its ordered pairs of distinct valid items."""
+        ...
+
+
+def intra_list_diversity(items: torch.Tensor, valid: torch.Tensor, vectors: ItemVectors
+                         ) -> torch.Tensor:
+    """ild@K: mean over each list's pairs of 1 - cos(i, j) (NaN for lists under two items)."""
+    n = valid.sum(dim=1).to(torch.float64)
+    pairs = n * (n - 1.0)  # ordered pairs, as pair_similarity_sum counts them
+    sims = vectors.pair_similarity_sum(items, valid).to(torch.float64)
+    return torch.where(pairs > 0, 1.0 - sims / pairs.clamp(min=1.0),
+                       torch.full_like(n, math.nan))
+
+
+def _unit_rows(vectors: torch.Tensor) -> torch.Tensor:
+    norms = vectors.norm(dim=1, keepdim=True)
+    return vectors / torch.where(norms > 0, norms, torch.ones_like(norms))  # zero rows stay zero
+
+
+class DenseItemVectors:
+    """Item vectors as an ``(n_items, d)`` tensor (e.g. item features), rows made unit length."""
+
+    def __init__(self, embeddings: torch.Tensor) -> None:
+        self.unit = _unit_rows(embeddings.to(torch.float64))
+
+    def pair_similarity_sum(self, items: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        # sum_{i != j} <u_i, u_j> = ||sum_i u_i||^2 - sum_i ||u_i||^2: no K x K block per list.
+        unit = self.unit.to(items.device)[items] * valid.unsqueeze(-1)
+        return unit.sum(dim=1).pow(2).sum(dim=1) - unit.pow(2).sum(dim=(1, 2))
+
+
+class CooccurrenceVectors:
+    """Each item's column of a binary users x items matrix, scaled to unit length: the cosine of
+    two items is ``|users of both| / sqrt(d_i d_j)`` (co-occurrence).
+
+    Stored item-major (``indptr``/``indices`` of the transpose) on ``device``. The same identity
+    as `DenseItemVectors` is evaluated sparsely: a list's summed unit vector has at most
+    ``sum_i d_i`` non-zeros, so a list costs O(sum of its items' user counts), never n_users or
+    K x K; lists are taken in chunks of bounded expansion.
+    """
+
+    expansion_limit = 1 << 23  # (list, user) entries per chunk: ~200 MB of work arrays
+
+    def __init__(self, indptr: torch.Tensor, indices: torch.Tensor, n_users: int) -> None:
+        self.indptr, self.indices, self.n_users = indptr, indices, n_users
+        self.degree = indptr[1:] - indptr[:-1]
+        self.weight = torch.where(self.degree > 0, self.degree.to(torch.float64).rsqrt(),
+                                  torch.zeros_like(self.degree, dtype=torch.float64))
+
+    def to(self, device: torch.device | str) -> CooccurrenceVectors:
+        return CooccurrenceVectors(self.indptr.to(device), self.indices.to(device), self.n_users)
+
+    def pair_similarity_sum(self, items: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        n_lists = items.shape[0]
+        device = items.device
+        list_of = torch.arange(n_lists, device=device).unsqueeze(1).expand_as(items)[valid]
+        item = items[valid]
+        degree = self.degree[item]
+        cost = torch.zeros(n_lists, dtype=torch.int64, device=device).index_add_(0, list_of, degree)
+        ends = cost.cumsum(0).cpu()
+        out = torch.zeros(n_lists, dtype=torch.float64, device=device)
+        lo = 0
+        while lo < n_lists:  # chunks of lists, each at most `expansion_limit` entries (or one list)
+            done = int(ends[lo - 1]) if lo else 0
+            hi = max(lo + 1, int(torch.searchsorted(ends, done + self.expansion_limit,
+                                                    right=True)))
+            keep = (list_of >= lo) & (list_of < hi)
+            out[lo:hi] = self._squared_norms(list_of[keep] - lo, item[keep], hi - lo)
+            lo = hi
+        # Each listed item with any user adds its own ||u_i||^2 = 1 to the squared norm.
+        own = torch.zeros(n_lists, dtype=torch.float64, device=device).index_add_(
+            0, list_of, (degree > 0).to(torch.float64))
+        return out - own
+
+    def _squared_norms(self, list_of: torch.Tensor, item: torch.Tensor, n_lists: int
+                       ) -> torch.Tensor:
+        """``||sum of the unit columns of each list's items||^2`` for ``n_lists`` lists."""
+        lengths = self.degree[item]
+        total = int(lengths.sum())
+        out = torch.zeros(n_lists, dtype=torch.float64, device=item.device)
+        if total == 0:
+            return out
+        # Position of every (list item, user) entry in `indices`: start of the item's run plus
+        # the offset within it.
+        offset = torch.arange(total, device=item.device) - torch.repeat_interleave(
+            lengths.cumsum(0) - lengths, lengths)
+        users = self.indices[torch.repeat_interleave(self.indptr[item], lengths) + offset]
+        key = torch.repeat_interleave(list_of, lengths) * self.n_users + users
+        weight = torch.repeat_interleave(self.weight[item], lengths)
+        cells, where = torch.unique(key, return_inverse=True)
+        summed = torch.zeros(len(cells), dtype=torch.float64, device=item.device)
+        summed.index_add_(0, where, weight)
+        return out.index_add_(0, cells // self.n_users, summed * summed)

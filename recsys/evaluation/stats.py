@@ -8,6 +8,11 @@
 rmse and mae are global over ratings, so when the table has ``n_ratings`` their resampled value
 weights each drawn user by their number of ratings (sqrt of the pooled mean squared error for
 rmse), which is what the summary reports.
+
+A per-user value can be undefined (NaN: ild@K of a list under two items); such users are left out
+of that metric's mean in each resample, as they are in the summary, and out of its paired tests.
+Global metrics (coverage@K, gini@K) have no per-user value and so no interval here: they are not
+means over users.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from scipy import stats
 
 from recsys.errors import RecsysError
 
-NOT_METRICS = ("user", "n_ratings")
+NOT_METRICS = ("user", "n_ratings", "history_pop")
 _BLOCK_CELLS = 1 << 22  # resamples x users per block: bounded memory (~32 MB of indices)
 
 
@@ -49,6 +54,7 @@ def bootstrap_ci(per_user: pd.DataFrame, metrics: list[str] | None = None, *,
     weights = (per_user["n_ratings"].to_numpy(np.float64)
                if "n_ratings" in per_user.columns else None)
     values = {m: per_user[m].to_numpy(np.float64) for m in names}
+    has_nan = {m: bool(np.isnan(v).any()) for m, v in values.items()}
     draws: dict[str, list[np.ndarray]] = {m: [] for m in names}
     block = max(1, _BLOCK_CELLS // n)
     # The loop is over blocks of resamples, not users: each block is one vectorised gather.
@@ -62,12 +68,20 @@ def bootstrap_ci(per_user: pd.DataFrame, metrics: list[str] | None = None, *,
                 est = ((w * v**2).sum(axis=1) / total if m == "rmse"
                        else (w * v).sum(axis=1) / total)
                 draws[m].append(np.sqrt(est) if m == "rmse" else est)
+            elif has_nan[m]:
+                with np.errstate(invalid="ignore", divide="ignore"):  # all-NaN resample: NaN
+                    draws[m].append(np.nansum(v, axis=1) / (~np.isnan(v)).sum(axis=1))
             else:
                 draws[m].append(v.mean(axis=1))
     alpha = (1.0 - confidence) / 2.0
     out = {}
     for m in names:
         d = np.concatenate(draws[m])
+        if has_nan[m]:
+            d = d[~np.isnan(d)]
+        if not len(d):
+            out[m] = (math.nan, math.nan)
+            continue
         out[m] = (float(np.quantile(d, alpha)), float(np.quantile(d, 1.0 - alpha)))
     return out
 
@@ -95,6 +109,8 @@ def paired_tests(a: pd.DataFrame, b: pd.DataFrame, metrics: list[str] | None = N
     rows = []
     for m in metrics:  # a handful of metrics, each test vectorised over users by scipy
         x, y = a[m].to_numpy(np.float64), b[m].to_numpy(np.float64)
+        both = ~(np.isnan(x) | np.isnan(y))  # an undefined value (NaN) pairs with nothing
+        x, y = x[both], y[both]
         d = x - y
         if len(d) < 2 or np.allclose(d, 0.0):
             t_stat, t_p, w_stat, w_p = 0.0, 1.0, 0.0, 1.0
