@@ -44,6 +44,9 @@ DEFAULT_GRIDS: dict[str, dict[str, list[Any]]] = {
             "alpha": [1.0, 10.0, 30.0]},
     "bpr": {"factors": [32, 64, 128], "learning_rate": [0.003, 0.01, 0.03],
             "regularization": [0.01, 0.1]},
+    "rp3beta": {"alpha": [0.6, 0.8, 1.0], "beta": [0.2, 0.3, 0.4, 0.5, 0.6], "k": [50, 100, 200]},
+    "slim": {"alpha": [0.05, 0.1, 0.2, 0.5, 1.0], "l1_ratio": [0.001, 0.01]},
+    "sansa": {"l2": [50.0, 100.0, 200.0, 500.0, 1000.0]},
     "autorec": {"l2_lambda": [30.0, 100.0, 300.0], "hidden": [300, 500]},
     "multvae": {"anneal_cap": [0.1, 0.2, 0.5]},
     "multdae": {"l2": [0.0001, 0.001, 0.01]},
@@ -61,11 +64,14 @@ class TuneResult:
     best_score: float
     metric: str
     table: pd.DataFrame  # one row per candidate: its parameters, the metric, fit_seconds
+    # The chosen row where the metric column alone cannot tell (a study: pruned trials' rows
+    # hold their last intermediate value); None: the best value of the column.
+    best_row: int | None = None
 
     def to_record(self) -> dict[str, Any]:
         """JSON-ready summary (stored in run.json under ``tuned``)."""
         return {"metric": self.metric, "params": self.best_params, "score": self.best_score,
-                "part": "valid", "candidates": self.table.to_dict(orient="records")}
+                "part": "valid", "candidates": _json_ready(self.table).to_dict(orient="records")}
 
     def format(self, digits: int = 4) -> str:
         """The per-candidate table as aligned text, the chosen row marked with ``*``."""
@@ -78,8 +84,60 @@ class TuneResult:
 
     @property
     def best_index(self) -> int:
+        if self.best_row is not None:
+            return self.best_row
         values = self.table[self.metric].tolist()
         return _best_position(values, lower_is_better(self.metric))
+
+
+# Every model's declared search space for an Optuna study (recsys.training.search, where the
+# spec format is described): `--tune --trials N`, and `--tune` alone for the neural models.
+# Learning rates, weight decay and penalties vary over orders of magnitude: log-uniform. The
+# ranges contain the grids above and the defaults of configs/MODEL.yaml.
+_NEURAL = {"lr": {"low": 1e-4, "high": 1e-2, "log": True},
+           "weight_decay": {"choices": [0.0, 1e-6, 1e-5, 1e-4]}}
+DEFAULT_SPACES: dict[str, dict[str, dict[str, Any]]] = {
+    "pop": {},
+    "ease": {"lambda_": {"low": 10.0, "high": 10000.0, "log": True}},
+    "itemknn": {"k": {"low": 5, "high": 1000, "log": True},
+                "shrink": {"low": 0.0, "high": 200.0}},
+    "als": {"factors": {"low": 16, "high": 512, "log": True},
+            "regularization": {"low": 0.01, "high": 300.0, "log": True},
+            "alpha": {"low": 0.5, "high": 100.0, "log": True}},
+    "bpr": {"factors": {"low": 16, "high": 256, "log": True},
+            "learning_rate": {"low": 1e-3, "high": 0.1, "log": True},
+            "regularization": {"low": 1e-4, "high": 1.0, "log": True}},
+    "rp3beta": {"alpha": {"low": 0.1, "high": 2.0}, "beta": {"low": 0.0, "high": 1.0},
+                "k": {"low": 10, "high": 1000, "log": True}},
+    "slim": {"alpha": {"low": 0.01, "high": 10.0, "log": True},
+             "l1_ratio": {"low": 1e-4, "high": 0.5, "log": True}},
+    "sansa": {"l2": {"low": 10.0, "high": 5000.0, "log": True}},
+    "autorec": {**_NEURAL, "l2_lambda": {"low": 1.0, "high": 1000.0, "log": True},
+                "hidden": {"low": 100, "high": 1000, "step": 100}},
+    "multvae": {**_NEURAL, "dropout": {"low": 0.0, "high": 0.8},
+                "latent_dim": {"low": 50, "high": 400, "step": 50},
+                "hidden_dims": {"choices": [[200], [600], [600, 400]]},
+                "anneal_cap": {"low": 0.05, "high": 1.0},
+                "anneal_epochs": {"low": 10.0, "high": 300.0, "log": True}},
+    "multdae": {**_NEURAL, "dropout": {"low": 0.0, "high": 0.8},
+                "hidden_dims": {"choices": [[100], [200], [600]]},
+                "l2": {"low": 1e-5, "high": 0.1, "log": True}},
+    "cdae": {**_NEURAL, "corruption": {"low": 0.0, "high": 0.9},
+             "hidden_dim": {"low": 50, "high": 600, "step": 50},
+             "l2": {"low": 1e-6, "high": 1e-2, "log": True}},
+    "recvae": {**_NEURAL, "dropout": {"low": 0.0, "high": 0.8},
+               "gamma": {"low": 0.002, "high": 0.2, "log": True},
+               "latent_dim": {"low": 50, "high": 400, "step": 50}},
+    "cfgan": {"lr": {"low": 1e-5, "high": 1e-3, "log": True},
+              "g_reg": {"low": 1e-4, "high": 0.1, "log": True},
+              "d_hidden": {"low": 50, "high": 500, "step": 50},
+              "zr_coefficient": {"low": 0.001, "high": 0.3, "log": True}},
+}
+
+
+def default_space(model_name: str) -> dict[str, dict[str, Any]]:
+    """A copy of the model's declared search space (empty for a model with nothing to tune)."""
+    return {k: dict(v) for k, v in DEFAULT_SPACES.get(model_name, {}).items()}
 
 
 def lower_is_better(metric: str) -> bool:
@@ -154,6 +212,11 @@ def tune(model: Recommender, train: Interactions, valid: EvalSplit,
     table = pd.DataFrame(rows, columns=[*grid, metric, "fit_seconds"])
     best = _best_position(table[metric].tolist(), lower_is_better(metric))
     return TuneResult(dict(candidates[best]), rows[best][metric], metric, table)
+
+
+def _json_ready(table: pd.DataFrame) -> pd.DataFrame:
+    """NaN (a pruned trial's fit_seconds) as None: run.json stays strict JSON."""
+    return table.astype(object).where(table.notna(), None)
 
 
 def _best_position(values: list[float], lower: bool) -> int:

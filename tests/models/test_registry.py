@@ -18,8 +18,8 @@ TESTS = Path(__file__).resolve().parents[1]
 
 
 def test_registry_names_are_the_cli_contract():
-    assert list(MODELS) == ["pop", "itemknn", "ease", "als", "bpr", "autorec", "multvae",
-                            "multdae", "cdae", "recvae", "cfgan"]
+    assert list(MODELS) == ["pop", "itemknn", "ease", "als", "bpr", "rp3beta", "slim", "sansa",
+                            "autorec", "multvae", "multdae", "cdae", "recvae", "cfgan"]
     assert {"pop", "itemknn", "ease", "als", "bpr"} <= set(available_models())
 
 
