@@ -286,13 +286,14 @@ class CooccurrenceVectors:
     """Each item's column of a binary users x items matrix, scaled to unit length: the cosine of
     two items is ``|users of both| / sqrt(d_i d_j)`` (co-occurrence).
 
-    Stored item-major (``indptr``/``indices`` of the transpose) on ``device``. The same identity
-    as `DenseItemVectors` is evaluated sparsely: a list's summed unit vector has at most
-    ``sum_i d_i`` non-zeros, so a list costs O(sum of its items' user counts), never n_users or
-    K x K; lists are taken in chunks of bounded expansion.
+    Held item-major (``indptr``/``indices`` of the transpose, on the device lists are ranked
+    on). The identity of `DenseItemVectors` is evaluated without forming any K x K block or
+    item-item matrix: a list's summed unit vector is scattered into a row of n_users, so a list
+    costs O(n_users + the sum of its items' user counts). Lists are taken in chunks of bounded
+    work (`chunk_cells`).
     """
 
-    expansion_limit = 1 << 23  # (list, user) entries per chunk: ~200 MB of work arrays
+    chunk_cells = 1 << 23  # scattered entries + buffer cells per chunk: ~200 MB of work arrays
 
     def __init__(self, indptr: torch.Tensor, indices: torch.Tensor, n_users: int) -> None:
         self.indptr, self.indices, self.n_users = indptr, indices, n_users
@@ -300,23 +301,19 @@ class CooccurrenceVectors:
         self.weight = torch.where(self.degree > 0, self.degree.to(torch.float64).rsqrt(),
                                   torch.zeros_like(self.degree, dtype=torch.float64))
 
-    def to(self, device: torch.device | str) -> CooccurrenceVectors:
-        return CooccurrenceVectors(self.indptr.to(device), self.indices.to(device), self.n_users)
-
     def pair_similarity_sum(self, items: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         n_lists = items.shape[0]
         device = items.device
         list_of = torch.arange(n_lists, device=device).unsqueeze(1).expand_as(items)[valid]
         item = items[valid]
         degree = self.degree[item]
-        cost = torch.zeros(n_lists, dtype=torch.int64, device=device).index_add_(0, list_of, degree)
-        ends = cost.cumsum(0).cpu()
+        cost = torch.full((n_lists,), self.n_users, dtype=torch.int64, device=device)
+        ends = cost.index_add_(0, list_of, degree).cumsum(0).cpu()
         out = torch.zeros(n_lists, dtype=torch.float64, device=device)
         lo = 0
-        while lo < n_lists:  # chunks of lists, each at most `expansion_limit` entries (or one list)
+        while lo < n_lists:  # chunks of lists, at most `chunk_cells` of work each (or one list)
             done = int(ends[lo - 1]) if lo else 0
-            hi = max(lo + 1, int(torch.searchsorted(ends, done + self.expansion_limit,
-                                                    right=True)))
+            hi = max(lo + 1, int(torch.searchsorted(ends, done + self.chunk_cells, right=True)))
             keep = (list_of >= lo) & (list_of < hi)
             out[lo:hi] = self._squared_norms(list_of[keep] - lo, item[keep], hi - lo)
             lo = hi
@@ -330,17 +327,13 @@ class CooccurrenceVectors:
         """``||sum of the unit columns of each list's items||^2`` for ``n_lists`` lists."""
         lengths = self.degree[item]
         total = int(lengths.sum())
-        out = torch.zeros(n_lists, dtype=torch.float64, device=item.device)
-        if total == 0:
-            return out
-        # Position of every (list item, user) entry in `indices`: start of the item's run plus
-        # the offset within it.
-        offset = torch.arange(total, device=item.device) - torch.repeat_interleave(
-            lengths.cumsum(0) - lengths, lengths)
-        users = self.indices[torch.repeat_interleave(self.indptr[item], lengths) + offset]
-        key = torch.repeat_interleave(list_of, lengths) * self.n_users + users
-        weight = torch.repeat_interleave(self.weight[item], lengths)
-        cells, where = torch.unique(key, return_inverse=True)
-        summed = torch.zeros(len(cells), dtype=torch.float64, device=item.device)
-        summed.index_add_(0, where, weight)
-        return out.index_add_(0, cells // self.n_users, summed * summed)
+        summed = torch.zeros(n_lists * self.n_users, dtype=torch.float64, device=item.device)
+        if total:
+            # Position of every (list item, user) entry in `indices`: start of the item's run
+            # plus the offset within it.
+            offset = torch.arange(total, device=item.device) - torch.repeat_interleave(
+                lengths.cumsum(0) - lengths, lengths)
+            users = self.indices[torch.repeat_interleave(self.indptr[item], lengths) + offset]
+            cell = torch.repeat_interleave(list_of, lengths) * self.n_users + users
+            summed.index_add_(0, cell, torch.repeat_interleave(self.weight[item], lengths))
+        return summed.view(n_lists, self.n_users).pow(2).sum(dim=1)

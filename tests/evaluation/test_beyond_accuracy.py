@@ -150,9 +150,9 @@ def _slow_reference(history, target, users, scores, k):
     return pd.DataFrame.from_dict(rows, orient="index"), gini
 
 
-@pytest.mark.parametrize("expansion_limit", [1 << 23, 40])  # one chunk per batch; many
-def test_batched_equals_the_slow_reference(monkeypatch, expansion_limit):
-    monkeypatch.setattr(CooccurrenceVectors, "expansion_limit", expansion_limit)
+@pytest.mark.parametrize("chunk_cells", [1 << 23, 400, 1])  # a chunk per batch, a few lists, one
+def test_batched_equals_the_slow_reference(monkeypatch, chunk_cells):
+    monkeypatch.setattr(CooccurrenceVectors, "chunk_cells", chunk_cells)
     history, target, users, scores = _random_case()
     split = EvalSplit(sp.csr_matrix(history), sp.csr_matrix(target), users)
     k = 6
