@@ -38,10 +38,15 @@ DEFAULT_METRIC = "ndcg@100"
 EVAL_BATCH_SIZE = 2048
 # What `recsys train` writes into RUN_DIR (removed first by --overwrite; nothing else is).
 RUN_ENTRIES = ("run.json", "config.yaml", "metrics.json", "model", "checkpoints",
-               "tracking.json")
+               "tracking.json", "tuned.yaml")
 # The flags the printed config is resolved from (build_params); the others only matter to training.
 PRINT_CONFIG_INPUTS = ("help", "model", "config", "set", "device", "seed", "metric",
-                       "deterministic", "print_config")
+                       "deterministic", "print_config", "search_space")
+# The flags of an Optuna study (`--tune` then runs one; see `tune_mode`).
+STUDY_FLAGS = (("--trials", "trials"), ("--timeout", "timeout"),
+               ("--search-space", "search_space"), ("--study-storage", "study_storage"),
+               ("--study-name", "study_name"))
+DEFAULT_TRIALS = 20
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -59,7 +64,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key (repeatable), e.g. --set lambda_=300")
     p.add_argument("--tune", action="store_true",
-                   help="grid-search the key hyper-parameters on the validation part first")
+                   help="choose hyper-parameters on the validation part first: an Optuna study "
+                        "(neural models, or any model with --trials/--timeout/--search-space), "
+                        "else the grid (the config's 'tune:' section or the model's default)")
+    p.add_argument("--trials", type=int, default=None, metavar="N",
+                   help=f"--tune: trials of the study (default {DEFAULT_TRIALS}, or unbounded "
+                        "with --timeout alone)")
+    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="--tune: stop starting new trials after this many seconds")
+    p.add_argument("--search-space", default=None, metavar="FILE",
+                   help="--tune: YAML search space replacing the model's declared one "
+                        "({key: {low, high[, log][, step]}} or {key: {choices: [...]}})")
+    p.add_argument("--study-storage", default=None, metavar="URL",
+                   help="--tune: keep the study in this Optuna storage (sqlite:///study.db); "
+                        "the same --study-name continues it")
+    p.add_argument("--study-name", default=None, metavar="NAME",
+                   help="--tune: the stored study's name (default recsys-MODEL)")
     p.add_argument("--no-refit", action="store_true",
                    help="keep the model fitted on the training part alone (default: refit it "
                         "on train + valid with the settings validation chose)")
@@ -133,11 +153,13 @@ def make_tracker(args: argparse.Namespace, model: Any = None) -> Any:
 
 def build_params(model_cls: type, args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
     """Config keys from --config merged with --set and the run options the model's Config has;
-    plus the ``tune:`` grid from --config (``None`` when absent)."""
+    plus the ``tune:`` grid from --config (``None`` when absent). A ``search:`` section (the
+    space --print-config shows) is dropped: --search-space FILE gives a study its space."""
     from recsys.config import load_yaml, parse_set_options
 
     params: dict[str, Any] = load_yaml(args.config) if args.config else {}
     grid = params.pop("tune", None)
+    params.pop("search", None)
     params.update(parse_set_options(args.set))
     fields = model_cls.Config.model_fields
     # Run options land in the config only where the model has such a key (neural models'
@@ -162,6 +184,10 @@ def check_run_flags(model_cls: type, args: argparse.Namespace) -> None:
                                             ("--metric", args.metric is not None and not args.tune,
                                              "metric"))
               if given and key not in fields]
+    given = [flag for flag, dest in STUDY_FLAGS if getattr(args, dest, None) is not None]
+    if given and not args.tune:
+        raise RecsysError(f"{', '.join(given)} configure the --tune study; add --tune (or drop "
+                          "them)")
     if unused:
         print(f"note: {', '.join(unused)} changes nothing for '{args.model}' (no random state, "
               "epochs or early stopping to apply it to"
@@ -169,9 +195,11 @@ def check_run_flags(model_cls: type, args: argparse.Namespace) -> None:
               file=sys.stderr)
 
 
-def resolved_config(model_cls: type, args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+def resolved_config(model_cls: type, args: argparse.Namespace
+                    ) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """The validated config a training run would use (class defaults, then --config, then --set,
-    then the run flags) and the grid --tune would search (the --config's or the default)."""
+    then the run flags), the grid --tune would search (the --config's or the default) and the
+    space a study would search (--search-space or the model's declared one)."""
     from recsys.config import validate_config
     from recsys.models.tuning import check_grid, default_grid
 
@@ -183,7 +211,38 @@ def resolved_config(model_cls: type, args: argparse.Namespace) -> tuple[Any, dic
         grid = check_grid(model, grid, where=f"{args.config}: tune")
     else:
         grid = default_grid(model.name) or {}
-    return config, grid
+    return config, grid, load_space(model, getattr(args, "search_space", None))
+
+
+def load_space(model: Any, path: str | None) -> dict[str, Any]:
+    """The study's search space: --search-space FILE (validated, one line naming the key) or the
+    model's declared space."""
+    from recsys.config import load_yaml
+    from recsys.models.tuning import default_space
+    from recsys.training.search import check_space
+
+    if path is None:
+        return check_space(model, default_space(model.name), where=f"{model.name} search space")
+    return check_space(model, load_yaml(path), where=f"{path}")
+
+
+def tune_mode(model: Any, args: argparse.Namespace, grid: Any) -> str | None:
+    """How --tune chooses: ``"study"`` (Optuna) when a study flag is given or the model is
+    neural (each fit is costly: TPE and pruning spend the budget better), else ``"grid"`` (the
+    closed-form baselines, where a small grid is cheap and exhaustive); a ``tune:`` grid in
+    --config is always the grid, and refused beside the study flags. None without --tune."""
+    from recsys.models.neural import NeuralRecommender
+
+    if not args.tune:
+        return None
+    given = [flag for flag, dest in STUDY_FLAGS if getattr(args, dest, None) is not None]
+    if grid is not None:
+        if given:
+            raise RecsysError(f"{args.config}: its 'tune:' grid and {', '.join(given)} are two "
+                              "searches; drop the 'tune:' section for a study, or the flags "
+                              "for the grid")
+        return "grid"
+    return "study" if given or isinstance(model, NeuralRecommender) else "grid"
 
 
 def print_config(args: argparse.Namespace) -> int:
@@ -194,7 +253,7 @@ def print_config(args: argparse.Namespace) -> int:
     from recsys.models.registry import get_model_class
 
     model_cls = get_model_class(args.model)
-    config, grid = resolved_config(model_cls, args)
+    config, grid, space = resolved_config(model_cls, args)
     defaults = getattr(args, "train_only_defaults", {})
     ignored = [f"--{dest.replace('_', '-')}" for dest, default in defaults.items()
                if getattr(args, dest, default) != default]
@@ -212,7 +271,7 @@ def print_config(args: argparse.Namespace) -> int:
     dump = config.model_dump()
     # The model's own keys first, then the training engine's.
     own = {k: v for k, v in dump.items() if k not in TrainConfig.model_fields}
-    text = yaml.safe_dump({**own, **dump, "tune": grid}, sort_keys=False,
+    text = yaml.safe_dump({**own, **dump, "tune": grid, "search": space}, sort_keys=False,
                           default_flow_style=None)
     sys.stdout.write(text)
     return 0
@@ -288,7 +347,8 @@ def check_out(out: Path, resume: bool, overwrite: bool, model: str | None = None
         return
     if not is_run_dir(out):
         raise RecsysError(f"--out {out}: holds a run.json or checkpoints/ that recsys did not "
-                          "write beside other files; choose a new or empty directory")
+                          "write (or beside files it did not write); choose a new or empty "
+                          "directory, or remove the folder if it may go")
     if resume:
         # Resuming must never turn one model's run into another's (a baseline has no
         # checkpoint to refuse it, and would silently replace the run).
@@ -323,17 +383,17 @@ _CHECKPOINT_ENTRY = re.compile(r"^(\.?epoch-\d+\.(pt|json)(\..+\.tmp)?|refit-\d+
 
 def is_run_dir(out: Path) -> bool:
     """Whether ``out`` is a run that `train` wrote: its run.json is a run record (what
-    `--overwrite` removes is then only RUN_ENTRIES; other files stay), or, with a damaged or
-    missing run.json (killed before it was written), the folder holds nothing but RUN_ENTRIES
-    and its checkpoints/ nothing but checkpoints."""
+    `--overwrite` removes is then only RUN_ENTRIES; other files stay), or, without a run.json
+    (killed before it was written), the folder holds nothing but RUN_ENTRIES and its
+    checkpoints/ nothing but checkpoints. A run.json that is no run record is nobody's we know."""
     from recsys.data.io import read_json
 
-    try:
-        record = read_json(out / "run.json")
-        if isinstance(record, dict) and {"model", "created"} <= set(record):
-            return True
-    except (OSError, ValueError):
-        pass
+    if (out / "run.json").exists():
+        try:
+            record = read_json(out / "run.json")
+        except (OSError, ValueError):
+            return False
+        return isinstance(record, dict) and {"model", "created"} <= set(record)
     temporaries = tuple(f".{name}." for name in RUN_ENTRIES)
     if any(e not in RUN_ENTRIES and not (e.startswith(temporaries) and e.endswith(".tmp"))
            for e in os.listdir(out)):
@@ -419,10 +479,16 @@ def _train(args: argparse.Namespace, dist_info: Any = None) -> int:
     main = dist_info is None or dist_info.is_main
     if grid is not None and not args.tune and main:
         print("note: the config's 'tune:' section is used only with --tune", file=sys.stderr)
-    if args.tune and grid is not None:
+    mode = tune_mode(model, args, grid)
+    if mode == "grid" and grid is not None:
         from recsys.models.tuning import check_grid
 
         grid = check_grid(model, grid, where=f"{args.config}: tune")
+    space = load_space(model, args.search_space) if mode == "study" else None
+    if mode == "study" and args.trials is not None and args.trials < 1:
+        raise RecsysError(f"--trials must be at least 1 (got {args.trials})")
+    if mode == "study" and args.timeout is not None and args.timeout <= 0:
+        raise RecsysError(f"--timeout must be positive (got {args.timeout})")
     out = Path(args.out)
     from recsys.models.neural import NeuralRecommender
 
@@ -480,20 +546,30 @@ def _train(args: argparse.Namespace, dist_info: Any = None) -> int:
         tuned = None
         tune_seconds = 0.0
         if args.tune:
-            from recsys.models.tuning import tune
-
             started = time.perf_counter()
-            result = tune(model, dataset.train, valid, grid, metric=metric, ctx=ctx,
-                          batch_size=EVAL_BATCH_SIZE, device=device, log=say)
+            if mode == "study":
+                result = run_study(model, dataset, valid, space, args, tracker, metric=metric,
+                                   ctx=ctx, device=device, log=say)
+            else:
+                from recsys.models.tuning import tune
+
+                result = tune(model, dataset.train, valid, grid, metric=metric, ctx=ctx,
+                              batch_size=EVAL_BATCH_SIZE, device=device, log=say)
             tune_seconds = time.perf_counter() - started
             model.set_params(**result.best_params)
-            tuned = result.to_record()
+            tuned = {**result.to_record(), "search": mode}
             tracker.log_table(result.table, "tuning.json")
+            tracker.log_params(flatten({f"best.{k}": v for k, v in result.best_params.items()}))
+            tracker.log_metrics({f"best_valid_{metric}": result.best_score})
+            write_tuned(out / "tuned.yaml", model)
+            tracker.log_artifact(out / "tuned.yaml")
             if not args.quiet:
-                print(f"tuning on the validation part ({len(result.table)} candidates, "
+                what = "trials" if mode == "study" else "candidates"
+                print(f"tuning on the validation part ({len(result.table)} {what}, "
                       f"{tune_seconds:.1f} s):\n{result.format()}")
             chosen = ", ".join(f"{k}={v}" for k, v in result.best_params.items()) or "(nothing)"
-            print(f"tuned: {chosen} (valid {metric} {result.best_score:.4f})")
+            print(f"tuned: {chosen} (valid {metric} {result.best_score:.4f}); config written "
+                  f"to {out / 'tuned.yaml'}")
 
         tracker.log_params(flatten({"model": model.name, **model.get_params()}))
         log_training_start(tracker, model=model, data_dir=data_dir)
@@ -541,3 +617,47 @@ def _train(args: argparse.Namespace, dist_info: Any = None) -> int:
     # it leaves a run that a resume finishes (at worst logging the model to MLflow once more).
     update_run(out, completed=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
     return 0
+
+
+def run_study(model: Any, dataset: Any, valid: Any, space: dict[str, Any],
+              args: argparse.Namespace, tracker: Any, *, metric: str, ctx: Any, device: str,
+              log: Any) -> Any:
+    """The --tune study (`recsys.training.search.study`), each trial a child run of ``tracker``
+    (nested in MLflow: params, per-epoch curve, validation metric, state)."""
+    from recsys.tracking.base import flatten
+    from recsys.tracking.options import make_tracker as make
+    from recsys.training.search import study
+
+    seed = args.seed if args.seed is not None else int(getattr(model.config, "seed", 0))
+    trials = args.trials if args.trials is not None or args.timeout is not None \
+        else DEFAULT_TRIALS
+    name = args.study_name or f"recsys-{model.name}"
+    tracker.set_tags({"recsys.tune": "study", "optuna.sampler": f"TPE(seed={seed})",
+                      **({"optuna.study_name": name} if args.study_storage else {})})
+
+    def tracker_for(number: int, params: dict[str, Any]) -> Any:
+        child = make(args, run_name=f"trial-{number}", parent=tracker,
+                     tags={"recsys.kind": "trial", "optuna.trial": str(number)})
+        child.log_params(flatten({"model": model.name, **model.get_params(), **params}))
+        return child
+
+    if args.study_storage:
+        print(f"study '{name}' in {args.study_storage} (the same --study-name continues it)",
+              file=sys.stderr)
+    return study(model, dataset.train, valid, space, trials=trials, timeout=args.timeout,
+                 seed=seed, metric=metric, ctx=ctx, batch_size=EVAL_BATCH_SIZE, device=device,
+                 storage=args.study_storage, study_name=name if args.study_storage else None,
+                 tracker_for=tracker_for, log=log)
+
+
+def write_tuned(path: Path, model: Any) -> None:
+    """RUN_DIR/tuned.yaml: the chosen config, whole, usable as --config (written atomically)."""
+    import yaml
+
+    from recsys.data.io import atomic_path
+
+    text = (f"# {model.name}: the config --tune chose on the validation part; train it again "
+            f"with\n#   recsys train {model.name} --config {path.name} ...\n"
+            + yaml.safe_dump(model.get_params(), sort_keys=False, default_flow_style=None))
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)

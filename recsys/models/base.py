@@ -24,6 +24,7 @@ import hashlib
 import io
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -57,6 +58,9 @@ class FitContext:
     # exactly this many epochs, with no validation, and keeps the refit's checkpoints in their own
     # folder (`refit_checkpoint_dir`), apart from those of the fit that chose the epoch count.
     refit_epochs: int | None = None
+    # Called with (epoch, value) after each per-epoch validation of the training engine: a search
+    # reports the curve to its pruner, which stops a bad trial by raising from it.
+    on_validation: Callable[[int, float], None] | None = None
 
 
 class Recommender:

@@ -561,6 +561,8 @@ class Trainer:
             if valid is not None and (self.epoch % cfg.eval_every == 0 or last):
                 value = self._validate(valid)
                 record[f"valid_{self.metric}"] = value
+                if self.ctx.on_validation is not None:
+                    self.ctx.on_validation(self.epoch, value)
                 if self._improved(value):
                     self.best_value, self.best_epoch, self.bad_evals = value, self.epoch, 0
                     self.best_state = {k: v.detach().clone()

@@ -31,6 +31,7 @@ def test_the_printed_defaults_are_the_shipped_config(capsys, name):
     grid = shipped.pop("tune")
     cls = get_model_class(name)
     assert shown.pop("tune") == grid
+    assert shown.pop("search") == shipped.pop("search")
     assert shown == cls.Config(**shipped).model_dump()
 
 
@@ -88,12 +89,16 @@ def test_a_bad_key_in_print_config_is_one_line(capsys):
 
 
 @pytest.mark.parametrize("name", ["multdae", "cdae"])
-def test_tune_without_a_config_searches_the_default_grid(tmp_path, capsys, name):
+def test_tune_with_the_shipped_config_searches_its_grid(tmp_path, capsys, name):
+    """A neural model's --tune runs a study, unless the --config has a tune: grid (the shipped
+    configs/MODEL.yaml has the default grid): then that grid, candidate by candidate."""
     # Defaults sized for real catalogues (Mult-DAE's 200 units) need more items than 30.
     blocks_dataset(n_users=40, n_items=240).save(tmp_path / "data")
     out = tmp_path / "run"
     assert main(["train", name, "--data", str(tmp_path / "data"), "--out", str(out), "--tune",
+                 "--config", str(CONFIGS / f"{name}.yaml"),
                  "--set", "epochs=1", "--device", "cpu", "--no-track", "--quiet"]) == 0
     tuned = json.loads((out / "run.json").read_text())["tuned"]
+    assert tuned["search"] == "grid"
     [(key, values)] = DEFAULT_GRIDS[name].items()
     assert [c[key] for c in tuned["candidates"]] == values

@@ -1,6 +1,7 @@
 """The shipped configs/MODEL.yaml are documentation of the built-in defaults, not a second set:
-for every registered model the file (without ``tune:``) equals the config class's defaults and
-its ``tune:`` section equals the default grid `--tune` uses without --config."""
+for every registered model the file (without ``tune:`` and ``search:``) equals the config class's
+defaults, its ``tune:`` section equals the default grid and its ``search:`` section the declared
+search space of an Optuna study (recsys/models/tuning.py is the source of both)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from recsys.models.base import FitContext
 from recsys.models.multvae import MultVAE, batches_per_epoch, kl_beta
 from recsys.models.neural import NeuralRecommender
 from recsys.models.registry import MODELS, create_model, get_model_class
-from recsys.models.tuning import check_grid, default_grid
+from recsys.models.tuning import check_grid, default_grid, default_space
+from recsys.training.search import check_space
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -29,6 +31,7 @@ def test_the_shipped_config_is_exactly_the_class_defaults(name):
     cls = get_model_class(name)
     config = load_yaml(CONFIGS / f"{name}.yaml")
     config.pop("tune", None)
+    config.pop("search", None)
     defaults = cls.Config().model_dump()
     assert cls.Config(**config).model_dump() == defaults
     # Every value the file writes is the default itself (not one the validator coerces to it).
@@ -49,6 +52,26 @@ def test_the_shipped_tune_section_is_the_default_grid(name):
     assert grid is not None, f"{name} has no default grid"
     assert grid == config["tune"]
     check_grid(create_model(name), grid)  # every default candidate is a valid config
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_the_shipped_search_section_is_the_declared_space(name):
+    config = load_yaml(CONFIGS / f"{name}.yaml")
+    assert "search" in config, f"configs/{name}.yaml has no search: section"
+    assert config["search"] == default_space(name)
+    # The declared space passes the validation a --search-space file gets, unchanged, and
+    # contains the default config and every default grid value (a study can find them).
+    space = check_space(create_model(name), default_space(name))
+    defaults = get_model_class(name).Config().model_dump()
+    for key, spec in space.items():
+        values = [defaults[key], *(default_grid(name) or {}).get(key, [])]
+        for value in values:
+            if "choices" in spec:
+                assert value in spec["choices"], (key, value)
+            else:
+                assert spec["low"] <= value <= spec["high"], (key, value)
+    if issubclass(get_model_class(name), NeuralRecommender):
+        assert "lr" in space and space["lr"]["log"], "a neural model searches lr log-uniform"
 
 
 # -- Mult-VAE: the KL ramp in epochs --------------------------------------------------------------
