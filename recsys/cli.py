@@ -2,7 +2,8 @@
 
 Each command module exposes ``register(subparsers)`` which adds its parser and sets
 ``func=run``. User errors (`RecsysError`) end in one line on stderr and exit code 2; a
-traceback is shown only with ``--debug``.
+traceback is shown only with ``--debug``. So do errors of the place written to (a full disk, a
+read-only or forbidden folder: see recsys.data.io.describe_os_error).
 
 Every command takes ``--quiet`` and ``--debug`` the same way (before or after the command name);
 both are added here, once, so no command can lack them. ``--quiet``: nothing on stdout (results

@@ -362,7 +362,9 @@ def output_lock(path: str | os.PathLike[str], command: str = "recsys", *, wait: 
     released). Another process holding it: wait (``wait``), or one line naming its pid. The
     lock is re-entrant within a process, so a command and the writer it calls share it."""
     path = Path(path)
-    key = os.path.abspath(path)
+    # One key per file whatever the spelling (relative, through a linked folder): flock on a
+    # second descriptor of a lock this process holds would wait for itself.
+    key = os.path.join(os.path.realpath(path.parent), path.name)
     if key in _HELD:
         _HELD[key] += 1
         try:
