@@ -39,7 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset", nargs="?",
                    help="registry name (see `recsys datasets`); omit with --input/--train-file")
-    p.add_argument("--out", required=True, help="output directory (written atomically)")
+    p.add_argument("--out", required=True,
+                   help="output directory (written atomically; an existing one is replaced only "
+                        "when it is a prepared dataset recsys wrote)")
     g = p.add_argument_group("split")
     g.add_argument("--split", choices=SPLITS, metavar="SPLIT",
                    help=f"protocol: {', '.join(SPLITS)} (default {d.split}); none: everything "

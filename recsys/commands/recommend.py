@@ -53,7 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "test period. Data without a test part (prepare --split none) gives "
                         "everything either way")
     p.add_argument("--k", type=int, required=True, metavar="N", help="list length")
-    p.add_argument("--out", required=True, metavar="FILE", help="output .csv or .parquet")
+    p.add_argument("--out", required=True, metavar="FILE",
+                   help="output .csv or .parquet (an existing file is replaced only when it is a "
+                        "list file recsys wrote; one recommend at a time writes it)")
     p.add_argument("--chunk-size", type=int, default=10000, metavar="N",
                    help="users per committed chunk / Parquet row group (default: 10000)")
     p.add_argument("--batch-size", type=int, default=2048, metavar="N",

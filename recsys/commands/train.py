@@ -91,7 +91,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run in RUN_DIR from its last checkpoint")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace the run already in RUN_DIR")
+                   help="replace the run already in RUN_DIR (what train writes there; a "
+                        "folder that is not a run is refused)")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N or mps")
     p.add_argument("--seed", type=int, default=None, help="random seed (model default if unset)")
     p.add_argument("--deterministic", action="store_true",
