@@ -32,8 +32,8 @@ from recsys.models.tuning import DEFAULT_METRIC, TuneResult, default_space, lowe
 from recsys.tracking.base import Tracker
 
 RANGE_KEYS = frozenset({"low", "high", "log", "step"})
-# Defaults of the median pruner: trials compared only once a few have completed, and never on
-# their first epochs (every curve starts low; an early dip says little).
+# Defaults of the median pruner: trials compared only once a few have completed, and not before
+# epoch PRUNE_WARMUP_EPOCHS (every curve starts low; an early dip says little).
 PRUNE_STARTUP_TRIALS = 3
 PRUNE_WARMUP_EPOCHS = 3
 

@@ -561,8 +561,6 @@ class Trainer:
             if valid is not None and (self.epoch % cfg.eval_every == 0 or last):
                 value = self._validate(valid)
                 record[f"valid_{self.metric}"] = value
-                if self.ctx.on_validation is not None:
-                    self.ctx.on_validation(self.epoch, value)
                 if self._improved(value):
                     self.best_value, self.best_epoch, self.bad_evals = value, self.epoch, 0
                     self.best_state = {k: v.detach().clone()
@@ -587,6 +585,11 @@ class Trainer:
             if self.is_main:
                 self.ctx.tracker.log_metrics(record, step=self.epoch)
                 self._report(record, epoch_seconds)
+            key = f"valid_{self.metric}"
+            if key in record and self.ctx.on_validation is not None:
+                # Last in the epoch: the hook may end the fit (a search's pruner raises), and the
+                # epoch it judged is then logged and checkpointed like any other.
+                self.ctx.on_validation(self.epoch, record[key])
 
         if self.best_state is not None:
             model.network.load_state_dict(self.best_state)
