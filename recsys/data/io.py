@@ -42,7 +42,6 @@ _WRITE_ERRORS = {
     errno.EPERM: "operation not permitted: choose a place you can write to, or fix its "
                  "permissions",
 }
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class WriteError(RecsysError):
