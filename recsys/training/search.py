@@ -201,7 +201,9 @@ def study(model: Recommender, train: Interactions, valid: EvalSplit,
             score = float(evaluate(candidate, valid, [metric], batch_size=batch_size,
                                    device=device).summary[metric])
             trial.set_user_attr("fit_seconds", seconds)
-            tracker.log_metrics({f"valid_{metric}": score})
+            # Its own key: valid_METRIC is the per-epoch curve (its last epoch need not be the
+            # best, whose weights the trial keeps).
+            tracker.log_metrics({f"trial_valid_{metric}": score})
             status = "FINISHED"
         except optuna.TrialPruned:
             status = "KILLED"
