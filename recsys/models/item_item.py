@@ -23,8 +23,10 @@ def top_k_per_row(dense: np.ndarray, k: int) -> sp.csr_matrix:
     """The ``k`` largest positive entries of each row of ``dense``, as float32 CSR."""
     n_rows, n_cols = dense.shape
     if k < n_cols:
-        keep = np.argpartition(dense, n_cols - k, axis=1)[:, n_cols - k:]
-        values = np.take_along_axis(dense, keep, axis=1)
+        # torch.topk returns only the k kept indices; numpy's argpartition would return an int64
+        # index for every entry (twice the block's own memory).
+        top = torch.topk(torch.from_numpy(dense), k, dim=1)
+        values, keep = top.values.numpy(), top.indices.numpy()
     else:
         keep = np.broadcast_to(np.arange(n_cols), dense.shape)
         values = dense

@@ -12,8 +12,9 @@ popularity of the item it ends on. With the 0/1 training matrix ``X``:
   divided by its sum (Ferrari Dacrema et al.'s ``normalize_similarity``);
 - a user's scores are ``history @ W``.
 
-``W`` is built a block of rows at a time, so memory stays bounded whatever the catalogue
-(ML-20M: 20k items, each block at most 256 MiB dense) and only ``n_items * k`` weights are kept.
+``W`` is built a block of rows at a time, so memory stays bounded whatever the catalogue: a block
+holds at most 2**24 walk weights (64 MiB dense, at most twice that for the sparse product it is
+read from; ML-20M's 20k items take 24 blocks) and only ``n_items * k`` weights are kept.
 """
 
 from __future__ import annotations
@@ -66,7 +67,9 @@ class RP3beta(SparseItemItem):
         penalty[popularity > 0] = popularity[popularity > 0] ** -cfg.beta
         penalty = penalty.astype(np.float32)
         k = n if cfg.k is None else min(cfg.k, n)
-        block = max(1, min(n, baselines._BLOCK_ENTRIES // max(n, 1)))
+        # A quarter of the shared block size: the sparse product a block is read from can hold
+        # as many entries again, and the dense block as many float32 values.
+        block = max(1, min(n, baselines._BLOCK_ENTRIES // 4 // max(n, 1)))
         rows = []
         for start in range(0, n, block):
             stop = min(start + block, n)

@@ -124,7 +124,7 @@ def test_rp3beta_matches_the_recipe_computed_with_numpy():
 def test_rp3beta_blocks_give_the_same_weights(monkeypatch):
     train = random_interactions(seed=12)
     whole = RP3beta(k=6).fit(train)
-    monkeypatch.setattr(baselines, "_BLOCK_ENTRIES", train.n_items * 4)  # blocks of 4 items
+    monkeypatch.setattr(baselines, "_BLOCK_ENTRIES", train.n_items * 16)  # blocks of 4 items
     blocked = RP3beta(k=6).fit(train)
     np.testing.assert_array_equal(dense_weights(blocked), dense_weights(whole))
 
