@@ -463,7 +463,7 @@ def _train(args: argparse.Namespace, dist_info: Any = None) -> int:
     from recsys.models.registry import get_model_class
     from recsys.run import data_record, save_run, update_run
     from recsys.tracking.base import flatten
-    from recsys.tracking.options import log_training_end, log_training_start
+    from recsys.tracking.options import is_recording, log_training_end, log_training_start
     from recsys.training.refit import fit_final
     from recsys.training.trainer import deterministic_threads
 
@@ -564,6 +564,11 @@ def _train(args: argparse.Namespace, dist_info: Any = None) -> int:
             tracker.log_metrics({f"best_valid_{metric}": result.best_score})
             write_tuned(out / "tuned.yaml", model)
             tracker.log_artifact(out / "tuned.yaml")
+            if result.study is not None and is_recording(tracker):
+                from recsys.training.search import study_figures
+
+                for name, figure in study_figures(result.study).items():
+                    tracker.log_figure(figure, name)
             if not args.quiet:
                 what = "trials" if mode == "study" else "candidates"
                 print(f"tuning on the validation part ({len(result.table)} {what}, "

@@ -67,6 +67,8 @@ class TuneResult:
     # The chosen row where the metric column alone cannot tell (a study: pruned trials' rows
     # hold their last intermediate value); None: the best value of the column.
     best_row: int | None = None
+    # The Optuna study behind a study's result (None for a grid): its plots, its storage.
+    study: Any = None
 
     def to_record(self) -> dict[str, Any]:
         """JSON-ready summary (stored in run.json under ``tuned``)."""

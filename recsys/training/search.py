@@ -262,4 +262,28 @@ def _result(the_study: optuna.Study, space: Mapping[str, Any], metric: str) -> T
                           + "); give more --trials or change the --search-space")
     best = the_study.best_trial
     return TuneResult(dict(best.user_attrs.get("params", best.params)), float(best.value),
-                      metric, table, best_row=the_study.trials.index(best))
+                      metric, table, best_row=the_study.trials.index(best), study=the_study)
+
+
+def study_figures(the_study: optuna.Study) -> dict[str, Any]:
+    """Matplotlib figures of a study, by file name: the optimisation history, and the parameter
+    importances (fANOVA) once two trials completed with more than one distinct value."""
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from optuna.visualization import matplotlib as plots
+
+    figures: dict[str, Any] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
+        figures["optimization_history.png"] = plots.plot_optimization_history(the_study).figure
+        complete = [t for t in the_study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        if len({t.value for t in complete}) > 1:
+            try:
+                figures["param_importances.png"] = plots.plot_param_importances(
+                    the_study).figure
+            except (ValueError, RuntimeError):
+                pass  # e.g. a parameter fixed across all trials: no importance to show
+    return figures

@@ -36,5 +36,6 @@ def test_a_study_is_a_parent_run_with_its_trials_nested(mlflow_server, mls_data,
     best = max(scores, key=scores.get)
     assert float(parent.data.params["best.lambda_"]) == pytest.approx(best)
     assert yaml.safe_load((out / "tuned.yaml").read_text())["lambda_"] == pytest.approx(best)
-    assert "tuned.yaml" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"tuned.yaml", "optimization_history.png", "param_importances.png"} <= \
+        {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert parent.data.tags["recsys.tune"] == "study"
