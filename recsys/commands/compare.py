@@ -22,6 +22,10 @@ The YAML file (unknown keys are errors)::
         tune: default                  # the model's default grid (recsys.models.tuning)
       - model: ease
         tune: {lambda_: [100, 500]}    # grid searched on the validation part (never test)
+      - model: multdae
+        tune: {trials: 30}             # an Optuna study (`recsys train --tune --trials 30`):
+                                       # the same budget for every model; optional timeout
+                                       # (seconds) and search_space (a --search-space file)
       - model: multvae
         label: multvae-e20
         config: multvae.yaml           # a model config file, relative to this file
@@ -54,6 +58,15 @@ DEFAULT_METRICS = ["recall@20", "recall@50", "ndcg@20", "ndcg@100", "precision@2
                    "coverage@20"]
 
 
+class StudySpec(StrictConfig):
+    """``tune: {trials: N}``: an Optuna study over the model's declared space (or the
+    ``search_space`` file's, relative to the comparison file), as `recsys train --tune`."""
+
+    trials: int = Field(ge=1)
+    timeout: float | None = Field(None, gt=0)
+    search_space: str | None = None
+
+
 class ModelSpec(StrictConfig):
     model: str
     label: str | None = None  # defaults to the model name (must be unique in the file)
@@ -63,8 +76,9 @@ class ModelSpec(StrictConfig):
     params: dict[str, Any] = Field(default_factory=dict)
     # Grid searched on the validation part: {key: [values]}; "config" for the `tune:` section
     # of `config`; "default" for the model's default grid (recsys.models.tuning); nothing = the
-    # params as given.
-    tune: dict[str, list[Any]] | Literal["default", "config"] = Field(default_factory=dict)
+    # params as given; {trials: N} for an Optuna study (`StudySpec`).
+    tune: StudySpec | dict[str, list[Any]] | Literal["default", "config"] = Field(
+        default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -214,6 +228,20 @@ def load_compare_config(path: str | Path, *, out: str | None = None, data: str |
             if not default_grid(m.model):
                 raise RecsysError(f"{path}: model '{m.name}': `tune: default` but '{m.model}' "
                                   "has no default grid; give one as {key: [values]}")
+        elif isinstance(m.tune, StudySpec):
+            from recsys.models.tuning import default_space
+            from recsys.training.search import check_space
+
+            where = f"{path}: model '{m.name}' tune"
+            space = default_space(m.model)
+            if m.tune.search_space is not None:
+                space_file = Path(m.tune.search_space)
+                if not space_file.is_absolute():
+                    space_file = Path(path).parent / space_file
+                m.tune.search_space = str(space_file)
+                where = str(space_file)
+                space = load_yaml(space_file)
+            check_space(cls(**m.params), space, where=where)
         elif m.tune:
             from recsys.models.tuning import check_grid
 
@@ -488,9 +516,19 @@ def tune(m: ModelSpec, model: Any, dataset: Any, valid: Any, spec: CompareConfig
     from recsys.models.tuning import tune as grid_search
 
     metric = spec.tune_metric or spec.primary
-    grid = None if m.tune == "default" else m.tune
-    result = grid_search(model, dataset.train, valid, grid, metric=metric,
-                         ctx=FitContext(data_meta=dict(dataset.meta)), device=spec.device)
+    ctx = FitContext(data_meta=dict(dataset.meta))
+    if isinstance(m.tune, StudySpec):
+        from recsys.config import load_yaml
+        from recsys.training.search import study
+
+        space = load_yaml(m.tune.search_space) if m.tune.search_space else None
+        result = study(model, dataset.train, valid, space, trials=m.tune.trials,
+                       timeout=m.tune.timeout, seed=spec.seed, metric=metric, ctx=ctx,
+                       device=spec.device)
+    else:
+        grid = None if m.tune == "default" else m.tune
+        result = grid_search(model, dataset.train, valid, grid, metric=metric, ctx=ctx,
+                             device=spec.device)
     for step, value in enumerate(result.table[metric].tolist()):
         tracker.log_metrics({f"tune/valid_{metric}": value}, step=step)
     tracker.log_table(result.table, "tuning.json")

@@ -149,3 +149,26 @@ def test_a_stored_study_continues_under_the_same_name(data, tmp_path):
     after = json.loads((tmp_path / "run" / "run.json").read_text())["tuned"]["candidates"]
     assert len(before) == 2 and len(after) == 5
     assert [c["lambda_"] for c in after[:2]] == [c["lambda_"] for c in before]
+
+
+def test_compare_tunes_a_model_with_a_study_of_the_given_budget(data, tmp_path):
+    """`tune: {trials: 3}` in `recsys compare` is the study `recsys train --tune --trials 3`
+    runs (same declared space, same seed): the same choice."""
+    config = tmp_path / "compare.yaml"
+    config.write_text(f"data: {data}\nout: {tmp_path / 'runs'}\nbootstrap: 100\nmodels:\n"
+                      "  - model: pop\n  - model: ease\n    params: {device: cpu}\n"
+                      "    tune: {trials: 3}\n")
+    proc = recsys("compare", config, "--no-track")
+    assert proc.returncode == 0, proc.stderr
+    compared = json.loads((tmp_path / "runs" / "ease" / "run.json").read_text())["tuned"]
+    proc = recsys("train", "ease", "--data", data, "--out", tmp_path / "train", "--tune",
+                  "--trials", "3", "--set", "device=cpu", "--no-track")
+    assert proc.returncode == 0, proc.stderr
+    trained = json.loads((tmp_path / "train" / "run.json").read_text())["tuned"]
+    assert compared == trained["params"] and set(compared) == {"lambda_"}
+
+    config.write_text(f"data: {data}\nmodels:\n  - model: ease\n"
+                      "    tune: {trials: 3, search_space: space.yaml}\n")
+    (tmp_path / "space.yaml").write_text("lambda_: {low: 1.0}\n")
+    err = one_line_error(recsys("compare", config, "--no-track"))
+    assert "space.yaml: 'lambda_': a range needs both 'low' and 'high'" in err
