@@ -6,7 +6,15 @@
 
 The model's config comes from --config (YAML; an optional ``tune:`` section gives the grid for
 --tune) overridden by --set key=value. With --tune the key hyper-parameters are chosen on the
-validation part by --metric (never on the test part) before the final fit on the training part.
+validation part by --metric (never on the test part) before the final fit on the training part:
+an Optuna study (TPE seeded by --seed, median pruning on the per-epoch validation metric) over the
+model's declared space or --search-space FILE when --trials/--timeout/--search-space is given or
+the model is neural; else a grid (a ``tune:`` section, or the model's default grid). The chosen
+config is written to RUN_DIR/tuned.yaml (usable as --config); each trial is a nested MLflow run.
+
+    recsys train multdae --data DIR --out RUN_DIR --tune --trials 30 \\
+        --study-storage sqlite:///study.db --study-name dae   # the same name continues it
+
 Once validation has done its job (tuning, early stopping), the final model is refitted on
 train + valid with the chosen settings (neural models: for the best epoch), unless --no-refit.
 When the data has a test part, the trained model is evaluated on it and metrics.json written.
@@ -490,6 +498,9 @@ def _train(args: argparse.Namespace, dist_info: Any = None) -> int:
         raise RecsysError(f"--trials must be at least 1 (got {args.trials})")
     if mode == "study" and args.timeout is not None and args.timeout <= 0:
         raise RecsysError(f"--timeout must be positive (got {args.timeout})")
+    if args.study_name is not None and args.study_storage is None:
+        raise RecsysError("--study-name names a stored study; add --study-storage URL (e.g. "
+                          "sqlite:///study.db) to keep and continue it")
     out = Path(args.out)
     from recsys.models.neural import NeuralRecommender
 

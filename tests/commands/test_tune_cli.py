@@ -53,6 +53,12 @@ def test_study_flags_without_tune_are_refused(data, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_study_name_without_storage_is_refused(data, tmp_path):
+    err = one_line_error(recsys("train", "ease", "--data", data, "--out", tmp_path / "run",
+                                "--tune", "--study-name", "s", "--no-track"))
+    assert "--study-storage" in err
+
+
 def test_a_tune_grid_beside_study_flags_is_refused(data, tmp_path):
     config = tmp_path / "ease.yaml"
     config.write_text("tune: {lambda_: [10.0, 100.0]}\n")
