@@ -33,8 +33,9 @@ from recsys.models.item_item import SparseItemItem
 class SANSAConfig(StrictConfig):
     l2: float = Field(200.0, gt=0, description="L2 penalty: EASE's lambda_ (cholmod)")
     weights_per_item: float = Field(
-        200.0, gt=0, description="kept weights per item in each of the two matrices (the "
-                                 "package's weight_matrix_density times the item count)")
+        200.0, ge=2, description="kept weights per item in each of the two matrices (the "
+                                 "package's weight_matrix_density times the item count; its "
+                                 "floor is 2)")
     factorizer: Literal["cholmod", "icf"] = Field(
         "cholmod", description="cholmod: exact Cholesky, then sparsified; icf: incomplete "
                                "Cholesky of a rescaled X^T X (less memory, millions of items)")
@@ -88,16 +89,16 @@ class SANSA(SparseItemItem):
             gramian_factorizer_config=factorizer,
             lower_triangle_inverter_config=sansa.UMRUnitLowerTriangleInverterConfig(
                 scans=cfg.scans, finetune_steps=cfg.finetune_steps)))
-        quiet = ctx.quiet if ctx is not None else True
         logger = logging.getLogger("sansa")
         level = logger.level
-        # Its INFO lines narrate every step; its warnings (a density clipped, a shift added)
-        # are worth seeing when not quiet.
-        logger.setLevel(logging.ERROR if quiet else logging.WARNING)
+        # Its INFO lines narrate every step and its warnings are multi-line advice (e.g. "try
+        # ICF" below 5% density, on every ml-latest-small fit, where ICF scores worse); the
+        # density floor it would clip to is refused by the config instead.
+        logger.setLevel(logging.ERROR)
         # sansa runs gc.collect() some 25 times a fit; each full pass walks every object of the
         # process (torch alone holds ~10^5: 0.15 s a pass, more than half of an ml-100k fit).
-        # Objects older than the fit cannot be what it frees, so they are frozen out of the
-        # passes while it runs.
+        # Freezing what exists before the fit keeps those passes to the fit's own objects
+        # (anything older that becomes garbage is collected after the fit).
         gc.freeze()
         try:
             model.fit(x)

@@ -17,6 +17,7 @@ from sklearn.linear_model import ElasticNet
 from sklearn.model_selection import ParameterGrid
 
 from recsys.data.interactions import Dataset, Interactions, Vocabulary
+from recsys.errors import RecsysError
 from recsys.models import baselines, slim
 from recsys.models.base import FitContext, Recommender
 from recsys.models.baselines import EASE
@@ -210,10 +211,14 @@ def test_sansa_import_leaves_the_root_logger_as_it_was(monkeypatch):
     assert root.handlers == [] and root.level == logging.WARNING
 
 
-def test_a_quiet_sansa_fit_prints_nothing(capfd):
-    SANSA(l2=5.0, weights_per_item=2.0).fit(random_interactions(seed=16), ctx=FitContext())
+def test_a_sansa_fit_prints_nothing_even_where_the_package_would_advise(capfd):
+    # 2 weights per item of 60 is a density under 5%, where sansa logs multi-line advice.
+    train = random_interactions(n_users=80, n_items=60, seed=16)
+    SANSA(l2=5.0, weights_per_item=2.0).fit(train, ctx=FitContext(quiet=False))
     captured = capfd.readouterr()
     assert captured.out == "" and captured.err == ""
+    with pytest.raises(RecsysError, match="invalid value for 'weights_per_item'"):
+        SANSA(weights_per_item=1.0)  # below the package's floor, which it would clip to
 
 
 # -- through the CLI ------------------------------------------------------------------------------
