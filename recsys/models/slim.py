@@ -20,11 +20,11 @@ from __future__ import annotations
 import os
 import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar, Self
 
 import numpy as np
 import scipy.sparse as sp
-from joblib import Parallel, delayed
 from pydantic import Field
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import ElasticNet
@@ -109,10 +109,11 @@ class SLIM(SparseItemItem):
             # A regression stopped at max_iter still gives usable weights; one warning per item
             # (thousands) would bury the log.
             warnings.simplefilter("ignore", ConvergenceWarning)
-            parallel = Parallel(n_jobs=_num_threads(cfg.num_threads), backend="threading",
-                                return_as="generator")
-            parts = list(tqdm(parallel(delayed(fit_items)(t) for t in tasks), total=len(tasks),
-                              desc="slim", unit="task", disable=quiet))
+            # Threads, not processes: the regressions release the GIL in their solver, and
+            # nothing is pickled to workers (the matrix stays shared).
+            with ThreadPoolExecutor(max_workers=_num_threads(cfg.num_threads)) as pool:
+                parts = list(tqdm(pool.map(fit_items, tasks), total=len(tasks), desc="slim",
+                                  unit="task", disable=quiet))
         rows, cols, vals = (np.concatenate([p[i] for p in parts] or [np.zeros(0)])
                             for i in range(3))
         self._set_weights(sp.csr_matrix((vals, (rows.astype(np.int64), cols.astype(np.int64))),
