@@ -541,8 +541,8 @@ def tune(m: ModelSpec, model: Any, dataset: Any, valid: Any, spec: CompareConfig
 
 def comparison_table(outcomes: list[ModelOutcome], spec: CompareConfig) -> pd.DataFrame:
     """Long table: one row per (model, metric) with mean, 95% CI and the test against the best."""
+    from recsys.evaluation.metrics import lower_is_better
     from recsys.evaluation.stats import bootstrap_ci, paired_tests
-    from recsys.training import lower_is_better
 
     rows = []
     cis = {o.label: bootstrap_ci(o.per_user, _per_user_metrics(o, spec),
@@ -619,7 +619,7 @@ def print_table(result: CompareResult, spec: CompareConfig) -> None:
 
 
 def _lower(metric: str) -> bool:
-    from recsys.training import lower_is_better
+    from recsys.evaluation.metrics import lower_is_better
 
     return lower_is_better(metric)
 

@@ -48,6 +48,16 @@ import torch
 
 from recsys.errors import RecsysError, closest
 
+# The one home of a metric's direction (early stopping, --tune, compare's "best"): errors and the
+# loss, and the concentration measures (exposure Gini, recommended popularity and its lift over
+# the user's history), where a smaller value is better. Every other metric is higher-is-better.
+LOWER_IS_BETTER = frozenset({"rmse", "mae", "mse", "loss", "gini", "arp", "popbias"})
+
+
+def lower_is_better(metric: str) -> bool:
+    """Direction of a metric name such as ``rmse``, ``ndcg@100`` or ``gini@10``."""
+    return metric.split("@", 1)[0].lower() in LOWER_IS_BETTER
+
 RANKING_METRICS = ("recall", "plain_recall", "ndcg", "precision", "hit", "mrr", "map")
 LIST_METRICS = ("novelty", "ild", "arp", "popbias")  # per user, from the list, not from hits
 GLOBAL_METRICS = ("coverage", "gini")  # one number over all lists, no per-user value

@@ -25,6 +25,7 @@ from sklearn.model_selection import ParameterGrid
 from recsys.config import validate_config
 from recsys.data.interactions import EvalSplit, Interactions
 from recsys.errors import RecsysError, closest
+from recsys.evaluation.metrics import lower_is_better
 from recsys.models.base import FitContext, Recommender
 
 DEFAULT_METRIC = "ndcg@100"
@@ -140,10 +141,6 @@ DEFAULT_SPACES: dict[str, dict[str, dict[str, Any]]] = {
 def default_space(model_name: str) -> dict[str, dict[str, Any]]:
     """A copy of the model's declared search space (empty for a model with nothing to tune)."""
     return {k: dict(v) for k, v in DEFAULT_SPACES.get(model_name, {}).items()}
-
-
-def lower_is_better(metric: str) -> bool:
-    return metric.split("@")[0] in ("rmse", "mae")
 
 
 def default_grid(model_name: str) -> dict[str, list[Any]] | None:

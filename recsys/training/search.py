@@ -27,8 +27,9 @@ from sklearn.base import clone
 from recsys.config import validate_config
 from recsys.data.interactions import EvalSplit, Interactions
 from recsys.errors import RecsysError, closest
+from recsys.evaluation.metrics import lower_is_better
 from recsys.models.base import FitContext, Recommender
-from recsys.models.tuning import DEFAULT_METRIC, TuneResult, default_space, lower_is_better
+from recsys.models.tuning import DEFAULT_METRIC, TuneResult, default_space
 from recsys.tracking.base import Tracker
 
 RANGE_KEYS = frozenset({"low", "high", "log", "step"})

@@ -34,6 +34,7 @@ import torch
 from recsys.config import TrainConfig
 from recsys.data.interactions import EvalSplit, Interactions
 from recsys.errors import RecsysError
+from recsys.evaluation.metrics import lower_is_better
 from recsys.models.base import FitContext, resolve_device
 from recsys.models.neural import Batch, NeuralRecommender
 from recsys.tracking.base import flatten
@@ -45,9 +46,6 @@ from recsys.training.checkpoint import (
     save_checkpoint,
 )
 
-# Metrics where a smaller value is better; every other harness metric is "higher is better".
-LOWER_IS_BETTER = frozenset({"rmse", "mae", "mse", "loss"})
-
 # Config keys that may differ between an interrupted run and its resumption: they change how long
 # or where training runs, not what one epoch computes.
 RESUMABLE_CHANGES = frozenset({"epochs", "patience", "device", "checkpoint_every", "cuda_graph",
@@ -58,11 +56,6 @@ Validator = Callable[[NeuralRecommender, EvalSplit], float]
 
 class TrainingDiverged(RecsysError):
     """The loss became NaN or infinite; training stopped and the last good checkpoint is kept."""
-
-
-def lower_is_better(metric: str) -> bool:
-    """Direction of a metric name such as ``rmse`` or ``ndcg@100``."""
-    return metric.split("@", 1)[0].lower() in LOWER_IS_BETTER
 
 
 # -- seeds, determinism, RNG state ---------------------------------------------------------------

@@ -262,3 +262,16 @@ def test_cli_refuses_ild_at_one(trained):
     result = run_process(["evaluate", trained / "run", "--data", trained / "data", "--metrics",
                           "ild@1"], timeout=120)
     assert_one_line_error(result, "ild@1")
+
+
+def test_direction_of_each_metric_has_one_home():
+    from recsys.evaluation.metrics import lower_is_better
+    from recsys.models import tuning
+    from recsys.training import trainer
+
+    # compare's "best", --tune and early stopping all read the same rule.
+    assert trainer.lower_is_better is lower_is_better is tuning.lower_is_better
+    for name in ("rmse", "mae", "loss", "gini@10", "arp@10", "popbias@20"):
+        assert lower_is_better(name), name
+    for name in ("ndcg@100", "recall@20", "novelty@10", "ild@10", "coverage@10"):
+        assert not lower_is_better(name), name
