@@ -171,6 +171,30 @@ def check_grid(model: Recommender, grid: Any, where: str = "tune") -> dict[str, 
     return out
 
 
+def check_valid_part(valid: EvalSplit) -> None:
+    """Refuse to tune (grid or study) on a validation part with nobody to score."""
+    if len(valid.users) == 0:
+        raise RecsysError("the validation part has no user with both history and held-out "
+                          "items; cannot tune on it")
+
+
+def fit_candidate(model: Recommender, params: Mapping[str, Any], train: Interactions,
+                  valid: EvalSplit, ctx: FitContext, metric: str, *, batch_size: int = 2048,
+                  device: str | None = None) -> tuple[float, float]:
+    """One candidate of a grid or a study: a clone of ``model`` with ``params`` fitted on
+    ``train`` (``valid`` for early stopping), scored by ``metric`` on ``valid``. Returns
+    ``(score, fit seconds)``."""
+    from recsys.evaluation.evaluate import evaluate
+
+    candidate = clone(model).set_params(**params)
+    started = time.perf_counter()
+    candidate.fit(train, valid, ctx)
+    seconds = time.perf_counter() - started
+    score = evaluate(candidate, valid, [metric], batch_size=batch_size,
+                     device=device).summary[metric]
+    return float(score), seconds
+
+
 def tune(model: Recommender, train: Interactions, valid: EvalSplit,
          grid: Mapping[str, Any] | None = None, *, metric: str = DEFAULT_METRIC,
          ctx: FitContext | None = None, batch_size: int = 2048, device: str | None = None,
@@ -181,7 +205,6 @@ def tune(model: Recommender, train: Interactions, valid: EvalSplit,
     model without one). ``ctx`` lends its data metadata to every candidate fit; candidates never
     write to a run directory or a tracker. ``log`` receives one line per candidate.
     """
-    from recsys.evaluation.evaluate import evaluate
     from recsys.evaluation.metrics import parse_metrics
 
     [metric] = parse_metrics(metric)[:1]
@@ -191,20 +214,14 @@ def tune(model: Recommender, train: Interactions, valid: EvalSplit,
             raise RecsysError(f"model '{model.name}' has no default tuning grid; give one in "
                               "the --config file's 'tune:' section, e.g. tune: {lr: [0.001, 0.01]}")
     grid = check_grid(model, grid)
-    if len(valid.users) == 0:
-        raise RecsysError("the validation part has no user with both history and held-out "
-                          "items; cannot tune on it")
+    check_valid_part(valid)
     candidate_ctx = FitContext(quiet=True, data_meta=dict(ctx.data_meta) if ctx else {})
     rows: list[dict[str, Any]] = []
     candidates = list(ParameterGrid(grid))
     for i, params in enumerate(candidates, 1):
-        candidate = clone(model).set_params(**params)
-        started = time.perf_counter()
-        candidate.fit(train, valid, candidate_ctx)
-        seconds = time.perf_counter() - started
-        score = evaluate(candidate, valid, [metric], batch_size=batch_size,
-                         device=device).summary[metric]
-        rows.append({**params, metric: float(score), "fit_seconds": seconds})
+        score, seconds = fit_candidate(model, params, train, valid, candidate_ctx, metric,
+                                       batch_size=batch_size, device=device)
+        rows.append({**params, metric: score, "fit_seconds": seconds})
         if log is not None:
             shown = ", ".join(f"{k}={v}" for k, v in params.items()) or "(no parameters)"
             log(f"[{i}/{len(candidates)}] {shown}: valid {metric} {score:.4f} ({seconds:.2f}s)")

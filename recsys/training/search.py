@@ -16,20 +16,24 @@ in it) and ``log``; this module imports neither argparse nor mlflow.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import optuna
 import pandas as pd
-from sklearn.base import clone
 
 from recsys.config import validate_config
 from recsys.data.interactions import EvalSplit, Interactions
 from recsys.errors import RecsysError, closest
 from recsys.evaluation.metrics import lower_is_better
 from recsys.models.base import FitContext, Recommender
-from recsys.models.tuning import DEFAULT_METRIC, TuneResult, default_space
+from recsys.models.tuning import (
+    DEFAULT_METRIC,
+    TuneResult,
+    check_valid_part,
+    default_space,
+    fit_candidate,
+)
 from recsys.tracking.base import Tracker
 
 RANGE_KEYS = frozenset({"low", "high", "log", "step"})
@@ -156,7 +160,6 @@ def study(model: Recommender, train: Interactions, valid: EvalSplit,
     FINISHED for a complete trial, KILLED for a pruned one, FAILED otherwise). The result's table
     has one row per trial of the study, earlier sessions' included.
     """
-    from recsys.evaluation.evaluate import evaluate
     from recsys.evaluation.metrics import parse_metrics
 
     [metric] = parse_metrics(metric)[:1]
@@ -168,9 +171,7 @@ def study(model: Recommender, train: Interactions, valid: EvalSplit,
                           "with --search-space FILE")
     if trials is not None and trials < 1:
         raise RecsysError(f"--trials must be at least 1 (got {trials})")
-    if len(valid.users) == 0:
-        raise RecsysError("the validation part has no user with both history and held-out "
-                          "items; cannot tune on it")
+    check_valid_part(valid)
     lower = lower_is_better(metric)
     # Failed trials are reported through ``log`` in one line each, not Optuna's tracebacks.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -197,13 +198,11 @@ def study(model: Recommender, train: Interactions, valid: EvalSplit,
                 raise optuna.TrialPruned(f"epoch {epoch}: valid {metric} {value:.4f}")
 
         try:
-            candidate = clone(model).set_params(**params)
-            started = time.perf_counter()
-            candidate.fit(train, valid, FitContext(quiet=True, data_meta=data_meta,
-                                                   tracker=tracker, on_validation=report))
-            seconds = time.perf_counter() - started
-            score = float(evaluate(candidate, valid, [metric], batch_size=batch_size,
-                                   device=device).summary[metric])
+            score, seconds = fit_candidate(
+                model, params, train, valid,
+                FitContext(quiet=True, data_meta=data_meta, tracker=tracker,
+                           on_validation=report),
+                metric, batch_size=batch_size, device=device)
             trial.set_user_attr("fit_seconds", seconds)
             # Its own key: valid_METRIC is the per-epoch curve (its last epoch need not be the
             # best, whose weights the trial keeps).
