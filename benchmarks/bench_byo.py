@@ -10,7 +10,7 @@ commands run, with no --config:
 
 The lists are scored by `score_lists` below (plain pandas, nothing from recsys.evaluation)
 against test.csv, and RecBole 1.2.1's same model (the `bench` extra, its default settings) is fitted
-on the same parts (benchmarks/common.py ``recbole_fit``: our train / validation carve / test).
+on the same parts (benchmarks/peers.py ``recbole_fit``: our train / validation carve / test).
 `recsys evaluate`'s NDCG@100 is shown beside the outside figure: they must agree.
 
 Splits:
@@ -53,7 +53,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from common import importable, machine_info, recbole_fit, rows_markdown  # noqa: E402
+from measure import importable, machine_info  # noqa: E402
+from peers import recbole_fit  # noqa: E402
+from render import rows_markdown  # noqa: E402
 
 K = 100
 RECBOLE_NAMES = {"multvae": "MultiVAE", "multdae": "MultiDAE", "recvae": "RecVAE",

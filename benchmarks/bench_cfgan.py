@@ -36,7 +36,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from common import rows_markdown, training_summary  # noqa: E402
+from measure import training_summary  # noqa: E402
+from render import rows_markdown  # noqa: E402
+from targets import CFGAN_TARGET as TARGET  # noqa: E402
 
 from recsys.data.io import write_json  # noqa: E402
 
@@ -45,7 +47,6 @@ SELECT_BY = "ndcg@20"  # validation metric for --tune and early stopping
 PREP = ["--split", "random", "--implicit-threshold", "1", "--test-fraction", "0.2",
         "--valid-fraction", "0.1", "--seed", "0"]
 MODELS = ("cfgan", "ease", "multvae", "als")
-TARGET = {"precision@20": 0.29, "ndcg@20": 0.42}  # issue 6
 PAPER = {"precision@20": 0.294, "recall@20": 0.360, "ndcg@20": 0.433}  # their split, test epochs
 THREADS: dict[str, str] = {}  # OMP_NUM_THREADS for the CLI calls, from --threads
 

@@ -32,12 +32,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from common import (  # noqa: E402, F401 - peak_rss_mb re-exported for bench_topk
-    importable,
-    peak_rss_mb,
-    recbole_shims,
-    write_recbole_parts,
-)
+from measure import importable, peak_rss_mb  # noqa: E402, F401 - peak_rss_mb re-exported for bench_topk
+from peers import recbole_shims, write_recbole_parts  # noqa: E402
 
 from recsys.data.interactions import EvalSplit  # noqa: E402
 
@@ -337,7 +333,7 @@ def main() -> None:
     import argparse
     import json
 
-    from recsys.commands.evaluate import RANKING_DEFAULT
+    from recsys.evaluation.metrics import RANKING_DEFAULT
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--scale", type=float, default=1.0, help="fraction of ML-20M's users")

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import CHILD
+from measure import CHILD
 
 from recsys.data.interactions import Dataset
 from recsys.data.synthetic import ML20M_SHAPE, synthetic_ratings, write_ml20m_csv
@@ -45,7 +45,7 @@ PREPARE_ARGS = ["--split", "random", "--implicit-threshold", "4", "--min-user-in
 
 
 # The CLI runs in a child that reports its own high-water mark (VmHWM) when it exits
-# (common.CHILD). ru_maxrss from wait4 is not usable: Linux carries the parent's peak across
+# (measure.CHILD). ru_maxrss from wait4 is not usable: Linux carries the parent's peak across
 # fork+exec into the child's ru_maxrss, so it would show this script's own peak from drawing the
 # synthetic data.
 
@@ -91,7 +91,7 @@ def recbole_build(csv: Path, workdir: Path) -> dict | None:
     script = f"""
 import sys
 sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
-from common import recbole_shims
+from peers import recbole_shims
 recbole_shims()  # NumPy-2 aliases RecBole 1.2.1 still uses
 from recbole.config import Config
 from recbole.data import create_dataset, data_preparation

@@ -40,7 +40,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from common import importable, recbole_fit, rows_markdown, training_summary  # noqa: E402
+from measure import importable, training_summary  # noqa: E402
+from peers import recbole_fit  # noqa: E402
+from render import rows_markdown  # noqa: E402
 
 from recsys.data.io import write_json  # noqa: E402
 
@@ -112,7 +114,7 @@ def train(model: str, data: Path, run: Path, tune: bool) -> dict[str, Any]:
 
 
 def run_recbole(model: str, data: Path, out: Path) -> dict[str, Any]:
-    """RecBole's ``model`` on our three parts (benchmarks/common.py ``recbole_fit``)."""
+    """RecBole's ``model`` on our three parts (benchmarks/peers.py ``recbole_fit``)."""
     return recbole_fit(model, data, out)
 
 
