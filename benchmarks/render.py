@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from flops import H100_SXM, ML20M_ITEMS, ML20M_NNZ, ML20M_USERS, ranking_bytes
@@ -23,45 +24,30 @@ VERSION_ORDER = ("python", "torch", "numpy", "scipy", "pandas", "implicit", "mlf
                  "git commit", "recbole", "scikit-surprise")
 
 
-def fmt(value: Any, digits: int = 3) -> str:
-    if value is None:
+def num(value: Any, digits: int = 3) -> str:
+    """The one way a figure becomes a table cell: a float to ``digits`` decimals, an int (a
+    count) whole, both thousands-separated; a dict as k=v; '-' for a missing figure (None,
+    NaN); anything else as its text."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    if isinstance(value, float):
-        if value != value:  # NaN
-            return "-"
-        return f"{value:,.{digits}f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
-
-
-def f(value: Any, digits: int) -> str:
-    """A number with ``digits`` decimals (0: a thousands-separated integer); '-' if missing."""
-    if value is None or (isinstance(value, float) and value != value):
-        return "-"
-    return f"{value:,.{digits}f}" if digits else f"{round(value):,}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    return f"{value:,}" if isinstance(value, int) else f"{value:,.{digits}f}"
 
 
 def table(head: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(fmt(c) if not isinstance(c, str) else c for c in r) + " |"
-              for r in rows]
+    lines += ["| " + " | ".join(num(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)
-
-def cell(value: Any, digits: int = 4) -> str:
-    """A Markdown table cell: floats rounded, dicts as k=v, None as '-'."""
-    if value is None:
-        return "-"
-    if isinstance(value, dict):
-        return ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
 def rows_markdown(rows: list[dict[str, Any]], columns: list[str]) -> str:
     """Rows as a Markdown table over ``columns`` (seconds to 0.1, the rest to 4 digits)."""
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
-        lines.append("| " + " | ".join(cell(r.get(c), 1 if c.endswith("seconds") else 4)
+        lines.append("| " + " | ".join(num(r.get(c), 1 if c.endswith("seconds") else 4)
                                        for c in columns) + " |")
     return "\n".join(lines)
 
@@ -178,15 +164,15 @@ def render_real(results: dict[str, Any]) -> list[str]:
                                             for k, v in r["tuned"].items())
                      if r.get("tuned") else ("config" if r["model"] in NEURAL else "defaults"))
             ep = (f"{r['best_epoch']}/{r['epochs_run']}" if r.get("epochs_run") else "-")
-            rows.append([r["model"], tuned, f(r["recall@20"], 4), f(r.get("recall@50"), 4),
-                         f(r["ndcg@100"], 4), f(r["fit_seconds"], 2), ep,
-                         f(r["cpu_seconds"], 1), f(r["peak_mb"], 0)])
+            rows.append([r["model"], tuned, num(r["recall@20"], 4), num(r.get("recall@50"), 4),
+                         num(r["ndcg@100"], 4), num(r["fit_seconds"], 2), ep,
+                         num(r["cpu_seconds"], 1), num(r["peak_mb"], 0)])
         peer = results.get("peers", {}).get(name, {}).get(ALS_PEER)
         if peer and "error" not in peer:
-            rows.append([f"*peer*: {ALS_PEER}", "defaults", f(peer["recall@20"], 4),
-                         f(peer.get("recall@50"), 4), f(peer["ndcg@100"], 4),
-                         f(peer["fit_seconds"], 2), "-", f(peer["cpu_seconds"], 1),
-                         f(peer["peak_mb"], 0)])
+            rows.append([f"*peer*: {ALS_PEER}", "defaults", num(peer["recall@20"], 4),
+                         num(peer.get("recall@50"), 4), num(peer["ndcg@100"], 4),
+                         num(peer["fit_seconds"], 2), "-", num(peer["cpu_seconds"], 1),
+                         num(peer["peak_mb"], 0)])
         if rows:
             lines += [table(["model", "settings", "recall@20", "recall@50", "ndcg@100", "fit s",
                              "best/last epoch", "CPU s", "peak MB"], rows), ""]
@@ -203,8 +189,8 @@ def render_real(results: dict[str, Any]) -> list[str]:
                   "filters, per-interaction 80/20).", "",
                   table(["data", "engine", "users", "seconds", "users/s", "ndcg@100",
                          "recall@20"],
-                        [[r["data"], r["engine"], f(r["users"], 0), f(r["seconds"], 3),
-                          f(r["users_per_s"], 0), f(r["ndcg@100"], 4), f(r["recall@20"], 4)]
+                        [[r["data"], r["engine"], num(r["users"], 0), num(r["seconds"], 3),
+                          num(r["users_per_s"], 0), num(r["ndcg@100"], 4), num(r["recall@20"], 4)]
                          for r in ev]), ""]
     elif isinstance(ev, dict):
         lines += [f"Full-ranking evaluation: {ev.get('error')}", ""]
@@ -212,13 +198,13 @@ def render_real(results: dict[str, Any]) -> list[str]:
     if isinstance(ar, dict) and ar.get("rows"):
         models = [m for m in ar["models"] if m in ar["rows"][0]]
         labels = {"iautorec": "I-AutoRec", "mean": "global mean", "svd": "Surprise SVD (peer)"}
-        rows = [[r["fold"], *[f(r[m]["rmse"], 4) for m in models],
-                 *[f(r[m]["seconds"], 1) for m in models]] for r in ar["rows"]]
+        rows = [[r["fold"], *[num(r[m]["rmse"], 4) for m in models],
+                 *[num(r[m]["seconds"], 1) for m in models]] for r in ar["rows"]]
         if len(ar["rows"]) > 1:
             n = len(ar["rows"])
             rows.append(["**mean**",
-                         *[f(sum(r[m]["rmse"] for r in ar["rows"]) / n, 4) for m in models],
-                         *[f(sum(r[m]["seconds"] for r in ar["rows"]) / n, 1) for m in models]])
+                         *[num(sum(r[m]["rmse"] for r in ar["rows"]) / n, 4) for m in models],
+                         *[num(sum(r[m]["seconds"] for r in ar["rows"]) / n, 1) for m in models]])
         lines += ["### Explicit ratings: ml-100k canonical folds (RMSE)", "",
                   "`benchmarks/bench_autorec.py`: trained on u{k}.base (5% carved out for early "
                   "stopping), every rating of u{k}.test scored (unseen items: user-mean "
@@ -236,7 +222,7 @@ def render_real(results: dict[str, Any]) -> list[str]:
 def ratio(a: float | None, b: float | None) -> str:
     if a is None or b is None or not b:
         return "-"
-    return f"{a / b:.2f}"
+    return num(a / b, 2)
 
 
 def render_cfgan(results: dict[str, Any]) -> list[str]:
@@ -252,7 +238,7 @@ def render_cfgan(results: dict[str, Any]) -> list[str]:
             "(seed 0); CFGAN with configs/cfgan.yaml, the others tuned on validation; epochs "
             "and settings chosen on validation, test read once. Its `--cfgan-seeds 0,1,2` gives "
             "the spread over seeds (README).", "",
-            table(columns, [[cell(r.get(c), 1 if c.endswith("seconds") else 4) for c in columns]
+            table(columns, [[num(r.get(c), 1 if c.endswith("seconds") else 4) for c in columns]
                             for r in cf["rows"]]), "",
             *[f"- {line}" for line in cf.get("verdict", [])], ""]
 
@@ -275,9 +261,9 @@ def render_peers(results: dict[str, Any]) -> list[str]:
         src = "measured" if measured else "*cited, not measured here*"
         o, q = ours or {}, peer or {}
         rows.append([ours_name + (" (tuned)" if ours_name in TUNED else ""), peer_name, src,
-                     f(o.get("ndcg@100"), 4), f(q.get("ndcg@100"), 4),
+                     num(o.get("ndcg@100"), 4), num(q.get("ndcg@100"), 4),
                      ratio(o.get("ndcg@100"), q.get("ndcg@100")),
-                     f(o.get("fit_seconds"), 1), f(q.get("fit_seconds"), 1),
+                     num(o.get("fit_seconds"), 1), num(q.get("fit_seconds"), 1),
                      ratio(o.get("fit_seconds"), q.get("fit_seconds"))])
     if rows:
         lines += [table(["ours", "peer", "peer figures", "ndcg@100 ours", "ndcg@100 peer",
@@ -349,8 +335,9 @@ def render_synthetic(results: dict[str, Any], key: str) -> list[str]:
             continue
         run = p["runs"]["ml-20m --path"]
         rb = p.get("recbole")
-        rows.append([f"{r['scale']:g}", f(p["rows"], 0), f(run["nnz"], 0), f(run["seconds"], 2),
-                     f(run["peak_rss_mb"], 0), f(run["peak_minus_baseline_over_csr"], 1),
+        rows.append([f"{r['scale']:g}", num(p["rows"], 0), num(run["nnz"], 0),
+                     num(run["seconds"], 2), num(run["peak_rss_mb"], 0),
+                     num(run["peak_minus_baseline_over_csr"], 1),
                      f"{rb['seconds']:.1f} s ({run['seconds'] / rb['seconds']:.2f})" if rb
                      else "not installed"])
     lines += [] if not rows else [
@@ -374,9 +361,9 @@ def render_synthetic(results: dict[str, Any], key: str) -> list[str]:
         row = [f"{r['scale']:g}"]
         if ours:
             gbs = ranking_bytes(ours["users"], ML20M_ITEMS) / ours["seconds"] / 1e9
-            row += [f(ours["users"], 0), f(ours["seconds"], 3), f(ours["users_per_s"], 0),
-                    f(ours.get("cuda_peak_mb", ours.get("peak_rss_mb")), 0),
-                    f(gbs, 0) if on_gpu else "-",
+            row += [num(ours["users"], 0), num(ours["seconds"], 3), num(ours["users_per_s"], 0),
+                    num(ours.get("cuda_peak_mb", ours.get("peak_rss_mb")), 0),
+                    num(gbs, 0) if on_gpu else "-",
                     f"{theirs['seconds']:.2f} s ({same['seconds'] / theirs['seconds']:.2f}, "
                     "same metrics)" if theirs and same else "not installed"]
         else:
@@ -384,8 +371,9 @@ def render_synthetic(results: dict[str, Any], key: str) -> list[str]:
                     ""]
         if tk:
             gbs = ranking_bytes(tk["users"], ML20M_ITEMS) / tk["seconds"] / 1e9
-            row += [f(tk["seconds"], 3), f(tk["users_per_s"], 0),
-                    f(tk.get("cuda_peak_mb", tk["peak_rss_mb"]), 0), f(gbs, 0) if on_gpu else "-"]
+            row += [num(tk["seconds"], 3), num(tk["users_per_s"], 0),
+                    num(tk.get("cuda_peak_mb", tk["peak_rss_mb"]), 0),
+                    num(gbs, 0) if on_gpu else "-"]
         else:
             row += ["-", "", "", ""]
         rows.append(row)
@@ -414,12 +402,12 @@ def render_synthetic(results: dict[str, Any], key: str) -> list[str]:
             tf = (f"{v['achieved_tflops']:.2f} ({100 * v['achieved_tflops'] / peak:.1f}% of "
                   f"{peak:g})" if dev != "cpu" and peak else
                   f"{v['achieved_tflops'] * 1000:.1f} GFLOP/s")
-            rows.append([f"{r['scale']:g}", v["precision"], f(v["users"], 0),
-                         f(v["batches"], 0),
-                         f(v["epoch_seconds"], 3) if not v["extrapolated"] else
+            rows.append([f"{r['scale']:g}", v["precision"], num(v["users"], 0),
+                         num(v["batches"], 0),
+                         num(v["epoch_seconds"], 3) if not v["extrapolated"] else
                          f"{v['epoch_seconds']:.1f} (from {v['timed_batches']} batches)",
-                         tf, f(v["modelled_gb_s"], 0) if on_gpu else "-",
-                         f(v.get("cuda_peak_mb", v["peak_rss_mb"]), 0)])
+                         tf, num(v["modelled_gb_s"], 0) if on_gpu else "-",
+                         num(v.get("cuda_peak_mb", v["peak_rss_mb"]), 0)])
     lines += ["### One Mult-VAE training epoch (batch 500, I-600-200-600-I)", "",
               "Through the training engine (`recsys.training`: dense batch rows gathered from a "
               "device CSR, Adam, the NaN guard; on CUDA fused Adam and each full batch's step "
