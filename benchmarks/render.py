@@ -118,6 +118,7 @@ def render(results: dict[str, Any], command: str) -> str:
     lines += ["## Targets (issue 9)", "",
               table(["target", "measured", "status", "figures and reason"], targets(results)), ""]
     lines += render_real(results)
+    lines += render_study(results)
     lines += render_peers(results)
     lines += render_cfgan(results)
     lines += render_synthetic(results, "synthetic")
@@ -217,6 +218,36 @@ def render_real(results: dict[str, Any]) -> list[str]:
     elif isinstance(ar, dict) and "error" in ar:
         lines += [f"AutoRec: {ar['error']}", ""]
     return lines
+
+
+def render_study(results: dict[str, Any]) -> list[str]:
+    st = results.get("real", {}).get("study")
+    if not st:
+        return []
+    head = f"### Mult-DAE: a {st['trials']}-trial Optuna study beside the defaults ({st['data']})"
+    if "error" in st:
+        return [head, "", f"Study: {st['error']}", ""]
+    default = st["default"]
+    rows = []
+    for label, r in (("defaults (no `--config`)", default),
+                     (f"`--tune --trials {st['trials']}`", st["tuned"])):
+        if "error" in r:
+            rows.append([label, r["error"], "", "", "", "", ""])
+            continue
+        base = None if "error" in default else default["wall_seconds"]
+        trials = (f"{st['trials']} ({r['pruned']} pruned)" if "pruned" in r else
+                  "-" if r is default else str(st["trials"]))
+        rows.append([label, num(r["wall_seconds"], 0), ratio(r["wall_seconds"], base), trials,
+                     num(r["ndcg@100"], 4), num(r["recall@20"], 4), num(r.get("recall@50"), 4)])
+    return [head, "",
+            f"`recsys train multdae --data <split> --no-track` on the {st['data']} split (the "
+            "protocol above), with its defaults and with an Optuna study (TPE, median pruning on "
+            "the per-epoch validation metric) over its declared search space on the validation "
+            "part; the wall time is the whole call: the study, the refit on train + valid with "
+            "the chosen config and the test evaluation. Both on one thread (OMP_NUM_THREADS=1).",
+            "",
+            table(["Mult-DAE", "wall s", "/ defaults", "trials", "test ndcg@100", "recall@20",
+                   "recall@50"], rows), ""]
 
 
 def ratio(a: float | None, b: float | None) -> str:

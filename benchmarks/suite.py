@@ -26,6 +26,8 @@ METRICS = "recall@20,recall@50,ndcg@100"
 PREPARE_ARGS = _BASELINES_PREPARE[2:]
 RECBOLE_MODELS = ("MultiVAE", "MultiDAE", "RecVAE", "EASE")
 ALS_PEER = "implicit ALS (untuned, 64 factors)"
+# Issue 18: a 30-trial Mult-DAE study on ml-100k in a few minutes; --quick runs a 5-trial one.
+STUDY_TRIALS, QUICK_STUDY_TRIALS = 30, 5
 
 
 
@@ -58,8 +60,8 @@ class Suite:
             log = m.log.relative_to(REPO)
         return {"error": f"failed, see {log}"}
 
-    def cli(self, log: str, *args: str) -> Any:
-        return measure("recsys.cli", list(args), self.logs / f"{log}.log", env=self.env)
+    def cli(self, log: str, *args: str, env: dict[str, str] | None = None) -> Any:
+        return measure("recsys.cli", list(args), self.logs / f"{log}.log", env=env or self.env)
 
     def script(self, log: str, name: str, *args: str) -> tuple[Any, Any]:
         """Run benchmarks/NAME with ``--json`` into the log folder; (measured, parsed json)."""
@@ -116,7 +118,8 @@ class Suite:
     # -- training --------------------------------------------------------------------------------
 
     def train(self, name: str, data: Path, model: str, *, tune: bool, config: bool = True,
-              label: str | None = None) -> dict[str, Any]:
+              label: str | None = None, extra: tuple[str, ...] = (),
+              env: dict[str, str] | None = None) -> dict[str, Any]:
         label = label or model
         run = self.out / "runs" / name / label.replace(" ", "_")
         args = ["train", model, "--data", str(data), "--out", str(run), "--overwrite", "--quiet",
@@ -126,11 +129,12 @@ class Suite:
             args += ["--config", str(cfg)]
         if tune:
             args.append("--tune")
+        args += extra
         if self.args.quick and model in NEURAL:
             args += ["--set", "epochs=2"]
         fits = []
         for i in range(self.args.fit_repeat):
-            m = self.cli(f"train-{name}-{label.replace(' ', '_')}", *args)
+            m = self.cli(f"train-{name}-{label.replace(' ', '_')}", *args, env=env)
             if not m.ok:
                 return self.fail(f"recsys train {model} on {name} (run {i + 1})", m)
             info = json.loads((run / "run.json").read_text())
@@ -145,6 +149,9 @@ class Suite:
                "wall_seconds": median([f.wall for f, _ in fits]),
                "cpu_seconds": median([f.cpu for f, _ in fits]),
                "peak_mb": median([f.peak_mb for f, _ in fits])}
+        states = [c.get("state") for c in tuned.get("candidates", [])]
+        if any(states):  # an Optuna study's trials (a grid's candidates have no state)
+            row["pruned"] = states.count("PRUNED")
         row.update(training_summary(run))
         return row
 
@@ -181,6 +188,32 @@ class Suite:
         m, data = self.script("eval-small", "bench_eval.py", "--only", "small", "--devices", "cpu",
                               "--repeat", str(a.repeat), *self.thread_args())
         real["eval"] = data if data is not None else self.fail("bench_eval.py --only small", m)
+        if self.available("ml-100k") and ("ml-100k" in a.datasets or a.quick):
+            real["study"] = self.study()
+
+    def study(self) -> dict[str, Any]:
+        """Issue 18: `recsys train multdae --tune --trials 30` beside the default fit on the same
+        ml-100k split, both on one thread whatever ``--threads`` says (the target is set for a
+        2-core machine shared with other jobs)."""
+        trials = QUICK_STUDY_TRIALS if self.args.quick else STUDY_TRIALS
+        data = self.data_dir("ml-100k")
+        if data is None:
+            return {"error": "ml-100k could not be prepared"}
+        env = {**self.env, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        self.say("ml-100k: Mult-DAE with its defaults, one thread")
+        default = self.train("ml-100k", data, "multdae", tune=False, config=False,
+                             label="multdae-defaults", env=env)
+        self.say(f"ml-100k: Mult-DAE, a {trials}-trial Optuna study (--tune --trials {trials}), "
+                 "one thread")
+        tuned = self.train("ml-100k", data, "multdae", tune=True, config=False,
+                           label=f"multdae-{trials}-trials", extra=("--trials", str(trials)),
+                           env=env)
+        for row in (default, tuned):
+            if "error" not in row:
+                self.say(f"  {row['model']}: {row['wall_seconds']:.0f} s wall, ndcg@100 "
+                         f"{row['ndcg@100']:.4f}")
+        return {"data": "ml-100k", "model": "multdae", "trials": trials, "threads": 1,
+                "default": default, "tuned": tuned}
 
     def ratings(self) -> None:
         if self.available("ml-100k"):

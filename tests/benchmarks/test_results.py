@@ -111,3 +111,38 @@ def test_a_gpu_run_merged_from_another_machine_fills_the_gpu_targets(tmp_path):
     combined = json.loads((tmp_path / "results.json").read_text())
     assert combined["gpu"] == gpu and combined["synthetic"] == json.loads(
         FIXTURE.read_text())["synthetic"]
+
+
+def _with_study(tmp_path: Path, trials: int, tuned_wall: float) -> tuple[dict, str]:
+    """The fixture with a Mult-DAE study entry (figures made up for the test) beside it."""
+    results = json.loads(FIXTURE.read_text())
+    run = {"recall@20": 0.40, "recall@50": 0.58, "fit_seconds": 60.0, "cpu_seconds": 70.0,
+           "peak_mb": 500.0}
+    results["real"]["study"] = {
+        "data": "ml-100k", "model": "multdae", "trials": trials, "threads": 1,
+        "default": {**run, "model": "multdae-defaults", "ndcg@100": 0.4624, "wall_seconds": 70.0},
+        "tuned": {**run, "model": f"multdae-{trials}-trials", "ndcg@100": 0.4630,
+                  "wall_seconds": tuned_wall, "pruned": 15}}
+    source, out = tmp_path / "results.json", tmp_path / "RESULTS.md"
+    source.write_text(json.dumps(results))
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--render",
+                    str(source), "--results", str(out)], check=True, capture_output=True)
+    return results["real"]["study"], out.read_text()
+
+
+@pytest.mark.parametrize(("trials", "wall", "status"), [(30, 155.0, "met"), (30, 301.0, "not met"),
+                                                        (5, 40.0, "met (5 trials, not 30)")])
+def test_the_mult_dae_study_is_judged_on_its_whole_wall_time(tmp_path, trials, wall, status):
+    study, markdown = _with_study(tmp_path, trials, wall)
+    row = _target_row(markdown, "(issue 18) 30-trial Mult-DAE study <= 5 min")
+    assert row[1:3] == [f"{wall / 60:.1f} min", status]
+    default = study["default"]["wall_seconds"]
+    assert f"({wall / default:.1f}x)" in row[3] and "0.4630 tuned vs 0.4624" in row[3]
+    section = markdown.split("### Mult-DAE: a")[1].split("\n## ")[0]
+    tuned = _target_row(section, f"`--tune --trials {trials}`")
+    assert tuned[1:4] == [f"{wall:,.0f}", f"{wall / default:.2f}", f"{trials} (15 pruned)"]
+
+
+def test_results_without_a_study_have_no_study_row(rendered):
+    _, markdown = rendered
+    assert "(issue 18)" not in markdown and "### Mult-DAE: a" not in markdown
