@@ -1,4 +1,6 @@
-"""The issues' targets and how each is read from a suite's results (benchmarks/run.py)."""
+"""The issues' targets, as data: each `Target` names itself, says how its figure is read from a
+suite's results (benchmarks/run.py) and which checks the figure must pass; `targets` evaluates
+them all into the rows of RESULTS.md's table. The readers at the top are shared with render.py."""
 
 from __future__ import annotations
 
@@ -14,6 +16,9 @@ from suite import DATASETS, STUDY_TRIALS
 
 AUTOREC_RMSE = 0.895  # issue 5: I-AutoRec's mean RMSE over u1..u5 (bench_autorec.py)
 CFGAN_TARGET = {"precision@20": 0.29, "ndcg@20": 0.42}  # issue 6 (bench_cfgan.py)
+
+
+# -- reading figures from the results -----------------------------------------------------------
 
 
 def ours_row(results: dict[str, Any], name: str, model: str) -> dict[str, Any] | None:
