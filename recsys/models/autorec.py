@@ -24,13 +24,7 @@ from recsys.data.interactions import Interactions
 from recsys.errors import RecsysError
 from recsys.models.base import FitContext, csr_to_dense
 from recsys.models.neural import Batch, NeuralRecommender
-
-ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "identity": nn.Identity, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "relu": nn.ReLU,
-    "elu": nn.ELU, "selu": nn.SELU, "softplus": nn.Softplus, "leaky_relu": nn.LeakyReLU,
-}
-Activation = Literal["identity", "sigmoid", "tanh", "relu", "elu", "selu", "softplus",
-                     "leaky_relu"]
+from recsys.models.nn import ACTIVATIONS, Activation, WeightsCache
 
 # Fallback labels, as written in `recsys predict`'s `fallback` column ("" = the model predicted).
 ITEM_MEAN, USER_MEAN, GLOBAL_MEAN = "item_mean", "user_mean", "global_mean"
@@ -106,8 +100,7 @@ class AutoRec(NeuralRecommender):
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         self.ratings: sp.csr_matrix | None = None  # users x items training ratings
-        self._codes_key: tuple[Any, ...] | None = None
-        self._codes: torch.Tensor | None = None
+        self._codes: WeightsCache[torch.Tensor] = WeightsCache()
 
     @property
     def item_based(self) -> bool:
@@ -119,7 +112,7 @@ class AutoRec(NeuralRecommender):
         cfg = self.config
         self.network = AutoRecNet(n_users if self.item_based else n_items, cfg.hidden,
                                   cfg.encoder, cfg.decoder, n_users, n_items)
-        self._codes_key = self._codes = None
+        self._codes.clear()
 
     def setup(self, train: Interactions, ctx: FitContext) -> None:
         meta = ctx.data_meta
@@ -190,7 +183,7 @@ class AutoRec(NeuralRecommender):
 
     def to(self, device: torch.device | str) -> Self:
         super().to(device)
-        self._codes_key = self._codes = None
+        self._codes.clear()
         return self
 
     def _clip(self, values: torch.Tensor) -> torch.Tensor:
@@ -202,22 +195,18 @@ class AutoRec(NeuralRecommender):
         return self.ratings.T.tocsr() if self.item_based else self.ratings
 
     def _all_codes(self) -> torch.Tensor:
-        """Hidden codes of every training row (items for I-AutoRec), cached until weights change.
+        """Hidden codes of every training row (items for I-AutoRec), cached until the weights
+        change (`WeightsCache`: a validation pass during training and the final model never see
+        stale codes)."""
 
-        The cache key holds the parameters' version counters, which every in-place update (an
-        optimiser step, ``load_state_dict``) advances: a validation pass during training and the
-        final model never see stale codes.
-        """
-        params = list(self.network.parameters())
-        key = (id(self.network), self.device, tuple(p._version for p in params))
-        if self._codes is None or self._codes_key != key:
+        def encode_all() -> torch.Tensor:
             rows = self._input_rows()
             with torch.no_grad():
                 chunks = [self.network.encode(csr_to_dense(rows[s:s + _ROW_CHUNK], self.device))
                           for s in range(0, rows.shape[0], _ROW_CHUNK)]
-            self._codes = torch.cat(chunks).float()
-            self._codes_key = key
-        return self._codes
+            return torch.cat(chunks).float()
+
+        return self._codes.get(self.network, self.device, encode_all)
 
     def predict_with_fallback(self, users: np.ndarray, items: np.ndarray
                               ) -> tuple[np.ndarray, np.ndarray]:

@@ -30,16 +30,14 @@ from torch import nn
 
 from recsys.config import TrainConfig
 from recsys.data.interactions import Interactions
-from recsys.models.multvae import (
+from recsys.models.neural import Batch, NeuralRecommender
+from recsys.models.nn import (
+    activation_function,
     binarize,
     check_dims,
     check_history,
-    load_checked,
+    weights_must_match,
 )
-from recsys.models.neural import Batch, NeuralRecommender
-
-ACTIVATIONS = {"sigmoid": torch.sigmoid, "identity": lambda t: t, "tanh": torch.tanh,
-               "relu": torch.relu}
 
 
 class CDAENetwork(nn.Module):
@@ -50,7 +48,7 @@ class CDAENetwork(nn.Module):
         self.decoder = nn.Linear(hidden_dim, n_items)
         self.user_embedding = nn.Embedding(n_users, hidden_dim)
         nn.init.zeros_(self.user_embedding.weight)
-        self.activation = ACTIVATIONS[hidden_activation]
+        self.activation = activation_function(hidden_activation)
         self.corruption = corruption
 
     def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
@@ -127,5 +125,6 @@ class CDAE(NeuralRecommender):
         return self.network(binarize(history), users)
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        load_checked(self, state)
+        with weights_must_match(self.name):
+            super().load_state_dict(state)
 

@@ -67,17 +67,19 @@ from recsys.config import TrainConfig
 from recsys.data.interactions import EvalSplit, Interactions
 from recsys.errors import RecsysError
 from recsys.models.base import FitContext, csr_to_dense
-from recsys.models.multvae import binarize, check_history
 from recsys.models.neural import Batch, NeuralRecommender
+from recsys.models.nn import (
+    WeightsCache,
+    binarize,
+    build_optimizer,
+    check_history,
+    init_like_cfgan,
+    mlp,
+    weights_must_match,
+)
 
 Scheme = Literal["zr", "pm", "zr+pm", "none"]
 _ROW_CHUNK = 4096  # rows (items) encoded at once when the codes of every item are computed
-OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
-    "adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
-    "rmsprop": torch.optim.RMSprop,
-}
-ACTIVATIONS: dict[str, type[nn.Module]] = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh,
-                                           "relu": nn.ReLU}
 
 
 class CollapseWarning(UserWarning):
@@ -178,21 +180,6 @@ def collapse_reason(record: dict[str, Any], d_floor: float, std_floor: float) ->
     return None
 
 
-def _mlp(dims: list[int], activation: str) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for d_in, d_out in zip(dims[:-1], dims[1:], strict=True):
-        layers += [nn.Linear(d_in, d_out), ACTIVATIONS[activation]()]
-    return nn.Sequential(*layers)
-
-
-def _init(module: nn.Module) -> None:
-    """Xavier-uniform weights and U(-0.01, 0.01) biases, as in the authors' code."""
-    for m in module.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.xavier_uniform_(m.weight)
-            nn.init.uniform_(m.bias, -0.01, 0.01)
-
-
 # -- the networks ------------------------------------------------------------------------------
 
 
@@ -203,10 +190,11 @@ class Generator(nn.Module):
                  noise_dim: int) -> None:
         super().__init__()
         self.noise_dim = noise_dim
-        self.body = _mlp([n_columns + noise_dim] + [hidden] * layers, activation)
+        self.body = mlp([n_columns + noise_dim] + [hidden] * layers, activation,
+                        last_activation=True)
         self.out = nn.Linear(hidden, n_columns)
         self.output = output
-        _init(self)
+        init_like_cfgan(self)
 
     def encode(self, condition: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         if self.noise_dim:
@@ -228,9 +216,9 @@ class Discriminator(nn.Module):
 
     def __init__(self, n_columns: int, hidden: int, layers: int, activation: str) -> None:
         super().__init__()
-        self.body = _mlp([2 * n_columns] + [hidden] * layers, activation)
+        self.body = mlp([2 * n_columns] + [hidden] * layers, activation, last_activation=True)
         self.out = nn.Linear(hidden, 1)
-        _init(self)
+        init_like_cfgan(self)
 
     def forward(self, vector: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         return self.out(self.body(torch.cat([condition, vector], dim=1))).squeeze(1)
@@ -282,8 +270,7 @@ class CFGAN(NeuralRecommender):
         self.collapse_epochs_: list[int] = []
         self._checked_epochs = 0  # epochs of history_ already looked at for collapse
         self._warned = False
-        self._codes_key: tuple[Any, ...] | None = None
-        self._codes: torch.Tensor | None = None
+        self._codes: WeightsCache[torch.Tensor] = WeightsCache()
         self._last_g_std = float("nan")
 
     @property
@@ -303,7 +290,7 @@ class CFGAN(NeuralRecommender):
     def build(self, n_users: int, n_items: int) -> None:
         self.n_users, self.n_items = n_users, n_items
         self.network = CFGANNetwork(n_users if self.item_based else n_items, self.config)
-        self._codes_key = self._codes = None
+        self._codes.clear()
 
     def setup(self, train: Interactions, ctx: FitContext) -> None:
         if train.nnz == 0:
@@ -316,12 +303,10 @@ class CFGAN(NeuralRecommender):
         return binary.T.tocsr() if self.item_based else binary
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        c = self.config
-        make = OPTIMIZERS[c.optimizer]
-        self._opt_g = make(self.network.generator.parameters(), lr=c.lr,
-                           weight_decay=c.weight_decay)
-        self._opt_d = make(self.network.discriminator.parameters(), lr=c.d_lr or c.lr,
-                           weight_decay=c.weight_decay)
+        c, net, cuda = self.config, self.network, self.device.type == "cuda"
+        self._opt_g = build_optimizer(c, net.generator.parameters(), cuda=cuda)
+        self._opt_d = build_optimizer(c, net.discriminator.parameters(), cuda=cuda,
+                                      lr=c.d_lr or c.lr)
         return [self._opt_g, self._opt_d]
 
     def fit(self, train: Interactions, valid: EvalSplit | None = None,
@@ -457,7 +442,7 @@ class CFGAN(NeuralRecommender):
         known = (self.conditions + seen).tocsr()
         known.data[:] = 1.0
         self.known = known
-        self._codes_key = self._codes = None
+        self._codes.clear()
 
     def forward_scores(self, history: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
         check_history(self.name, history, self.n_items)
@@ -479,30 +464,26 @@ class CFGAN(NeuralRecommender):
 
     def _item_codes(self) -> torch.Tensor:
         """G's hidden codes of every item's condition, cached until the weights or the known
-        interactions change.
-
-        The key holds the generator parameters' version counters, which every in-place update
-        (an optimiser step, ``load_state_dict``) advances: validation during training and the
-        restored best weights never see stale codes; `observe` and `to` drop the cache.
-        """
+        interactions change (`WeightsCache`: validation during training and the restored best
+        weights never see stale codes; `observe` and `to` drop the cache)."""
         if self.conditions is None or self._warm_users is None:
             raise RecsysError("cfgan: the model has not been fitted")
         gen = self.network.scorer
-        key = (id(gen), self.device, tuple(p._version for p in gen.parameters()))
-        if self._codes is None or self._codes_key != key:
+
+        def encode_all() -> torch.Tensor:
             rows = self.known if self.known is not None else self.conditions
             with torch.no_grad():
                 chunks = [gen.encode(csr_to_dense(rows[s:s + _ROW_CHUNK], self.device))
                           for s in range(0, rows.shape[0], _ROW_CHUNK)]
-            self._codes = torch.cat(chunks).float()
-            self._codes_key = key
             self._warm_users = self._warm_users.to(self.device)
-        return self._codes
+            return torch.cat(chunks).float()
+
+        return self._codes.get(gen, self.device, encode_all)
 
     def _set_conditions(self, conditions: sp.csr_matrix) -> None:
         self.conditions = conditions
         self.known = None
-        self._codes_key = self._codes = None
+        self._codes.clear()
         # Users with training interactions: only their output units of G were trained on data
         # (an interaction that `observe` adds later does not change that).
         counts = np.bincount(conditions.indices, minlength=self.n_users)
@@ -510,7 +491,7 @@ class CFGAN(NeuralRecommender):
 
     def to(self, device: torch.device | str) -> CFGAN:
         super().to(device)
-        self._codes_key = self._codes = None
+        self._codes.clear()
         return self
 
     # -- persistence: an item-based model keeps its items' conditions --------------------------
@@ -527,12 +508,8 @@ class CFGAN(NeuralRecommender):
         state = dict(state)
         indptr = state.pop("conditions.indptr", None)
         indices = state.pop("conditions.indices", None)
-        try:
+        with weights_must_match(self.name, "the config"):
             super().load_state_dict(state)
-        except RuntimeError as exc:
-            first = next((ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()), str(exc))
-            raise RecsysError(f"{self.name}: saved weights do not match the config "
-                              f"({first})") from None
         if indptr is not None and indices is not None:
             data = np.ones(len(indices), dtype=np.float32)
             self._set_conditions(sp.csr_matrix((data, indices.numpy(), indptr.numpy()),

@@ -18,18 +18,18 @@ from torch import nn
 
 from recsys.config import TrainConfig
 from recsys.data.interactions import Interactions
-from recsys.models.multvae import (
+from recsys.models.neural import Batch, NeuralRecommender
+from recsys.models.nn import (
     PositiveInt,
     binarize,
     check_dims,
     check_history,
-    init_like_paper,
+    init_like_multvae,
     l2_penalty,
-    load_checked,
     mlp,
     multinomial_nll,
+    weights_must_match,
 )
-from recsys.models.neural import Batch, NeuralRecommender
 
 
 class MultDAENetwork(nn.Module):
@@ -40,7 +40,7 @@ class MultDAENetwork(nn.Module):
         self.encoder = mlp(dims, last_activation=True)
         self.decoder = mlp(list(reversed(dims)), last_activation=False)
         self.dropout = nn.Dropout(dropout)
-        init_like_paper(self)
+        init_like_multvae(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.dropout(torch.nn.functional.normalize(x, dim=-1))
@@ -89,4 +89,5 @@ class MultDAE(NeuralRecommender):
         return self.network(binarize(history))
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        load_checked(self, state)
+        with weights_must_match(self.name):
+            super().load_state_dict(state)

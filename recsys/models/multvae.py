@@ -14,14 +14,14 @@ Optional (``flow_layers > 0``): a richer posterior, RealNVP-style affine couplin
 to the Gaussian sample. The KL term is then the single-sample Monte-Carlo estimate
 ``log q(z_K|x) - log N(z_K; 0, I)`` and scoring passes mu through the flow.
 
-The helpers here (`kl_beta`, `multinomial_nll`, `check_dims`, ...) are shared with Mult-DAE,
-CDAE and RecVAE.
+The layers, initialisation, likelihood and input checks it shares with Mult-DAE, CDAE and
+RecVAE live in `recsys.models.nn` (`mlp`, `init_like_multvae`, `multinomial_nll`, ...); this file
+is only Mult-VAE (its KL weight `kl_beta` and flow included).
 """
 
 from __future__ import annotations
 
-import math
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -32,13 +32,21 @@ from torch import nn
 
 from recsys.config import TrainConfig
 from recsys.data.interactions import Interactions
-from recsys.errors import RecsysError
 from recsys.models.base import FitContext
 from recsys.models.neural import Batch, NeuralRecommender
+from recsys.models.nn import (
+    PositiveInt,
+    binarize,
+    check_dims,
+    check_history,
+    init_like_multvae,
+    log_normal_pdf,
+    mlp,
+    multinomial_nll,
+    weights_must_match,
+)
 
-PositiveInt = Annotated[int, Field(ge=1)]
-
-# -- shared pieces (plain functions) -----------------------------------------------------------
+# -- the KL term -------------------------------------------------------------------------------
 
 
 def kl_beta(step: int | torch.Tensor, anneal_cap: float, total_anneal_steps: float
@@ -55,78 +63,9 @@ def kl_beta(step: int | torch.Tensor, anneal_cap: float, total_anneal_steps: flo
     return float(min(anneal_cap, step / total_anneal_steps))
 
 
-def multinomial_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Negative multinomial log-likelihood of the counts ``x`` under softmax(logits), per-user
-    sum averaged over the batch (the constant multinomial coefficient is dropped)."""
-    return -(F.log_softmax(logits, dim=-1) * x).sum(dim=-1).mean()
-
-
 def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, diag(exp(logvar))) || N(0, I)) in closed form, per-user sum averaged."""
     return (0.5 * (logvar.exp() + mu.pow(2) - 1.0 - logvar)).sum(dim=-1).mean()
-
-
-def log_normal_pdf(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """Element-wise log N(z; mu, exp(logvar))."""
-    return -0.5 * (logvar + math.log(2 * math.pi) + (z - mu).pow(2) * torch.exp(-logvar))
-
-
-def binarize(x: torch.Tensor) -> torch.Tensor:
-    """0/1 implicit feedback from a history that may hold ratings."""
-    return (x > 0).to(torch.float32)
-
-
-def l2_penalty(modules: list[nn.Linear]) -> torch.Tensor:
-    """Sum of squared weights (biases excluded), the paper's form of weight decay."""
-    return sum(m.weight.pow(2).sum() for m in modules)  # type: ignore[return-value]
-
-
-def check_dims(model: str, dims: list[int], n_items: int, key: str) -> None:
-    """The bottleneck of an autoencoder (``dims[-1]``, set by config ``key``) must not be wider
-    than the catalogue it reconstructs."""
-    if n_items < 1:
-        raise RecsysError(f"{model}: the training data has no items")
-    if dims and dims[-1] > n_items:
-        smaller = max(1, n_items // 4)
-        hint = f"[{smaller}]" if key == "hidden_dims" else str(smaller)
-        raise RecsysError(
-            f"{model} dims {dims} do not match the data: the bottleneck ({dims[-1]}) is wider "
-            f"than the catalogue ({n_items} items); set smaller dims, e.g. --set {key}={hint}")
-
-
-def check_history(model: str, history: torch.Tensor, n_items: int) -> None:
-    if history.dim() != 2 or history.shape[1] != n_items:
-        raise RecsysError(
-            f"{model}: the history has {history.shape[-1]} item columns but the model was trained "
-            f"on {n_items} items; score with the dataset the model was trained on")
-
-
-def load_checked(model: NeuralRecommender, state: dict[str, torch.Tensor]) -> None:
-    """`NeuralRecommender.load_state_dict` whose shape/key mismatches end in one line."""
-    try:
-        NeuralRecommender.load_state_dict(model, state)
-    except RuntimeError as exc:
-        first = next((ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()), str(exc))
-        raise RecsysError(f"{model.name}: saved weights do not match the configured dims "
-                          f"({first})") from None
-
-
-def mlp(dims: list[int], last_activation: bool) -> nn.Sequential:
-    """Linear layers ``dims[0] -> ... -> dims[-1]`` with tanh between (and after, if asked)."""
-    layers: list[nn.Module] = []
-    for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
-        layers.append(nn.Linear(d_in, d_out))
-        if i < len(dims) - 2 or last_activation:
-            layers.append(nn.Tanh())
-    return nn.Sequential(*layers)
-
-
-def init_like_paper(module: nn.Module) -> None:
-    """Xavier-uniform weights and N(0, 0.001^2) biases, as in the authors' code."""
-    for m in module.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.xavier_uniform_(m.weight)
-            nn.init.normal_(m.bias, std=0.001)
 
 
 # -- a RealNVP-style flow on z -----------------------------------------------------------------
@@ -165,7 +104,7 @@ class MultVAENetwork(nn.Module):
         self.decoder = mlp([latent_dim, *reversed(hidden_dims), n_items], last_activation=False)
         self.dropout = nn.Dropout(dropout)
         self.latent_dim = latent_dim
-        init_like_paper(self)
+        init_like_multvae(self)
         self.flows = nn.ModuleList(
             AffineCoupling(latent_dim, 2 * latent_dim, i % 2) for i in range(flow_layers))
 
@@ -306,4 +245,5 @@ class MultVAE(NeuralRecommender):
         return self.network.scores(binarize(history))
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        load_checked(self, state)
+        with weights_must_match(self.name):
+            super().load_state_dict(state)

@@ -14,7 +14,9 @@ What it adds to Mult-VAE:
 
 One trainer epoch is one pass; which phase a step belongs to is a plain function of the global
 step (`recvae_phase`), so resuming from a checkpoint continues the cycle where it stopped. The
-model steps its two Adam optimisers itself (``manual_optimization``).
+model steps its two optimisers itself (``manual_optimization``), one for the encoder and one for
+the decoder, each built by `recsys.models.nn.build_optimizer` from the config (``optimizer``,
+``lr``, ``weight_decay``; Adam by default).
 """
 
 from __future__ import annotations
@@ -31,15 +33,16 @@ from torch import nn
 
 from recsys.config import TrainConfig
 from recsys.data.interactions import Interactions
-from recsys.models.multvae import (
+from recsys.models.neural import Batch, NeuralRecommender
+from recsys.models.nn import (
     binarize,
+    build_optimizer,
     check_dims,
     check_history,
-    load_checked,
     log_normal_pdf,
     multinomial_nll,
+    weights_must_match,
 )
-from recsys.models.neural import Batch, NeuralRecommender
 
 MIXTURE_WEIGHTS = (3 / 20, 3 / 4, 1 / 10)  # standard normal, old posterior, wide normal
 WIDE_LOGVAR = 10.0
@@ -144,11 +147,9 @@ class RecVAE(NeuralRecommender):
         return matrix
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        c, net = self.config, self.network
-        self.encoder_optimizer = torch.optim.Adam(net.encoder.parameters(), lr=c.lr,
-                                                  weight_decay=c.weight_decay)
-        self.decoder_optimizer = torch.optim.Adam(net.decoder.parameters(), lr=c.lr,
-                                                  weight_decay=c.weight_decay)
+        c, net, cuda = self.config, self.network, self.device.type == "cuda"
+        self.encoder_optimizer = build_optimizer(c, net.encoder.parameters(), cuda=cuda)
+        self.decoder_optimizer = build_optimizer(c, net.decoder.parameters(), cuda=cuda)
         return [self.encoder_optimizer, self.decoder_optimizer]
 
     def kl_weight(self, x: torch.Tensor) -> torch.Tensor | float:
@@ -202,4 +203,5 @@ class RecVAE(NeuralRecommender):
         return self.network.scores(binarize(history))
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        load_checked(self, state)
+        with weights_must_match(self.name):
+            super().load_state_dict(state)
