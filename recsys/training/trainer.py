@@ -37,6 +37,7 @@ from recsys.errors import RecsysError
 from recsys.evaluation.metrics import lower_is_better
 from recsys.models.base import FitContext, resolve_device
 from recsys.models.neural import Batch, NeuralRecommender
+from recsys.models.nn import build_optimizer
 from recsys.tracking.base import flatten
 from recsys.training.checkpoint import (
     CHECKPOINT_DIR,
@@ -267,24 +268,6 @@ class GraphedStep:
 
 
 # -- optimisers and schedules ---------------------------------------------------------------------
-
-def build_optimizer(config: TrainConfig, params: Iterator[torch.nn.Parameter] | list[Any],
-                    cuda: bool = False) -> torch.optim.Optimizer:
-    """The config's optimiser; on CUDA, Adam(W) is the fused kernel (one launch for all
-    parameters) and capturable (its step count stays on the device), so a CUDA graph can hold it.
-    """
-    kwargs: dict[str, Any] = {"lr": config.lr, "weight_decay": config.weight_decay}
-    adam = {"fused": True, "capturable": True} if cuda else {}
-    if config.optimizer == "adam":
-        return torch.optim.Adam(params, **kwargs, **adam)
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, **kwargs, **adam)
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(params, **kwargs)
-    if config.optimizer == "rmsprop":
-        return torch.optim.RMSprop(params, **kwargs)
-    raise RecsysError(f"unknown optimizer '{config.optimizer}'")  # the config forbids it
-
 
 def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, metric_lower: bool
                     ) -> Any:
