@@ -133,7 +133,8 @@ def main() -> int:
                   file=sys.stderr)
             models.remove("svd")
     config = load_yaml(args.config)
-    config.pop("tune", None)
+    for section in ("tune", "search"):  # for `recsys train --tune`, not the model's settings
+        config.pop(section, None)
     config.update(parse_set_options(args.set))
     config["seed"] = args.seed
     variants = {"iautorec": {**config, "based": "item"}, "uautorec": {**config, "based": "user"}}
