@@ -9,7 +9,9 @@ Sections (``--only``, repeatable or comma-separated; default all):
 - ``real`` (CPU, always): ml-100k (from the dataset mirror) and ml-latest-small (embedded):
   prepare time; the accuracy table (pop, tuned ItemKNN / EASE / ALS, Mult-VAE, Mult-DAE, RecVAE,
   CDAE) with fit seconds, through ``recsys prepare`` / ``recsys train``; full-ranking evaluation
-  time of all users (benchmarks/bench_eval.py).
+  time of all users (benchmarks/bench_eval.py); a 30-trial Mult-DAE study (``recsys train
+  multdae --tune --trials 30``; 5 trials under ``--quick``) beside its defaults on ml-100k, one
+  thread each, wall times and test NDCG@100.
 - ``ratings`` (CPU): I-AutoRec RMSE on ml-100k's canonical folds u1..u5 beside the global mean
   and Surprise SVD when installed (benchmarks/bench_autorec.py).
 - ``peers``: RecBole MultiVAE / MultiDAE / RecVAE / EASE on the same ml-100k split, implicit ALS
@@ -32,6 +34,11 @@ Every measurement runs in a fresh process (peak memory is its own); timings are 
 ``--merge`` keeps the sections not run now from the last results.json in ``--out`` (each
 section's command, date and machine are listed in RESULTS.md), to redo one section without the
 others; ``--merge-from`` takes them from another run's results.json, e.g. a GPU machine's.
+
+This file parses the options and merges earlier runs; suite.py runs the sections (measure.py:
+fresh processes, the machine, the versions; workers.py: the Mult-VAE epoch and RecBole workers;
+peers.py: RecBole on our split and the cited figures), targets.py holds the targets as data and
+render.py writes RESULTS.md (flops.py: the cost models behind TFLOP/s and GB/s).
 
     python benchmarks/run.py                          # everything (gpu section if CUDA)
     python benchmarks/run.py --repeat 3 --scale 0.05  # CPU synthetic: 0.05, 0.1, 0.2 of ML-20M
