@@ -1,0 +1,54 @@
+"""The MLflow UI in a real browser (Debian's headless chromium through chromedriver): a study
+logged by `recsys train --tune` is listed as one parent run whose trials appear only once it is
+expanded, nested under it. Skips, saying why, where chromium or chromedriver is absent."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from recsys.cli import main
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+_SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "ui_screenshots.py"
+_spec = importlib.util.spec_from_file_location("ui_screenshots", _SCRIPT)
+ui = importlib.util.module_from_spec(_spec)
+sys.modules.setdefault("ui_screenshots", ui)
+_spec.loader.exec_module(ui)
+
+_missing = ui.missing_browser()
+if _missing:
+    pytestmark.append(pytest.mark.skip(reason=f"no headless browser: {_missing}"))
+
+
+def test_the_runs_table_nests_a_studys_trials_under_its_parent(mlflow_server, mls_data,
+                                                              tmp_path):
+    out = tmp_path / "ui-study"  # the parent run is named after its run directory
+    assert main(["train", "multdae", "--data", str(mls_data), "--out", str(out), "--tune",
+                 "--trials", "2", "--set", "epochs=2", "--set", "device=cpu", "--quiet",
+                 "--tracking-uri", mlflow_server, "--experiment", "it-ui-study"]) == 0
+    from mlflow import MlflowClient
+
+    experiment = MlflowClient(mlflow_server).get_experiment_by_name("it-ui-study")
+    trials = ["trial-0", "trial-1"]
+    with ui.Browser() as browser:
+        ui.prepare_page(browser, mlflow_server)
+        ui.open_runs(browser, mlflow_server, experiment.experiment_id, "ui-study")
+        listed = ui.FIND_RUN_JS + "return arguments[0].filter(n => findRun(n));"
+        # Collapsed, the table shows the study alone: its trials are children, not siblings.
+        assert browser.run(listed, ["ui-study", *trials]) == ["ui-study"]
+        ui.show_nested_runs(browser, "ui-study", trials)
+        rows = browser.run(ui.FIND_RUN_JS + """
+            return arguments[0].map(n => {
+                const row = findRun(n).closest('[role=row]');
+                return [row.getAttribute('row-index'),
+                        findRun(n).getBoundingClientRect().left];
+            });""", ["ui-study", *trials])
+    (parent_row, parent_x), *trial_rows = [(int(r), x) for r, x in rows]
+    # Expanded, the trials sit right below the parent, their names indented under its name.
+    assert sorted(r for r, _ in trial_rows) == [parent_row + 1, parent_row + 2]
+    assert all(x > parent_x for _, x in trial_rows)
