@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,11 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import pyarrow as pa  # noqa: E402
 from steps import Steps, run_main, scoring_parser  # noqa: E402
 
+from recsys.commands.common import add_tracking_args, tracking_options  # noqa: E402
 from recsys.errors import RecsysError  # noqa: E402
-from recsys.tracking.options import add_tracking_args, make_tracker  # noqa: E402
+from recsys.tracking.setup import make_tracker  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -53,16 +52,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from recsys.commands.recommend import coerce_ids, read_id_file
-    from recsys.scoring.export import ChunkedWriter, lists_schema, output_format
-    from recsys.tracking.mlflow import load_pyfunc
+    from recsys.data.ids import coerce_ids, read_id_file
+    from recsys.scoring.export import ChunkedWriter, output_format
+    from recsys.tracking.packaging import load_pyfunc
+    from recsys.workflows.recommend import UserRows, score_to_file
 
     if output_format(args.out) != "parquet":
         raise RecsysError(f"--out {args.out}: batch scoring writes Parquet; use a .parquet name")
     if args.k < 1 or args.chunk_size < 1:
         raise RecsysError("--k and --chunk-size must be at least 1")
-    args.experiment = args.experiment or "recsys-batch"
-    tracker = make_tracker(args, run_name="batch-score",
+    tracker = make_tracker(tracking_options(args), default_experiment="recsys-batch",
+                           run_name="batch-score",
                            tags={"recsys.kind": "batch_score", "recsys.model_uri": args.model})
     steps = Steps(total=3, title=f"batch scoring with {args.model}")
     status = "FAILED"
@@ -82,29 +82,19 @@ def run(args: argparse.Namespace) -> int:
                                 "chunk_size": args.chunk_size, "out": str(Path(args.out))})
 
         with steps("score users", tracker):
-            started = time.perf_counter()
             fingerprint = {"model": args.model, "history": predictor.history_kind,
                            "k": args.k, "chunk_size": args.chunk_size,
                            "users": int(len(users)),
                            "first_last": [str(users[0]), str(users[-1])] if len(users) else []}
             writer = ChunkedWriter(args.out, fingerprint, resume=args.resume)
-            schema = lists_schema(users, predictor.items.ids)
-            n_chunks = -(-len(users) // args.chunk_size)
-            rows = cold = 0
-            for c in range(n_chunks):
-                if writer.committed(c):
-                    continue
-                chunk = users[c * args.chunk_size:(c + 1) * args.chunk_size]
-                lists = model.predict(pd.DataFrame({"user": chunk}), params={"k": args.k})
-                writer.write(c, pa.Table.from_pandas(lists, preserve_index=False).cast(schema))
-                rows += len(lists)
-                cold += int(lists.loc[lists["rank"] == 1, "cold"].sum())
-            seconds = time.perf_counter() - started
+            # The registered pyfunc's own predictor: the lists `model.predict` gives, streamed.
+            scored = score_to_file(predictor, UserRows.known(predictor, users), writer,
+                                   k=args.k, chunk_size=args.chunk_size)
+            seconds = scored.seconds
             tracker.log_metrics({"users_per_second": len(users) / max(seconds, 1e-9),
-                                 "rows": rows, "cold_users": cold})
+                                 "rows": scored.rows, "cold_users": scored.cold})
 
         with steps("write parquet", tracker):
-            writer.finish(schema)
             tracker.set_tags({"recsys.output": str(Path(args.out).resolve())})
         print(f"wrote {args.out}: {len(users)} users, top-{args.k}, "
               f"{len(users) / max(seconds, 1e-9):,.0f} users/s", file=sys.stderr)

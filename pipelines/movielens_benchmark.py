@@ -23,9 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from steps import Steps  # noqa: E402
 
-from recsys.commands.compare import compare, load_compare_config, print_table  # noqa: E402
+from recsys.commands.common import add_tracking_args, tracking_options  # noqa: E402
+from recsys.commands.compare import ensure_data, load_compare_config, print_table  # noqa: E402
 from recsys.errors import RecsysError  # noqa: E402
-from recsys.tracking.options import add_tracking_args  # noqa: E402
+from recsys.workflows.compare import compare  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -52,7 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         registering = not args.no_track
         steps = Steps(total=2 + len(spec.models) + int(registering),
                       title=f"MovieLens benchmark: {spec.name} ({len(spec.models)} models)")
-        result = compare(spec, args, config_path=Path(args.config), step=steps)
+        result = compare(spec, tracking_options(args), config_path=Path(args.config),
+                         step=steps, prepare=ensure_data)
     except RecsysError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

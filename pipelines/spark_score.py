@@ -28,8 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from steps import Steps, run_main, scoring_parser  # noqa: E402
 
+from recsys.commands.common import add_tracking_args, tracking_options  # noqa: E402
 from recsys.errors import RecsysError  # noqa: E402
-from recsys.tracking.options import add_tracking_args, make_tracker  # noqa: E402
+from recsys.tracking.setup import make_tracker  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -54,27 +55,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from recsys.scoring.serving import packaged_history
     from recsys.scoring.spark import (
-        PACKAGED_DATA,
-        fetched_model,
         get_session,
-        model_users,
         parse_conf,
         read_users,
         score_users,
         summarise,
-        use_tracking_uri,
         users_frame,
         write_lists,
     )
-    from recsys.tracking.pyfunc import packaged_history
+    from recsys.tracking.packaging import (
+        PACKAGED_DATA,
+        fetched_model,
+        lists_udf,
+        model_users,
+        use_tracking_uri,
+    )
 
     if args.k < 1:
         raise RecsysError(f"--k must be at least 1 (got {args.k})")
     conf = parse_conf(args.conf)
     use_tracking_uri(args.tracking_uri)
-    args.experiment = args.experiment or "recsys-batch"
-    tracker = make_tracker(args, run_name="spark-score",
+    tracker = make_tracker(tracking_options(args), default_experiment="recsys-batch",
+                           run_name="spark-score",
                            tags={"recsys.kind": "spark_score", "recsys.model_uri": args.model})
     steps = Steps(total=3, title=f"Spark scoring with {args.model}")
     spark, owned = None, False
@@ -88,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
                 users = read_users(spark, args.users)
             else:
                 users = users_frame(spark, model_users(model))
-            lists = score_users(spark, model, users, args.k, env_manager=args.env_manager)
+            predict, user_type = lists_udf(spark, model, args.k, env_manager=args.env_manager)
+            lists = score_users(users, predict, user_type)
             tracker.log_params({"model_uri": args.model, "k": args.k, "out": args.out,
                                 "users": args.users or "all", "master": spark.sparkContext.master,
                                 "env_manager": args.env_manager,

@@ -25,6 +25,9 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import os
+import re
+import shutil
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -188,3 +191,87 @@ def _check_space(model: object, data: Dataset, data_dir: str | Path) -> None:
     if n_users and n_users != len(data.users):
         raise RecsysError(f"{data_dir}: {len(data.users)} users, but the run's model was trained "
                           f"on {n_users}; use the prepared data the run was trained on")
+
+
+# -- the run directory as an output ------------------------------------------------------------
+
+# What `recsys train` writes into RUN_DIR (removed first by --overwrite; nothing else is).
+RUN_ENTRIES = ("run.json", "config.yaml", "metrics.json", "model", "checkpoints",
+               "tracking.json", "tuned.yaml")
+
+
+def check_out(out: Path, resume: bool, overwrite: bool, model: str | None = None,
+              checkpoints: bool = True) -> None:
+    """Refuse to clobber a run; with ``resume``, the run in ``out`` must be one ``model`` can
+    continue (``checkpoints``: whether that model writes any). ``out`` must be new, an empty
+    folder or a run (`is_run_dir`): a folder holding anything else is never written into."""
+    from recsys.data.io import refuse_symlink
+
+    refuse_symlink(out)
+    if out.exists() and not out.is_dir():
+        raise RecsysError(f"--out {out}: exists and is not a directory")
+    if resume and overwrite:
+        raise RecsysError("--resume continues the run in --out and --overwrite replaces it; "
+                          "pass one of them")
+    has_run, has_checkpoints = (out / "run.json").exists(), (out / "checkpoints").exists()
+    if not has_run and not has_checkpoints:
+        if out.is_dir() and any(out.iterdir()):
+            raise RecsysError(f"--out {out}: exists, is not empty and holds no run; choose a new "
+                              "or empty directory (recsys writes runs only where it wrote them)")
+        if resume:
+            print(f"note: --resume: {out} holds no run yet; training from the start",
+                  file=sys.stderr)
+        return
+    if not is_run_dir(out):
+        raise RecsysError(f"--out {out}: holds a run.json or checkpoints/ that recsys did not "
+                          "write (or beside files it did not write); choose a new or empty "
+                          "directory, or remove the folder if it may go")
+    if resume:
+        # Resuming must never turn one model's run into another's (a baseline has no
+        # checkpoint to refuse it, and would silently replace the run).
+        if has_run and model is not None:
+            previous = read_run(out).get("model")
+            if previous != model:
+                raise RecsysError(f"--resume: {out} holds a run of '{previous}', not "
+                                  f"'{model}'; resume it with `recsys train {previous}`, or "
+                                  "pass --overwrite to replace it")
+        elif not has_run and not checkpoints:
+            raise RecsysError(f"--resume: {out} holds the checkpoints of an interrupted run, "
+                              f"and '{model}' writes none; resume it with the model that wrote "
+                              "them, or pass --overwrite to replace it")
+        return
+    if overwrite:
+        for name in RUN_ENTRIES:
+            path = out / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+        return
+    raise RecsysError(f"--out {out} already holds a run; pass --resume to continue it, "
+                      "--overwrite to replace it, or choose another directory")
+
+
+# What a run's checkpoints/ holds: epoch checkpoints, their temporaries, refit folders.
+_CHECKPOINT_ENTRY = re.compile(r"^(\.?epoch-\d+\.(pt|json)(\..+\.tmp)?|refit-\d+)$")
+
+
+def is_run_dir(out: Path) -> bool:
+    """Whether ``out`` is a run that `train` wrote: its run.json is a run record (what
+    `--overwrite` removes is then only RUN_ENTRIES; other files stay), or, without a run.json
+    (killed before it was written), the folder holds nothing but RUN_ENTRIES and its
+    checkpoints/ nothing but checkpoints. A run.json that is no run record is nobody's we know."""
+    from recsys.data.io import read_json
+
+    if (out / "run.json").exists():
+        try:
+            record = read_json(out / "run.json")
+        except (OSError, ValueError):
+            return False
+        return isinstance(record, dict) and {"model", "created"} <= set(record)
+    temporaries = tuple(f".{name}." for name in RUN_ENTRIES)
+    if any(e not in RUN_ENTRIES and not (e.startswith(temporaries) and e.endswith(".tmp"))
+           for e in os.listdir(out)):
+        return False
+    folder = out / "checkpoints"
+    return not folder.is_dir() or all(_CHECKPOINT_ENTRY.match(e) for e in os.listdir(folder))

@@ -1,4 +1,5 @@
-"""`recsys compare CONFIG.yaml`: several models on one prepared split, side by side.
+"""`recsys compare CONFIG.yaml`: several models on one prepared split, side by side (the use
+case: `recsys.workflows.compare`; here, reading and checking the file, and the printed table).
 
 Every model (optionally tuned on the validation part) is trained, evaluated on the test part and
 logged as a child MLflow run of one parent run. The result is a table of every metric with
@@ -36,115 +37,21 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
-import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
-import pandas as pd
-from pydantic import Field, field_validator, model_validator
-
-from recsys.config import StrictConfig, load_yaml, validate_config
+from recsys.commands.common import add_tracking_args, tracking_options
+from recsys.config import load_yaml, validate_config
 from recsys.errors import RecsysError
-from recsys.tracking.base import Tracker
-from recsys.tracking.options import add_tracking_args
-
-DEFAULT_METRICS = ["recall@20", "recall@50", "ndcg@20", "ndcg@100", "precision@20",
-                   "coverage@20"]
-
-
-class StudySpec(StrictConfig):
-    """``tune: {trials: N}``: an Optuna study over the model's declared space (or the
-    ``search_space`` file's, relative to the comparison file), as `recsys train --tune`."""
-
-    trials: int = Field(ge=1)
-    timeout: float | None = Field(None, gt=0)
-    search_space: str | None = None
-
-
-class ModelSpec(StrictConfig):
-    model: str
-    label: str | None = None  # defaults to the model name (must be unique in the file)
-    # A model config file (as `recsys train --config`), relative to the comparison file;
-    # `params` override its keys.
-    config: str | None = None
-    params: dict[str, Any] = Field(default_factory=dict)
-    # Grid searched on the validation part: {key: [values]}; "config" for the `tune:` section
-    # of `config`; "default" for the model's default grid (recsys.models.tuning); nothing = the
-    # params as given; {trials: N} for an Optuna study (`StudySpec`).
-    tune: StudySpec | dict[str, list[Any]] | Literal["default", "config"] = Field(
-        default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return self.label or self.model
-
-
-class CompareConfig(StrictConfig):
-    name: str | None = None
-    experiment: str | None = None
-    data: str
-    prepare: dict[str, Any] | None = None
-    out: str = "runs/compare"
-    metrics: list[str] = Field(default_factory=lambda: list(DEFAULT_METRICS))
-    primary: str = "ndcg@100"
-    tune_metric: str | None = None  # validation metric for tuning (default: primary)
-    test: str = "wilcoxon"
-    alpha: float = Field(0.05, gt=0, lt=1)
-    bootstrap: int = Field(1000, ge=100)
-    seed: int = 0
-    device: str | None = None  # set on every model whose config has a `device` key
-    models: list[ModelSpec] = Field(min_length=1)
-
-    @field_validator("test")
-    @classmethod
-    def _test(cls, value: str) -> str:
-        if value not in ("wilcoxon", "ttest"):
-            raise ValueError("use 'wilcoxon' or 'ttest'")
-        return value
-
-    @model_validator(mode="after")
-    def _consistent(self) -> CompareConfig:
-        labels = [m.name for m in self.models]
-        dup = sorted({x for x in labels if labels.count(x) > 1})
-        if dup:
-            raise ValueError(f"model label '{dup[0]}' appears twice; give each a unique `label`")
-        if self.primary not in self.metrics:
-            self.metrics = [*self.metrics, self.primary]
-        return self
-
-
-@dataclass
-class ModelOutcome:
-    label: str
-    model: str
-    params: dict[str, Any]
-    run_dir: Path
-    summary: dict[str, float]
-    per_user: pd.DataFrame
-    seconds: float
-    tuned: dict[str, Any] = field(default_factory=dict)
-    run_id: str | None = None
-    model_uri: str | None = None
-
-
-@dataclass
-class CompareResult:
-    outcomes: list[ModelOutcome]
-    table: pd.DataFrame  # long: model, metric, mean, low, high, p_value, significant, best
-    best: str  # label of the best model on the primary metric
-    primary: str
-    parent_run_id: str | None = None
-    registered: tuple[str, str] | None = None
-
-    def outcome(self, label: str) -> ModelOutcome:
-        return next(o for o in self.outcomes if o.label == label)
-
+from recsys.evaluation.metrics import lower_is_better
+from recsys.workflows.compare import (
+    TABLE_COLUMNS,
+    CompareConfig,
+    CompareResult,
+    StudySpec,
+    compare,
+)
 
 # -- CLI ----------------------------------------------------------------------------------------
 
@@ -174,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
 
         check_replaceable_file(args.table, flag="--table", what="comparison table",
                                ours=has_columns(*TABLE_COLUMNS))
-    result = compare(spec, args, config_path=Path(args.config), quiet=args.quiet)
+    result = compare(spec, tracking_options(args), config_path=Path(args.config),
+                     quiet=args.quiet, prepare=ensure_data)
     print_table(result, spec)
     if args.table:
         from recsys.data.io import atomic_path
@@ -347,241 +255,6 @@ def prepare_argv(options: dict[str, Any]) -> list[str]:
     return argv
 
 
-def compare(spec: CompareConfig, args: argparse.Namespace | None = None, *,
-            config_path: Path | None = None, quiet: bool = False,
-            step: Callable[[str, Tracker], AbstractContextManager[Any]] | None = None,
-            ) -> CompareResult:
-    """Train, evaluate and compare the models of ``spec``; log to MLflow as ``args`` say.
-
-    ``step(name, parent_tracker)``: a context manager wrapped around each stage (``prepare``,
-    ``train+evaluate <label>``, ``compare``, ``register``); pipelines use it to time and log
-    their steps.
-    """
-    from recsys.data.io import output_lock
-
-    out = Path(spec.out)
-    check_compare_out(out, [m.name for m in spec.models])
-    # One comparison at a time writes `out` (two would mix their runs and table).
-    with output_lock(out, "compare"):
-        return _compare(spec, args, config_path=config_path, quiet=quiet, step=step)
-
-
-# The comparison folder's marker kind, and what a comparison writes beside its run directories.
-COMPARE_KIND = "comparison"
-COMPARE_FILES = ("comparison.csv", "comparison.png")
-TABLE_COLUMNS = ("model", "metric", "mean", "low", "high", "p_value", "significant", "best")
-
-
-def check_compare_out(out: Path, labels: list[str]) -> None:
-    """Refuse (one line), before anything is trained, an ``out`` a comparison must not write
-    into: anything but a new or empty folder or a comparison (its marker, or, written before
-    markers existed, nothing but comparison.csv/png and runs); and a model's run directory that
-    exists and is not a run (`recsys.commands.train.check_out` replaces only runs)."""
-    from recsys.commands.train import is_run_dir
-    from recsys.data.io import check_replaceable
-
-    def unmarked(folder: Path) -> bool:
-        return all(e in COMPARE_FILES or ((folder / e).is_dir() and is_run_dir(folder / e))
-                   for e in os.listdir(folder))
-
-    check_replaceable(out, COMPARE_KIND, what="comparison folder", legacy=unmarked)
-    for label in labels:
-        run_dir = out / label
-        if run_dir.is_symlink() or (run_dir.exists() and not (
-                run_dir.is_dir() and (not any(run_dir.iterdir()) or is_run_dir(run_dir)))):
-            raise RecsysError(f"--out {out}: {run_dir} (model '{label}') exists and is not a run "
-                              "recsys wrote; move it away or choose another --out")
-
-
-def _compare(spec: CompareConfig, args: argparse.Namespace | None, *,
-             config_path: Path | None, quiet: bool,
-             step: Callable[[str, Tracker], AbstractContextManager[Any]] | None
-             ) -> CompareResult:
-    from recsys.data.interactions import Dataset
-    from recsys.tracking.options import make_tracker
-
-    args = args or argparse.Namespace(no_track=True)
-    if getattr(args, "experiment", None) is None and spec.experiment:
-        args.experiment = spec.experiment
-    stage = step or (lambda name, tracker: nullcontext())
-    # Tracking is checked before any data is prepared or model trained.
-    parent = make_tracker(args, run_name=spec.name, tags={"recsys.kind": "compare"})
-    status = "FAILED"
-    try:
-        with stage("prepare", parent):
-            data_dir = ensure_data(spec)
-            dataset = Dataset.load(data_dir)
-            parent.log_params({"config": str(config_path or ""),
-                               "data": str(data_dir.resolve()),
-                               "metrics": ",".join(spec.metrics), "primary": spec.primary,
-                               "test": spec.test, "alpha": spec.alpha,
-                               "models": ",".join(m.name for m in spec.models)})
-            log_dataset = getattr(parent, "log_dataset", None)
-            if log_dataset is not None:
-                log_dataset(data_dir)
-            if config_path is not None:
-                parent.log_artifact(config_path)
-        outcomes = []
-        for i, m in enumerate(spec.models):
-            if not quiet and step is None:
-                print(f"[{i + 1}/{len(spec.models)}] {m.name}", file=sys.stderr)
-            with stage(f"train+evaluate {m.name}", parent):
-                outcomes.append(run_model(m, spec, dataset, data_dir, args, parent))
-        with stage("compare", parent):
-            table = comparison_table(outcomes, spec)
-            best = best_label(table, spec.primary)
-            result = CompareResult(outcomes, table, best, spec.primary,
-                                   getattr(parent, "run_id", None))
-            log_comparison(parent, result, spec)
-        register = getattr(args, "register", None)
-        if register and getattr(parent, "run_id", None):
-            with stage("register", parent):
-                result.registered = register_best(result, args)
-        status = "FINISHED"
-        return result
-    finally:
-        parent.close(status)
-
-
-def run_model(m: ModelSpec, spec: CompareConfig, dataset: Any, data_dir: Path,
-              args: argparse.Namespace, parent: Tracker) -> ModelOutcome:
-    """One child run: (tune,) fit, save, evaluate on test, log."""
-    from recsys.commands.train import check_out
-    from recsys.data.io import write_json
-    from recsys.evaluation.evaluate import evaluate
-    from recsys.models.base import FitContext
-    from recsys.models.registry import create_model, get_model_class
-    from recsys.run import data_record, save_run
-    from recsys.tracking.options import (
-        log_training_end,
-        log_training_start,
-        make_tracker,
-        training_tags,
-    )
-    from recsys.training.refit import fit_final
-
-    cls = get_model_class(m.model)
-    params = dict(m.params)
-    if spec.device is not None and "device" in cls.Config.model_fields:
-        params["device"] = spec.device
-    run_dir = Path(spec.out) / m.name
-    model = create_model(m.model, **params)
-    child_args = argparse.Namespace(**{**vars(args), "register": None})
-    tracker = make_tracker(child_args, run_name=m.name,
-                           tags={**training_tags(model), "recsys.compare": spec.name or ""},
-                           parent=parent)
-    status = "FAILED"
-    try:
-        # A rerun replaces this model's run directory (what `recsys train --overwrite` removes).
-        check_out(run_dir, resume=False, overwrite=True)
-        started = time.perf_counter()
-        valid = dataset.eval_split("valid") if dataset.has("valid") else None
-        tuned: dict[str, Any] = {}
-        if m.tune:
-            if valid is None:
-                raise RecsysError(f"model '{m.name}' has `tune` but {data_dir} has no validation "
-                                  "part; prepare it with --valid-fraction > 0")
-            tuned = tune(m, model, dataset, valid, spec, tracker)
-        tune_seconds = time.perf_counter() - started
-        log_training_start(tracker, model=model, data_dir=data_dir)
-        ctx = FitContext(run_dir=run_dir, tracker=tracker, quiet=True,
-                         data_meta=dict(dataset.meta))
-        final = fit_final(model, dataset, valid, ctx)  # and the refit on train + valid
-        fit_seconds = final.seconds
-        split = dataset.eval_split("test")
-        result = evaluate(model, split, spec.metrics, device=spec.device,
-                          rating_scale=dataset.rating_scale)
-        save_run(run_dir, model, {
-            **data_record(data_dir, dataset),
-            "tuned": tuned, "tune_seconds": tune_seconds, **final.record(),
-            "metrics": result.summary, "compare": spec.name})
-        write_json(run_dir / "metrics.json", result.summary)
-        uri = log_training_end(tracker, model=model, run_dir=run_dir, data_dir=data_dir,
-                               dataset=dataset, summary=result.summary,
-                               per_user=result.per_user)
-        tracker.log_metrics({"fit_seconds": fit_seconds, "tune_seconds": tune_seconds})
-        status = "FINISHED"
-        return ModelOutcome(m.name, m.model, {**params, **tuned}, run_dir, result.summary,
-                            result.per_user, fit_seconds, tuned,
-                            getattr(tracker, "run_id", None), uri)
-    finally:
-        tracker.close(status)
-
-
-def tune(m: ModelSpec, model: Any, dataset: Any, valid: Any, spec: CompareConfig,
-         tracker: Tracker) -> dict[str, Any]:
-    """Grid search on the validation part (recsys.models.tuning, as `recsys train --tune`);
-    sets the best parameters on ``model`` and returns them."""
-    from recsys.models.base import FitContext
-    from recsys.models.tuning import tune as grid_search
-
-    metric = spec.tune_metric or spec.primary
-    ctx = FitContext(data_meta=dict(dataset.meta))
-    if isinstance(m.tune, StudySpec):
-        from recsys.config import load_yaml
-        from recsys.training.search import study
-
-        space = load_yaml(m.tune.search_space) if m.tune.search_space else None
-        result = study(model, dataset.train, valid, space, trials=m.tune.trials,
-                       timeout=m.tune.timeout, seed=spec.seed, metric=metric, ctx=ctx,
-                       device=spec.device)
-    else:
-        grid = None if m.tune == "default" else m.tune
-        result = grid_search(model, dataset.train, valid, grid, metric=metric, ctx=ctx,
-                             device=spec.device)
-    for step, value in enumerate(result.table[metric].tolist()):
-        tracker.log_metrics({f"tune/valid_{metric}": value}, step=step)
-    tracker.log_table(result.table, "tuning.json")
-    model.set_params(**result.best_params)
-    return dict(result.best_params)
-
-
-# -- statistics, table, figure ---------------------------------------------------------------------
-
-
-def comparison_table(outcomes: list[ModelOutcome], spec: CompareConfig) -> pd.DataFrame:
-    """Long table: one row per (model, metric) with mean, 95% CI and the test against the best."""
-    from recsys.evaluation.metrics import lower_is_better
-    from recsys.evaluation.stats import bootstrap_ci, paired_tests
-
-    rows = []
-    cis = {o.label: bootstrap_ci(o.per_user, _per_user_metrics(o, spec),
-                                 n_resamples=spec.bootstrap, seed=spec.seed) for o in outcomes}
-    pcol = "wilcoxon_pvalue" if spec.test == "wilcoxon" else "t_pvalue"
-    for metric in spec.metrics:
-        values = {o.label: o.summary.get(metric, math.nan) for o in outcomes}
-        finite = {k: v for k, v in values.items() if math.isfinite(v)}
-        if not finite:
-            best = None
-        else:
-            pick = min if lower_is_better(metric) else max
-            best = pick(finite, key=finite.get)
-        best_outcome = next((o for o in outcomes if o.label == best), None)
-        for o in outcomes:
-            lo, hi = cis[o.label].get(metric, (math.nan, math.nan))
-            p = math.nan
-            per_user_metric = metric in o.per_user.columns
-            if best_outcome is not None and o.label != best and per_user_metric:
-                p = float(paired_tests(best_outcome.per_user, o.per_user, [metric])
-                          .loc[metric, pcol])
-            rows.append({"model": o.label, "metric": metric, "mean": values[o.label],
-                         "low": lo, "high": hi, "p_value": p,
-                         "significant": bool(math.isfinite(p) and p < spec.alpha),
-                         "best": o.label == best})
-    return pd.DataFrame(rows)
-
-
-def _per_user_metrics(o: ModelOutcome, spec: CompareConfig) -> list[str]:
-    return [m for m in spec.metrics if m in o.per_user.columns]
-
-
-def best_label(table: pd.DataFrame, primary: str) -> str:
-    rows = table[(table["metric"] == primary) & table["best"]]
-    if rows.empty:
-        raise RecsysError(f"no model has a finite {primary}; nothing to rank")
-    return str(rows["model"].iloc[0])
-
-
 def print_table(result: CompareResult, spec: CompareConfig) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -594,7 +267,8 @@ def print_table(result: CompareResult, spec: CompareConfig) -> None:
         t.add_column(metric, justify="right")
     t.add_column(f"p vs best ({spec.primary})", justify="right")
     order = (result.table[result.table["metric"] == spec.primary]
-             .sort_values("mean", ascending=_lower(spec.primary), na_position="last")["model"])
+             .sort_values("mean", ascending=lower_is_better(spec.primary),
+                          na_position="last")["model"])
     for label in order:
         cells = []
         rows = result.table[result.table["model"] == label].set_index("metric")
@@ -618,80 +292,3 @@ def print_table(result: CompareResult, spec: CompareConfig) -> None:
         print(f"registered {result.best} as {name} version {version}")
 
 
-def _lower(metric: str) -> bool:
-    from recsys.evaluation.metrics import lower_is_better
-
-    return lower_is_better(metric)
-
-
-def comparison_figure(table: pd.DataFrame, metrics: list[str], title: str) -> Any:
-    """One panel per metric: each model's mean with its 95% interval, best highlighted."""
-    import os
-
-    import matplotlib
-
-    if not os.environ.get("MPLBACKEND"):
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cols = min(3, len(metrics))
-    rows = -(-len(metrics) // cols)
-    models = list(dict.fromkeys(table["model"]))
-    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 0.45 * len(models) * rows + 1.8),
-                             squeeze=False)
-    for ax, metric in zip(axes.flat, metrics, strict=False):
-        sub = table[table["metric"] == metric].set_index("model").reindex(models)
-        y = np.arange(len(models))
-        mean = sub["mean"].to_numpy(float)
-        err = np.vstack([mean - sub["low"].to_numpy(float), sub["high"].to_numpy(float) - mean])
-        err = np.where(np.isfinite(err), np.maximum(err, 0), 0)
-        colors = ["tab:orange" if b else "tab:blue" for b in sub["best"].fillna(False)]
-        ax.barh(y, mean, xerr=err, color=colors, capsize=3)
-        ax.set_yticks(y, models)
-        ax.invert_yaxis()
-        ax.set_title(metric, fontsize=10)
-        ax.grid(axis="x", alpha=0.3)
-    for ax in list(axes.flat)[len(metrics):]:
-        ax.set_visible(False)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-
-def log_comparison(parent: Tracker, result: CompareResult, spec: CompareConfig) -> None:
-    """Comparison table and figure: into the output folder and the parent run."""
-    import matplotlib.pyplot as plt
-
-    from recsys.data.io import atomic_path, read_marker, write_marker
-
-    out = Path(spec.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if read_marker(out) is None:  # marks the folder a comparison: a later one may write into it
-        write_marker(out, COMPARE_KIND, 1)
-    with atomic_path(out / "comparison.csv") as tmp:
-        result.table.to_csv(tmp, index=False)
-    fig = comparison_figure(result.table, spec.metrics, f"{spec.name}: test metrics (95% CI)")
-    with atomic_path(out / "comparison.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    parent.log_figure(fig, "comparison.png")
-    plt.close(fig)
-    parent.log_table(result.table, "comparison.json")
-    best = result.outcome(result.best)
-    parent.log_metrics({f"best/{k}": v for k, v in best.summary.items()})
-    parent.set_tags({"recsys.best_model": result.best,
-                     "recsys.best_run_id": best.run_id or ""})
-
-
-def register_best(result: CompareResult, args: argparse.Namespace) -> tuple[str, str] | None:
-    """Register the best model's logged pyfunc under ``args.register`` with ``args.alias``."""
-    from recsys.tracking.mlflow import register_model
-
-    best = result.outcome(result.best)
-    if best.model_uri is None:
-        print(f"warning: the best model '{result.best}' was not logged to MLflow; nothing "
-              "registered", file=sys.stderr)
-        return None
-    alias = getattr(args, "alias", None) or "champion"
-    version = register_model(best.model_uri, args.register, alias,
-                             tracking_uri=getattr(args, "tracking_uri", None))
-    return args.register, version

@@ -10,13 +10,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from recsys.commands.common import add_force_arg
 from recsys.data.interactions import Dataset
 from recsys.data.io import atomic_path, check_replaceable_file, read_json, table_columns, write_json
 from recsys.errors import RecsysError
-
-RANKING_DEFAULT = ("recall@20,recall@50,ndcg@20,ndcg@100,precision@20,hit@20,mrr@20,map@20,"
-                   "coverage@20")
-RATING_DEFAULT = "rmse,mae"
+from recsys.evaluation.metrics import RANKING_DEFAULT, RATING_DEFAULT, default_metrics
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,18 +38,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-ci", action="store_true", help="skip the bootstrap confidence intervals")
     add_force_arg(p)
     p.set_defaults(func=run)
-
-
-def add_force_arg(parser: argparse.ArgumentParser) -> None:
-    """--force, as evaluate, recommend and predict share it (see `recsys.run.check_run_data`)."""
-    parser.add_argument("--force", action="store_true",
-                        help="use --data even if it is not the data the run was trained on "
-                             "(other users, items or training part: refused otherwise); a "
-                             "warning says so")
-
-
-def default_metrics(explicit: bool) -> str:
-    return f"{RATING_DEFAULT},{RANKING_DEFAULT}" if explicit else RANKING_DEFAULT
 
 
 def run(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recsys.commands.evaluate import add_force_arg
+from recsys.commands.common import add_force_arg
 from recsys.errors import RecsysError
 
 

@@ -32,21 +32,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
-import os
-import re
-import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
+from recsys.commands.common import add_tracking_args
 from recsys.errors import RecsysError
 
 DEFAULT_METRIC = "ndcg@100"
-EVAL_BATCH_SIZE = 2048
-# What `recsys train` writes into RUN_DIR (removed first by --overwrite; nothing else is).
-RUN_ENTRIES = ("run.json", "config.yaml", "metrics.json", "model", "checkpoints",
-               "tracking.json", "tuned.yaml")
 # The flags the printed config is resolved from (build_params); the others only matter to training.
 PRINT_CONFIG_INPUTS = ("help", "model", "config", "set", "device", "seed", "metric",
                        "deterministic", "print_config", "search_space")
@@ -118,22 +111,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 # -- tracking: the spot where MLflow plugs in ---------------------------------------------------
 
 
-def add_tracking_args(parser: argparse.ArgumentParser) -> None:
-    """MLflow flags: --tracking-uri, --experiment, --no-track, --register, --alias,
-    --log-system-metrics (see recsys.tracking.options)."""
-    from recsys.tracking.options import add_tracking_args as add
-
-    add(parser)
-
-
 def make_tracker(args: argparse.Namespace, model: Any = None) -> Any:
     """The tracker this run reports to: an MLflow run checked reachable before any training
     (one clear line if not), or the null `Tracker` with --no-track. Its run id is recorded in
     RUN_DIR/tracking.json at once; --resume continues the run recorded there (a new one, with a
     note, when the store no longer has it)."""
+    from recsys.commands.common import tracking_options
     from recsys.tracking.base import flatten
-    from recsys.tracking.options import make_tracker as make
-    from recsys.tracking.options import record_tracking, recorded_tracking, training_tags
+    from recsys.tracking.records import training_tags
+    from recsys.tracking.setup import make_tracker as make
+    from recsys.tracking.setup import record_tracking, recorded_tracking
     from recsys.training.trainer import RESUMABLE_CHANGES
 
     out = Path(args.out)
@@ -143,10 +130,10 @@ def make_tracker(args: argparse.Namespace, model: Any = None) -> Any:
     # only be known once tuned: the tracker then keeps a changed value as a tag).
     expected = (flatten({"model": model.name, **model.get_params()})
                 if recorded and model is not None and not args.tune else None)
-    tracker = make(args, run_name=out.name or None, tags=tags,
+    tracker = make(tracking_options(args), run_name=out.name or None, tags=tags,
                    resume_run_id=recorded["run_id"] if recorded else None,
                    expected_params=expected, may_change=RESUMABLE_CHANGES)
-    failure = getattr(tracker, "resume_failure", None)
+    failure = tracker.resume_failure
     if recorded and failure:
         where = recorded.get("tracking_uri")
         print(f"note: --resume: MLflow run {recorded['run_id']}"
@@ -332,85 +319,6 @@ def finished_training(out: Path, config: dict[str, Any], data_dir: Path,
     return None
 
 
-def check_out(out: Path, resume: bool, overwrite: bool, model: str | None = None,
-              checkpoints: bool = True) -> None:
-    """Refuse to clobber a run; with ``resume``, the run in ``out`` must be one ``model`` can
-    continue (``checkpoints``: whether that model writes any). ``out`` must be new, an empty
-    folder or a run (`is_run_dir`): a folder holding anything else is never written into."""
-    from recsys.data.io import refuse_symlink
-
-    refuse_symlink(out)
-    if out.exists() and not out.is_dir():
-        raise RecsysError(f"--out {out}: exists and is not a directory")
-    if resume and overwrite:
-        raise RecsysError("--resume continues the run in --out and --overwrite replaces it; "
-                          "pass one of them")
-    has_run, has_checkpoints = (out / "run.json").exists(), (out / "checkpoints").exists()
-    if not has_run and not has_checkpoints:
-        if out.is_dir() and any(out.iterdir()):
-            raise RecsysError(f"--out {out}: exists, is not empty and holds no run; choose a new "
-                              "or empty directory (recsys writes runs only where it wrote them)")
-        if resume:
-            print(f"note: --resume: {out} holds no run yet; training from the start",
-                  file=sys.stderr)
-        return
-    if not is_run_dir(out):
-        raise RecsysError(f"--out {out}: holds a run.json or checkpoints/ that recsys did not "
-                          "write (or beside files it did not write); choose a new or empty "
-                          "directory, or remove the folder if it may go")
-    if resume:
-        # Resuming must never turn one model's run into another's (a baseline has no
-        # checkpoint to refuse it, and would silently replace the run).
-        if has_run and model is not None:
-            from recsys.run import read_run
-
-            previous = read_run(out).get("model")
-            if previous != model:
-                raise RecsysError(f"--resume: {out} holds a run of '{previous}', not "
-                                  f"'{model}'; resume it with `recsys train {previous}`, or "
-                                  "pass --overwrite to replace it")
-        elif not has_run and not checkpoints:
-            raise RecsysError(f"--resume: {out} holds the checkpoints of an interrupted run, "
-                              f"and '{model}' writes none; resume it with the model that wrote "
-                              "them, or pass --overwrite to replace it")
-        return
-    if overwrite:
-        for name in RUN_ENTRIES:
-            path = out / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
-        return
-    raise RecsysError(f"--out {out} already holds a run; pass --resume to continue it, "
-                      "--overwrite to replace it, or choose another directory")
-
-
-# What a run's checkpoints/ holds: epoch checkpoints, their temporaries, refit folders.
-_CHECKPOINT_ENTRY = re.compile(r"^(\.?epoch-\d+\.(pt|json)(\..+\.tmp)?|refit-\d+)$")
-
-
-def is_run_dir(out: Path) -> bool:
-    """Whether ``out`` is a run that `train` wrote: its run.json is a run record (what
-    `--overwrite` removes is then only RUN_ENTRIES; other files stay), or, without a run.json
-    (killed before it was written), the folder holds nothing but RUN_ENTRIES and its
-    checkpoints/ nothing but checkpoints. A run.json that is no run record is nobody's we know."""
-    from recsys.data.io import read_json
-
-    if (out / "run.json").exists():
-        try:
-            record = read_json(out / "run.json")
-        except (OSError, ValueError):
-            return False
-        return isinstance(record, dict) and {"model", "created"} <= set(record)
-    temporaries = tuple(f".{name}." for name in RUN_ENTRIES)
-    if any(e not in RUN_ENTRIES and not (e.startswith(temporaries) and e.endswith(".tmp"))
-           for e in os.listdir(out)):
-        return False
-    folder = out / "checkpoints"
-    return not folder.is_dir() or all(_CHECKPOINT_ENTRY.match(e) for e in os.listdir(folder))
-
-
 def run(args: argparse.Namespace) -> int:
     from recsys.training.distributed import distributed_session, launched_by_torchrun
 
@@ -461,19 +369,15 @@ def _train(args: argparse.Namespace, dist_info: Any = None) -> int:
     only rank 0 clears/writes RUN_DIR, evaluates, prints and logs to MLflow."""
     import torch
 
-    from recsys.commands.evaluate import default_metrics
     from recsys.config import validate_config
     from recsys.data.interactions import Dataset
-    from recsys.data.io import write_json
-    from recsys.evaluation.evaluate import evaluate, format_table
-    from recsys.evaluation.metrics import parse_metrics
-    from recsys.models.base import FitContext
+    from recsys.evaluation.evaluate import format_table
+    from recsys.evaluation.metrics import default_metrics, parse_metrics
     from recsys.models.registry import get_model_class
-    from recsys.run import data_record, save_run, update_run
+    from recsys.run import check_out, update_run
     from recsys.tracking.base import flatten
-    from recsys.tracking.options import is_recording, log_training_end, log_training_start
-    from recsys.training.refit import fit_final
     from recsys.training.trainer import deterministic_threads
+    from recsys.workflows.train import train_run
 
     # Everything cheap and user-caused is checked before the data is read or anything is fitted.
     model_cls = get_model_class(args.model)
@@ -553,33 +457,20 @@ def _train(args: argparse.Namespace, dist_info: Any = None) -> int:
                                                              False))))
     status = "FAILED"
     try:
-        ctx = FitContext(run_dir=out, tracker=tracker, resume=args.resume, quiet=quiet,
-                         data_meta=dict(dataset.meta))
         tuned = None
         tune_seconds = 0.0
         if args.tune:
-            started = time.perf_counter()
-            if mode == "study":
-                result = run_study(model, dataset, valid, space, args, tracker, metric=metric,
-                                   ctx=ctx, device=device, log=say)
-            else:
-                from recsys.models.tuning import tune
+            from recsys.commands.common import tracking_options
+            from recsys.workflows.tune import tune_model
 
-                result = tune(model, dataset.train, valid, grid, metric=metric, ctx=ctx,
-                              batch_size=EVAL_BATCH_SIZE, device=device, log=say)
-            tune_seconds = time.perf_counter() - started
-            model.set_params(**result.best_params)
-            tuned = {**result.to_record(), "search": mode}
-            tracker.log_table(result.table, "tuning.json")
-            tracker.log_params(flatten({f"best.{k}": v for k, v in result.best_params.items()}))
-            tracker.log_metrics({f"best_valid_{metric}": result.best_score})
-            write_tuned(out / "tuned.yaml", model)
-            tracker.log_artifact(out / "tuned.yaml")
-            if result.study is not None and is_recording(tracker):
-                from recsys.training.search import study_figures
-
-                for name, figure in study_figures(result.study).items():
-                    tracker.log_figure(figure, name)
+            search = _search(model, args, mode, grid, space, metric)
+            if search.storage:
+                print(f"study '{search.study_name}' in {search.storage} (the same "
+                      "--study-name continues it)", file=sys.stderr)
+            done = tune_model(model, dataset, valid, search, tracker=tracker,
+                              tracking=tracking_options(args), run_dir=out, device=device,
+                              log=say)
+            result, tune_seconds, tuned = done.result, done.seconds, done.record
             if not args.quiet:
                 what = "trials" if mode == "study" else "candidates"
                 print(f"tuning on the validation part ({len(result.table)} {what}, "
@@ -589,42 +480,24 @@ def _train(args: argparse.Namespace, dist_info: Any = None) -> int:
                   f"to {out / 'tuned.yaml'}")
 
         tracker.log_params(flatten({"model": model.name, **model.get_params()}))
-        log_training_start(tracker, model=model, data_dir=data_dir)
-        # The fit on train (early stopping on valid), then the refit on train + valid; every
-        # rank of a distributed run trains both.
-        final = fit_final(model, dataset, valid, ctx, refit=not args.no_refit)
+        outcome = train_run(model, dataset, data_dir, out, tracker=tracker, valid=valid,
+                            metrics=report, device=device, resume=args.resume,
+                            refit=not args.no_refit, quiet=quiet, register=args.register,
+                            alias=args.alias, is_main=main, log=say, record={
+                                "tuned": tuned, "tune_seconds": tune_seconds,
+                                "metric": metric, "seed": args.seed,
+                                # What a run's last digits depend on (`deterministic_threads`).
+                                "torch_threads": torch.get_num_threads()})
         if not main:
             status = "FINISHED"
             return 0  # rank 0 writes, evaluates and logs the (identical) trained model
-        say(f"fitted {model.name} in {final.seconds:.2f} s")
-        if final.summary():
-            print(final.summary())
-        info = {**data_record(data_dir, dataset),
-                "tuned": tuned, "tune_seconds": tune_seconds, **final.record(),
-                "metric": metric, "seed": args.seed,
-                # What a run's last digits depend on (see `deterministic_threads`).
-                "torch_threads": torch.get_num_threads()}
-        save_run(out, model, info)
-
-        evaluation = None
-        if dataset.has("test"):
-            evaluation = evaluate(model, dataset.eval_split("test"), report,
-                                  batch_size=EVAL_BATCH_SIZE, device=device,
-                                  rating_scale=dataset.rating_scale)
-            write_json(out / "metrics.json", evaluation.summary)
-            update_run(out, metrics=evaluation.summary,
-                       eval_test={"users": evaluation.n_users,
-                                  "skipped_users": evaluation.skipped_users,
-                                  "data": str(data_dir.resolve())})
+        if outcome.final.summary():
+            print(outcome.final.summary())
+        evaluation = outcome.evaluation
+        if evaluation is not None:
             print(format_table(evaluation.summary, title=(
                 f"{model.name} on {data_dir} (test): {evaluation.n_users} users evaluated, "
                 f"{evaluation.skipped_users} skipped (no history)")))
-        # MLflow: test metrics, learning curve, per-user table, top-K sample, config, pyfunc model
-        # (and --register); each piece logged on its own, a failure never stops the run.
-        log_training_end(tracker, model=model, run_dir=out, data_dir=data_dir, dataset=dataset,
-                         summary=evaluation.summary if evaluation else None,
-                         per_user=evaluation.per_user if evaluation else None,
-                         register=args.register, alias=args.alias)
         print(f"run written to {out}")
         status = "FINISHED"
     finally:
@@ -636,45 +509,16 @@ def _train(args: argparse.Namespace, dist_info: Any = None) -> int:
     return 0
 
 
-def run_study(model: Any, dataset: Any, valid: Any, space: dict[str, Any],
-              args: argparse.Namespace, tracker: Any, *, metric: str, ctx: Any, device: str,
-              log: Any) -> Any:
-    """The --tune study (`recsys.training.search.study`), each trial a child run of ``tracker``
-    (nested in MLflow: params, per-epoch curve, validation metric, state)."""
-    from recsys.tracking.base import flatten
-    from recsys.tracking.options import make_tracker as make
-    from recsys.training.search import study
+def _search(model: Any, args: argparse.Namespace, mode: str | None, grid: Any,
+            space: Any, metric: str) -> Any:
+    """The search --tune asks for (`recsys.workflows.tune.Search`)."""
+    from recsys.workflows.tune import Search
 
+    if mode == "grid":
+        return Search("grid", metric, grid=grid)
     seed = args.seed if args.seed is not None else int(getattr(model.config, "seed", 0))
     trials = args.trials if args.trials is not None or args.timeout is not None \
         else DEFAULT_TRIALS
-    name = args.study_name or f"recsys-{model.name}"
-    tracker.set_tags({"recsys.tune": "study", "optuna.sampler": f"TPE(seed={seed})",
-                      **({"optuna.study_name": name} if args.study_storage else {})})
-
-    def tracker_for(number: int, params: dict[str, Any]) -> Any:
-        child = make(args, run_name=f"trial-{number}", parent=tracker,
-                     tags={"recsys.kind": "trial", "optuna.trial": str(number)})
-        child.log_params(flatten({"model": model.name, **model.get_params(), **params}))
-        return child
-
-    if args.study_storage:
-        print(f"study '{name}' in {args.study_storage} (the same --study-name continues it)",
-              file=sys.stderr)
-    return study(model, dataset.train, valid, space, trials=trials, timeout=args.timeout,
-                 seed=seed, metric=metric, ctx=ctx, batch_size=EVAL_BATCH_SIZE, device=device,
-                 storage=args.study_storage, study_name=name if args.study_storage else None,
-                 tracker_for=tracker_for, log=log)
-
-
-def write_tuned(path: Path, model: Any) -> None:
-    """RUN_DIR/tuned.yaml: the chosen config, whole, usable as --config (written atomically)."""
-    import yaml
-
-    from recsys.data.io import atomic_path
-
-    text = (f"# {model.name}: the config --tune chose on the validation part; train it again "
-            f"with\n#   recsys train {model.name} --config {path.name} ...\n"
-            + yaml.safe_dump(model.get_params(), sort_keys=False, default_flow_style=None))
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+    return Search("study", metric, space=space, trials=trials, timeout=args.timeout, seed=seed,
+                  storage=args.study_storage,
+                  study_name=args.study_name or f"recsys-{model.name}")

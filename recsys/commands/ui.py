@@ -25,7 +25,7 @@ import urllib.request
 from pathlib import Path
 
 from recsys.errors import RecsysError
-from recsys.tracking.options import resolve_tracking_uri
+from recsys.tracking.setup import resolve_tracking_uri
 
 STARTUP_SECONDS = 120
 

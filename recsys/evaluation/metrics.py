@@ -51,6 +51,21 @@ from recsys.errors import RecsysError, closest
 # The one home of a metric's direction (early stopping, --tune, compare's "best"): errors and the
 # loss, and the concentration measures (exposure Gini, recommended popularity and its lift over
 # the user's history), where a smaller value is better. Every other metric is higher-is-better.
+# The metrics a command reports when none are named (one home: evaluate, train, compare and the
+# benchmarks read these): the full ranking set, the rating errors for explicit models, and the
+# shorter set of a comparison table's columns.
+RANKING_DEFAULT = ("recall@20,recall@50,ndcg@20,ndcg@100,precision@20,hit@20,mrr@20,map@20,"
+                   "coverage@20")
+RATING_DEFAULT = "rmse,mae"
+COMPARE_DEFAULT = ("recall@20", "recall@50", "ndcg@20", "ndcg@100", "precision@20",
+                   "coverage@20")
+
+
+def default_metrics(explicit: bool) -> str:
+    """What `recsys evaluate` and `recsys train` report by default."""
+    return f"{RATING_DEFAULT},{RANKING_DEFAULT}" if explicit else RANKING_DEFAULT
+
+
 LOWER_IS_BETTER = frozenset({"rmse", "mae", "mse", "loss", "gini", "arp", "popbias"})
 
 

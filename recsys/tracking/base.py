@@ -10,7 +10,31 @@ from typing import Any
 
 
 class Tracker:
-    """Null tracker: every hook is a no-op. Subclasses override what they record."""
+    """Null tracker: every hook is a no-op. Subclasses override what they record.
+
+    What a tracker can do is declared here with a no-op default, so callers never probe for it:
+    ``recording``, the run's identity
+    (``run_id``, ``tracking_uri``, ``experiment_id``, ``experiment_name``), ``failures`` (what
+    could not be logged), ``resume_failure`` (why a run could not be reopened), ``registered``
+    (name, version), and the hooks below.
+    """
+
+    run_id: str | None = None
+    tracking_uri: str | None = None
+    experiment_id: str | None = None
+    experiment_name: str | None = None
+    resume_failure: str | None = None
+    registered: tuple[str, str] | None = None
+    run_dir: Path | None = None
+
+    def __init__(self) -> None:
+        self.failures: list[str] = []
+
+    @property
+    def recording(self) -> bool:
+        """False for the null tracker itself (nothing needs to be built for it); a subclass
+        records something."""
+        return type(self) is not Tracker
 
     def log_params(self, params: dict[str, Any]) -> None:
         """Flattened, resolved configuration."""
@@ -29,6 +53,16 @@ class Tracker:
 
     def log_table(self, table: Any, name: str) -> None:
         """A pandas DataFrame (e.g. the per-user metric table)."""
+
+    def log_dataset(self, data_dir: str | Path, **kwargs: Any) -> None:
+        """The prepared data (or a part of it) as the run's dataset input."""
+
+    def log_history(self, history: list[dict[str, float]]) -> None:
+        """Per-epoch records the run may be missing (after a resume)."""
+
+    def log_model(self, run_dir: str | Path, data_dir: str | Path, **kwargs: Any) -> str | None:
+        """Log the trained model (and register it); returns its URI, None when not logged."""
+        return None
 
     def close(self, status: str = "FINISHED") -> None:
         """End the run."""

@@ -37,12 +37,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import logging
 import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Collection, Iterator
@@ -54,40 +52,29 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
-from mlflow.models import Model, ModelSignature
-from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
+from mlflow.models import Model
+from mlflow.types.schema import ColSpec, Schema
 
 from recsys import __version__
 from recsys.data.io import sha256_file
 from recsys.errors import RecsysError
+from recsys.scoring.serving import DEFAULT_K, TopKPredictor
 from recsys.tracking.base import Tracker, flatten
-from recsys.tracking.options import DEFAULT_ALIAS, DEFAULT_EXPERIMENT, resolve_tracking_uri
-from recsys.tracking.pyfunc import DEFAULT_K, TopKPredictor, write_serving_data
+from recsys.tracking.packaging import (
+    configure_environment,
+    pyfunc_parts,
+    quiet_mlflow,
+)
+from recsys.tracking.setup import DEFAULT_ALIAS, DEFAULT_EXPERIMENT, resolve_tracking_uri
 
 MODEL_ARTIFACT = "model"
-# The pyfunc is logged "from code": MLflow copies this file into the logged model and runs it on
-# load (it calls mlflow.models.set_model), so nothing is pickled when logging and nothing is
-# unpickled when loading, whoever hands us the model URI.
-PYFUNC_MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
+
 
 # Short retries so that a dead server stalls a training run for seconds, not minutes (MLflow's
 # own defaults retry 7 times with exponential backoff, ~4 minutes). The user's settings win.
-_HTTP_DEFAULTS = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
-    # No usage telemetry from a library call, and no progress bars in batch logs.
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-}
 _BAD_METRIC_CHARS = re.compile(r"[^/\w.\- ]")
 _MAX_PARAM_VALUE = 6000  # MLflow's limit on a param value's length
 _BATCH = 100  # MLflow accepts at most 100 params / 1000 metrics per log_batch call
-
-
-def configure_environment() -> None:
-    for key, value in _HTTP_DEFAULTS.items():
-        os.environ.setdefault(key, value)
 
 
 def metric_key(name: str) -> str:
@@ -157,20 +144,6 @@ def open_client(uri: str) -> MlflowClient:
     store, opened later, finds those tables and creates none."""
     with store_lock(uri):
         return MlflowClient(uri)
-
-
-@contextlib.contextmanager
-def _quiet_mlflow() -> Iterator[None]:
-    """Hide MLflow's advice aimed at interactive users (input examples, type hints)."""
-    logger = logging.getLogger("mlflow")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
 
 
 class MlflowTracker(Tracker):
@@ -468,16 +441,9 @@ class MlflowTracker(Tracker):
         logged = self.client.create_logged_model(
             experiment_id=self.experiment_id, name=MODEL_ARTIFACT, source_run_id=self.run_id,
             params={k: str(v) for k, v in run.data.params.items()}, tags=tags)
-        with tempfile.TemporaryDirectory(prefix="recsys-pyfunc-") as tmp:
-            data_art = write_serving_data(dataset, Path(tmp) / "data", history=history)
-            signature = model_signature(dataset.users.is_integer, dataset.items.is_integer)
-            with _quiet_mlflow():
-                info = Model.log(artifact_path=None, name=MODEL_ARTIFACT, flavor=mlflow.pyfunc,
-                                 run_id=self.run_id, model_id=logged.model_id,
-                                 python_model=str(PYFUNC_MODEL_CODE),
-                                 artifacts={"model": str(run_dir / "model"),
-                                            "data": str(data_art)},
-                                 signature=signature, pip_requirements=_requirements())
+        with pyfunc_parts(run_dir, dataset, history=history) as parts, quiet_mlflow():
+            info = Model.log(artifact_path=None, name=MODEL_ARTIFACT, flavor=mlflow.pyfunc,
+                             run_id=self.run_id, model_id=logged.model_id, **parts)
         return info.model_uri
 
     def register(self, name: str, alias: str = DEFAULT_ALIAS) -> str:
@@ -525,19 +491,6 @@ class RecsysPyfuncModel(mlflow.pyfunc.PythonModel):
             raise MlflowException.invalid_parameter_value(str(exc)) from None
 
 
-def model_signature(integer_users: bool = True, integer_items: bool = True) -> ModelSignature:
-    user_t = "long" if integer_users else "string"
-    item_t = "long" if integer_items else "string"
-    inputs = Schema([ColSpec(user_t, "user"),
-                     ColSpec(Array(item_t), "items", required=False),
-                     ColSpec(Array("double"), "ratings", required=False)])
-    outputs = Schema([ColSpec(user_t, "user"), ColSpec(item_t, "item"), ColSpec("integer", "rank"),
-                      ColSpec("float", "score"), ColSpec("boolean", "cold")])
-    return ModelSignature(inputs=inputs, outputs=outputs,
-                          params=ParamSchema([ParamSpec("k", "long", DEFAULT_K),
-                                          ParamSpec("layout", "string", "long")]))
-
-
 def register_model(model_uri: str, name: str, alias: str = DEFAULT_ALIAS, *,
                    tracking_uri: str | None = None) -> str:
     """A new version of registered model ``name`` from ``model_uri``, with ``alias`` moved onto
@@ -546,76 +499,13 @@ def register_model(model_uri: str, name: str, alias: str = DEFAULT_ALIAS, *,
     uri = resolve_tracking_uri(tracking_uri)
     mlflow.set_tracking_uri(uri)
     try:
-        with _quiet_mlflow():
+        with quiet_mlflow():
             version = mlflow.register_model(model_uri, name, await_registration_for=60)
         open_client(uri).set_registered_model_alias(name, alias, version.version)
     except Exception as exc:
         raise RecsysError(f"cannot register {model_uri} as '{name}' at {uri} ({_short(exc)})"
                           ) from None
     return str(version.version)
-
-
-def load_pyfunc(model_uri: str, tracking_uri: str | None = None) -> Any:
-    """``mlflow.pyfunc.load_model`` with recsys's tracking URI resolution and one-line errors,
-    for recsys's own models only (`fetch_recsys_model`: anything else is refused before any of
-    it is loaded)."""
-    configure_environment()
-    mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
-    with tempfile.TemporaryDirectory(prefix="recsys-model-") as tmp:
-        local = fetch_recsys_model(model_uri, tmp)
-        try:
-            # MLflow's own switch, as a second lock: no pickled python model is deserialised.
-            # Everything is read into memory while loading, so the folder can go afterwards.
-            with _environ(MLFLOW_ALLOW_PICKLE_DESERIALIZATION="false"):
-                return mlflow.pyfunc.load_model(str(local))
-        except RecsysError as exc:  # our own line (a damaged file: which one), not cut short
-            raise RecsysError(f"cannot load MLflow model {model_uri}: {exc}") from None
-        except Exception as exc:
-            raise RecsysError(f"cannot load MLflow model {model_uri} ({_short(exc)})") from None
-
-
-# How MLflow records a pyfunc logged from code (python_model="file.py") in MLmodel.
-CODE_MODEL_LOADER = "mlflow.pyfunc.loaders.code_model"
-
-
-def fetch_recsys_model(model_uri: str, dst: str | Path) -> Path:
-    """Download the model at ``model_uri`` into the folder ``dst`` and check, before anything of
-    it is loaded, that it is recsys's pyfunc: logged from code (a pickled PythonModel would be
-    unpickled on load), and that code is recsys's ``pyfunc_model.py`` byte for byte (MLflow runs
-    the model's copy of it on load). Returns the local model folder; `RecsysError` otherwise."""
-    try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri,
-                                                         dst_path=str(dst)))
-        flavors = Model.load(str(local / "MLmodel")).flavors
-    except Exception as exc:  # a missing run, registry name, path or artifact store
-        raise RecsysError(f"cannot load MLflow model {model_uri} ({_short(exc)})") from None
-    pyfunc = flavors.get("python_function") or {}
-    code = pyfunc.get("model_code_path")
-    if pyfunc.get("loader_module") != CODE_MODEL_LOADER or not code:
-        kind = ", ".join(sorted(flavors)) or "no flavour"
-        raise RecsysError(f"MLflow model {model_uri} is not a recsys model logged from code "
-                          f"({kind}); refusing to load it (loading a model logged otherwise may "
-                          "unpickle it): log it with `recsys train --register NAME`")
-    copy = local / Path(str(code)).name
-    if not copy.is_file() or copy.read_bytes() != PYFUNC_MODEL_CODE.read_bytes():
-        raise RecsysError(f"MLflow model {model_uri}: its model code ({copy.name}) is not "
-                          f"recsys's {PYFUNC_MODEL_CODE.name}; refusing to run it: log the model "
-                          "with `recsys train --register NAME` (of this recsys version)")
-    return local
-
-
-@contextlib.contextmanager
-def _environ(**values: str) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -672,18 +562,3 @@ def _id_type(path: Path, column: str) -> str:
     except (OSError, KeyError):
         return "string"
     return "long" if pa.types.is_integer(kind) else "string"
-
-
-def _requirements() -> list[str]:
-    """What a fresh environment needs to serve the model: recsys and its runtime stack."""
-    from importlib import metadata
-
-    reqs = []
-    for dist in ("recsys-ae", "mlflow", "torch", "numpy", "pandas", "scipy", "pyarrow",
-                 "pydantic", "pyyaml"):
-        try:
-            version = metadata.version(dist).split("+")[0]
-        except metadata.PackageNotFoundError:
-            continue
-        reqs.append(f"{dist}=={version}")
-    return reqs

@@ -259,7 +259,7 @@ def test_weights_saved_before_checksums_load_with_a_note(world, tmp_path, capsys
 def packaged(world, tmp_path) -> Path:
     """world.run_ease as an MLflow pyfunc model directory (what `--engine spark` packages and
     `recsys train` logs)."""
-    from recsys.scoring.spark import save_pyfunc_model
+    from recsys.tracking.packaging import save_pyfunc_model
 
     return save_pyfunc_model(world.run_ease, world.data, tmp_path / "pyfunc")
 
@@ -270,7 +270,7 @@ def test_a_packaged_model_with_damaged_files_is_refused(packaged, damaged):
     import mlflow
     import numpy as np
 
-    from recsys.tracking.mlflow import load_pyfunc
+    from recsys.tracking.packaging import load_pyfunc
 
     loaded = load_pyfunc(str(packaged))  # sound as packaged
     assert len(loaded.predict(pd.DataFrame({"user": [1]}), params={"k": 3})) == 3

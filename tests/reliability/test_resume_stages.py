@@ -53,7 +53,7 @@ STAGES = [
     ("after-the-first-fit", "recsys.training.refit", "_refit_neural", "before", "RUNNING"),
     ("after-the-refit", "recsys.run", "save_run", "before", "RUNNING"),
     ("after-saving-before-the-test-evaluation", "recsys.run", "save_run", "after", "RUNNING"),
-    ("after-the-test-metrics-before-mlflow", "recsys.tracking.options", "log_training_end",
+    ("after-the-test-metrics-before-mlflow", "recsys.tracking.records", "log_training_end",
      "before", "RUNNING"),
     ("after-mlflow-logging-before-the-run-ends", "recsys.tracking.mlflow",
      "MlflowTracker.close", "before", "RUNNING"),

@@ -97,7 +97,7 @@ def test_default_history_is_what_evaluate_scores_the_test_part_from(setup):
 
 def test_resume_refuses_another_history(setup, monkeypatch):
     tmp, _, _ = setup
-    import recsys.scoring.topk as topk_module
+    import recsys.scoring.serving as topk_module  # the serving object scores every chunk
 
     real, calls = topk_module.topk_chunk, {"n": 0}
 
@@ -203,7 +203,7 @@ def test_resume_after_interruption_gives_the_same_file(setup, monkeypatch, suffi
     tmp, _, _ = setup
     assert _recommend(tmp, f"full.{suffix}", "--chunk-size", "6") == 0
 
-    import recsys.scoring.topk as topk_module
+    import recsys.scoring.serving as topk_module  # the serving object scores every chunk
 
     real = topk_module.topk_chunk
     calls = {"n": 0}

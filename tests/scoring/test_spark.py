@@ -161,20 +161,22 @@ def test_pipeline_scores_every_user_with_the_logged_model(spark, trained, capsys
 
 
 def test_user_ids_of_the_wrong_type_are_one_line_errors(spark, trained):
-    from recsys.scoring.spark import fetched_model, save_pyfunc_model, score_users, users_frame
+    from recsys.scoring.spark import score_users, users_frame
+    from recsys.tracking.packaging import fetched_model, lists_udf, save_pyfunc_model
 
     tmp, data, run, _ = trained
     users = users_frame(spark, ["5", "not-a-user"])
     with fetched_model(str(save_pyfunc_model(run, data, tmp / "pyfunc"))) as model:
+        predict, user_type = lists_udf(spark, model, K)
         with pytest.raises(RecsysError, match="'not-a-user' is not of the model's id type"):
-            score_users(spark, model, users, K)
+            score_users(users, predict, user_type)
         with pytest.raises(RecsysError, match="no 'user' column"):
-            score_users(spark, model, users.withColumnRenamed("user", "id"), K)
+            score_users(users.withColumnRenamed("user", "id"), predict, user_type)
 
 
 def test_only_recsys_own_model_code_is_run(trained):
     """A model whose code file is not recsys's pyfunc_model.py is refused before Spark sees it."""
-    from recsys.scoring.spark import fetched_model, save_pyfunc_model
+    from recsys.tracking.packaging import fetched_model, save_pyfunc_model
 
     tmp, data, run, _ = trained
     model = save_pyfunc_model(run, data, tmp / "tampered")

@@ -12,16 +12,14 @@ from evaluation.doubles import make_dataset
 
 from recsys.cli import main
 from recsys.commands.compare import (
-    CompareConfig,
-    ModelOutcome,
     check_prepare,
-    comparison_table,
     ensure_data,
     load_compare_config,
     prepare_argv,
 )
 from recsys.errors import RecsysError
 from recsys.models import registry
+from recsys.workflows.compare import CompareConfig, ModelOutcome, comparison_table
 
 
 def _write(tmp_path: Path, text: str) -> Path:

@@ -15,15 +15,18 @@ from recsys.errors import RecsysError
 from recsys.models import registry
 from recsys.run import save_run
 from recsys.tracking.base import Tracker
-from recsys.tracking.options import (
-    add_tracking_args,
-    check_registry_names,
+from recsys.commands.common import add_tracking_args, tracking_options
+from recsys.tracking.records import (
     learning_curve,
     log_training_end,
     log_training_start,
+    training_tags,
+)
+from recsys.tracking.setup import (
+    TrackingOptions,
+    check_registry_names,
     make_tracker,
     resolve_tracking_uri,
-    training_tags,
 )
 
 matplotlib.use("Agg")
@@ -33,6 +36,10 @@ def _args(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     add_tracking_args(parser)
     return parser.parse_args(list(argv))
+
+
+def _options(*argv: str) -> TrackingOptions:
+    return tracking_options(_args(*argv))
 
 
 def test_flags_and_defaults():
@@ -47,10 +54,10 @@ def test_flags_and_defaults():
 
 
 def test_no_track_gives_the_null_tracker():
-    tracker = make_tracker(_args("--no-track"), run_name="x")
+    tracker = make_tracker(_options("--no-track"), run_name="x")
     assert type(tracker) is Tracker
     # a null parent (compare --no-track) gives null children
-    assert type(make_tracker(_args(), run_name="child", parent=tracker)) is Tracker
+    assert type(make_tracker(_options(), run_name="child", parent=tracker)) is Tracker
 
 
 def test_tracking_uri_resolution(monkeypatch):
@@ -73,6 +80,9 @@ def test_tracking_uri_resolution(monkeypatch):
 def test_registry_names_are_checked_before_training(register, alias, message):
     with pytest.raises(RecsysError, match=message):
         check_registry_names(register, alias)
+    # the options the flags build refuse them too (compare's spec and the flags: one rule)
+    with pytest.raises(RecsysError, match=message):
+        _options("--register", register, "--alias", alias)
 
 
 def test_learning_curve_has_one_panel_per_series():
@@ -102,7 +112,7 @@ def test_a_run_in_the_local_sqlite_store(tmp_path, monkeypatch):
     model.history_ = [{"epoch": 1, "loss": 2.0}, {"epoch": 2, "loss": 1.0}]
     save_run(tmp_path / "run", model, {})
 
-    tracker = make_tracker(_args("--experiment", "local"), run_name="dot-run",
+    tracker = make_tracker(_options("--experiment", "local"), run_name="dot-run",
                            tags=training_tags(model, "cpu"))
     assert tracker.tracking_uri == "sqlite:///mlflow.db"
     log_training_start(tracker, model=model, data_dir=tmp_path / "data")
@@ -148,12 +158,12 @@ def test_a_run_in_the_local_sqlite_store(tmp_path, monkeypatch):
     served = mlflow.pyfunc.load_model(uri)
     users = pd.DataFrame({"user": data.users.ids[:4]})
     got = served.predict(users, params={"k": 3})
-    from recsys.tracking.pyfunc import TopKPredictor
+    from recsys.scoring.serving import TopKPredictor
 
     expected = TopKPredictor.from_dataset(model, data).predict(users, k=3)
     pd.testing.assert_frame_equal(got.reset_index(drop=True), expected)
     # recsys's own loader (batch scoring) accepts it: logged from recsys's own model code.
-    from recsys.tracking.mlflow import load_pyfunc
+    from recsys.tracking.packaging import load_pyfunc
 
     checked = load_pyfunc(uri, tracking_uri="sqlite:///mlflow.db")
     pd.testing.assert_frame_equal(checked.predict(users, params={"k": 3}).reset_index(drop=True),

@@ -13,7 +13,7 @@ from recsys.errors import RecsysError
 from recsys.models import registry
 from recsys.models.base import Recommender
 from recsys.run import save_run
-from recsys.tracking.pyfunc import TopKPredictor, write_serving_data
+from recsys.scoring.serving import TopKPredictor, write_serving_data
 
 
 @pytest.fixture

@@ -1,4 +1,6 @@
-"""The model behind the MLflow pyfunc: top-K lists for external user ids (no mlflow here).
+"""The serving object: a trained model plus the vocabularies, history and popularity list that
+turn it into top-K lists for external user ids. `recsys recommend`, the batch pipeline and the
+MLflow pyfunc (recsys.tracking.mlflow) all score through it; no mlflow here.
 
 A packaged model is two directories, logged as the pyfunc's artifacts:
 
@@ -95,7 +97,8 @@ class TopKPredictor:
     def __init__(self, model: Recommender, users: Vocabulary, items: Vocabulary,
                  history: sp.csr_matrix, popularity: np.ndarray, *,
                  device: str | torch.device | None = None,
-                 batch_size: int = DEFAULT_BATCH_SIZE, history_kind: str | None = None) -> None:
+                 batch_size: int = DEFAULT_BATCH_SIZE, history_kind: str | None = None,
+                 banned: torch.Tensor | None = None) -> None:
         if history.shape != (len(users), len(items)):
             raise RecsysError(f"history shape {history.shape} does not match the vocabularies "
                               f"({len(users)} users, {len(items)} items)")
@@ -104,8 +107,11 @@ class TopKPredictor:
         # Which Dataset.known_history ``history`` is (None: a matrix given by the caller).
         self.history_kind = history_kind
         self.popularity = np.asarray(popularity, dtype=np.float32)
+        self._popularity_tensor: torch.Tensor | None = None
         self.batch_size = batch_size
         self.device = as_device(device)
+        # Items never recommended (``recsys recommend --allow/--deny``): a bool mask on the device.
+        self.banned = banned
         place_model(model, self.device)
         observe = getattr(model, "observe", None)
         if callable(observe):
@@ -209,6 +215,21 @@ class TopKPredictor:
         return sp.csr_matrix((values[last], (row_ids[last], cols[last])),
                              shape=(len(frame), len(self.items)), dtype=np.float32)
 
+    def lists(self, user_ids: np.ndarray, users: np.ndarray, rows: sp.csr_matrix, k: int
+              ) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+        """Top-``k`` of one chunk as the long Arrow table, with the chunk's ``(b, k)`` internal
+        item ids and cold flags. ``user_ids``: external ids as written in the output;
+        ``users``: internal ids (-1: unknown, popularity list unless ``rows`` holds a history);
+        ``rows``: the history each user is scored from and whose items are masked."""
+        if self._popularity_tensor is None or self._popularity_tensor.device != (
+                self.device or torch.device("cpu")):
+            self._popularity_tensor = torch.from_numpy(self.popularity).to(
+                self.device or torch.device("cpu"))
+        items, scores, cold = topk_chunk(self.model, users, rows, k, device=self.device,
+                                         banned=self.banned, cold_scores=self._popularity_tensor,
+                                         batch_size=self.batch_size)
+        return lists_table(user_ids, items, scores, cold, self.items.ids), items, cold
+
     def predict(self, frame: pd.DataFrame, k: int = DEFAULT_K, layout: str = "long"
                 ) -> pd.DataFrame:
         """Top-``k`` lists for the input users (see the module docstring for the columns).
@@ -225,10 +246,7 @@ class TopKPredictor:
         if layout not in LAYOUTS:
             raise RecsysError(f"layout '{layout}': use one of {', '.join(LAYOUTS)}")
         users, rows = self.input_history(frame)
-        pop = torch.from_numpy(self.popularity)
-        items, scores, cold = topk_chunk(self.model, users, rows, k, device=self.device,
-                                         cold_scores=pop, batch_size=self.batch_size)
-        table = lists_table(frame["user"].to_numpy(), items, scores, cold, self.items.ids)
+        table, items, cold = self.lists(frame["user"].to_numpy(), users, rows, k)
         if layout == "long":
             return table.to_pandas()
         # Regroup the long table by input row with offsets: no Python loop over users.

@@ -1,0 +1,48 @@
+"""Flags several commands (and the pipelines) share, and the options they turn into.
+
+The commands parse; what the flags mean is validated by the option models they build
+(`recsys.tracking.setup.TrackingOptions`, ...), so that a `recsys compare` spec is checked by the
+same rules as the flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from recsys.tracking.setup import DEFAULT_ALIAS, DEFAULT_EXPERIMENT, TrackingOptions
+
+
+def add_tracking_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("tracking (MLflow)")
+    g.add_argument("--tracking-uri", default=None, metavar="URI",
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+                        "sqlite:///mlflow.db in the working directory)")
+    g.add_argument("--experiment", default=None, metavar="NAME",
+                   help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME, else "
+                        f"'{DEFAULT_EXPERIMENT}')")
+    g.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    g.add_argument("--register", default=None, metavar="NAME",
+                   help="register the trained model under NAME in the MLflow model registry")
+    g.add_argument("--alias", default=DEFAULT_ALIAS, metavar="ALIAS",
+                   help=f"alias set on the registered version (default: {DEFAULT_ALIAS})")
+    g.add_argument("--log-system-metrics", action="store_true",
+                   help="also log CPU/GPU/memory use every few seconds")
+
+
+def tracking_options(args: argparse.Namespace) -> TrackingOptions:
+    """The validated tracking options of ``add_tracking_args``' flags (a bad registry name or
+    alias: one line naming the flag)."""
+    return TrackingOptions(tracking_uri=getattr(args, "tracking_uri", None),
+                           experiment=getattr(args, "experiment", None),
+                           track=not getattr(args, "no_track", False),
+                           register_name=getattr(args, "register", None),
+                           alias=getattr(args, "alias", None) or DEFAULT_ALIAS,
+                           log_system_metrics=bool(getattr(args, "log_system_metrics", False)))
+
+
+def add_force_arg(parser: argparse.ArgumentParser) -> None:
+    """--force, as evaluate, recommend and predict share it (see `recsys.run.check_run_data`)."""
+    parser.add_argument("--force", action="store_true",
+                        help="use --data even if it is not the data the run was trained on "
+                             "(other users, items or training part: refused otherwise); a "
+                             "warning says so")

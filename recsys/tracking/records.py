@@ -1,0 +1,195 @@
+"""What `recsys train` records in its tracker for every model: dataset input, learning curve,
+final metrics, per-user table, a sample of top-K lists, the config file and the packaged
+(optionally registered) model. Each piece is logged independently; one failing never stops the
+rest, and nothing here fails a trained run.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from recsys.errors import RecsysError
+from recsys.tracking.base import Tracker
+from recsys.tracking.setup import DEFAULT_ALIAS, is_recording
+
+if TYPE_CHECKING:
+    from recsys.data.interactions import Dataset
+    from recsys.models.base import Recommender
+
+SAMPLE_USERS = 20
+SAMPLE_K = 10
+# Per-user tables above this many users are logged as Parquet (a JSON table would be huge).
+MAX_JSON_TABLE_ROWS = 100_000
+
+
+def training_tags(model: Recommender, device: str | None = None) -> dict[str, str]:
+    """Tags of a training run: model name and family, device (version and commit are added by
+    the tracker itself)."""
+    from recsys.models.base import resolve_device
+
+    configured = device or getattr(getattr(model, "config", None), "device", None) or "auto"
+    try:
+        device = str(resolve_device(str(configured)))
+    except RecsysError:
+        device = str(configured)
+    return {"recsys.model": model.name, "recsys.family": getattr(model, "family", "?"),
+            "recsys.device": device}
+
+
+def log_training_start(tracker: Tracker, *, model: Recommender, data_dir: str | Path,
+                       params: dict[str, Any] | None = None) -> None:
+    """Before fitting: the resolved config as params and the prepared data as dataset input."""
+    if not is_recording(tracker):
+        return
+    tracker.log_params({"model": model.name, **model.get_params(), **(params or {}),
+                        "data": str(Path(data_dir).resolve())})
+    tracker.log_dataset(data_dir)
+
+
+def log_training_end(tracker: Tracker, *, model: Recommender, run_dir: str | Path,
+                     data_dir: str | Path, dataset: Dataset | None = None,
+                     summary: dict[str, float] | None = None,
+                     per_user: pd.DataFrame | None = None, prefix: str = "test_",
+                     register: str | None = None, alias: str = DEFAULT_ALIAS) -> str | None:
+    """After fitting (and evaluating): everything else a training run records; returns the
+    model URI.
+
+    ``summary``/``per_user``: the final evaluation (`EvalResult.summary` / ``.per_user`` with
+    internal user ids). Each piece is logged independently: one failing never stops the rest.
+    """
+    if not is_recording(tracker):
+        return None
+    from recsys.data.interactions import Dataset
+
+    run_dir = Path(run_dir)
+    tracker.run_dir = run_dir
+    dataset = dataset if dataset is not None else Dataset.load(data_dir)
+    if summary:
+        tracker.log_metrics({f"{prefix}{k}": v for k, v in summary.items()})
+    for name in ("config.yaml", "run.json", "metrics.json"):
+        tracker.log_artifact(run_dir / name)
+    history = getattr(model, "history_", None) or []
+    if history:
+        figure = _built(tracker, "learning curve", learning_curve, history,
+                        title=f"{model.name}: learning curve")
+        if figure is not None:
+            tracker.log_figure(figure, "learning_curve.png")
+            _close(figure)
+        tracker.log_table(pd.DataFrame(history), "history.json")
+    refit_history = getattr(model, "refit_history_", None) or []
+    if refit_history:  # the refit on train + valid (recsys.training.refit): its own table
+        tracker.log_table(pd.DataFrame(refit_history), "refit_history.json")
+    if per_user is not None and len(per_user):
+        table = per_user.copy()
+        table["user"] = dataset.users.lookup(table["user"].to_numpy())
+        _log_frame(tracker, table, "per_user_metrics")
+    sample = _built(tracker, "top-K sample", topk_sample, model, dataset)
+    if sample is not None:
+        tracker.log_table(sample, "topk_sample.json")
+    uri = tracker.log_model(run_dir, data_dir, register=register, alias=alias, dataset=dataset)
+    _record_in_run(tracker, run_dir, uri)
+    return uri
+
+
+def learning_curve(history: list[dict[str, float]], title: str = "learning curve") -> Any:
+    """Small multiples of every per-epoch series in ``model.history_`` (None if nothing to plot)."""
+    import matplotlib
+
+    if not os.environ.get("MPLBACKEND"):
+        matplotlib.use("Agg")  # no display needed: figures only go to files
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    frame = pd.DataFrame(history)
+    x = frame["epoch"].to_numpy() if "epoch" in frame else np.arange(1, len(frame) + 1)
+    series = [c for c in frame.columns if c not in ("epoch", "step")
+              and pd.api.types.is_numeric_dtype(frame[c]) and frame[c].notna().any()]
+    if not series:
+        return None
+    cols = min(3, len(series))
+    rows = -(-len(series) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, series, strict=False):
+        values = frame[name].to_numpy(dtype=float)
+        ok = np.isfinite(values)
+        ax.plot(x[ok], values[ok], marker="o", markersize=3)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(series):]:
+        ax.set_visible(False)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def topk_sample(model: Recommender, dataset: Dataset, n_users: int = SAMPLE_USERS,
+                k: int = SAMPLE_K, seed: int = 0) -> pd.DataFrame | None:
+    """Top-``k`` lists of a fixed random sample of users (titles joined when known)."""
+    from recsys.scoring.serving import TopKPredictor
+
+    if len(dataset.users) == 0 or len(dataset.items) == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    picked = np.sort(rng.choice(len(dataset.users), size=min(n_users, len(dataset.users)),
+                                replace=False))
+    predictor = TopKPredictor.from_dataset(model, dataset)
+    lists = predictor.predict(pd.DataFrame({"user": dataset.users.ids[picked]}),
+                              k=min(k, len(dataset.items)))
+    info = dataset.item_info
+    if info is not None and "title" in info.columns and "item" in info.columns:
+        titles = info[["item", "title"]].drop_duplicates("item")
+        titles = titles.assign(item=dataset.items.coerce(titles["item"].to_numpy()))
+        lists = lists.merge(titles, on="item", how="left")
+    return lists
+
+
+def _built(tracker: Tracker, what: str, build: Any, *args: Any, **kwargs: Any) -> Any:
+    """``build(...)``, or None with a warning: the model is trained and saved by now, and an
+    extra for the tracking UI must not turn the run into a failure."""
+    try:
+        return build(*args, **kwargs)
+    except Exception as exc:  # any bug or odd model: report it, keep the run
+        print(f"warning: MLflow: could not build the {what} ({type(exc).__name__}: {exc})",
+              file=sys.stderr)
+        tracker.failures.append(what)
+        return None
+
+
+def _log_frame(tracker: Tracker, table: pd.DataFrame, stem: str) -> None:
+    if len(table) <= MAX_JSON_TABLE_ROWS:
+        tracker.log_table(table, f"{stem}.json")
+        return
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{stem}.parquet"
+        table.to_parquet(path, index=False)
+        tracker.log_artifact(path)
+
+
+def _record_in_run(tracker: Tracker, run_dir: Path, model_uri: str | None) -> None:
+    """Point the run directory at its MLflow run (so later commands can find it)."""
+    from recsys.run import RUN_FILE, update_run
+
+    if not (run_dir / RUN_FILE).is_file():
+        return
+    record = {"run_id": tracker.run_id,
+              "tracking_uri": tracker.tracking_uri, "model_uri": model_uri}
+    registered = tracker.registered
+    if registered:
+        record["registered"] = {"name": registered[0], "version": registered[1]}
+    update_run(run_dir, mlflow=record)
+
+
+def _close(figure: Any) -> None:
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
