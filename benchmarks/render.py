@@ -232,22 +232,24 @@ def render_study(results: dict[str, Any]) -> list[str]:
     for label, r in (("defaults (no `--config`)", default),
                      (f"`--tune --trials {st['trials']}`", st["tuned"])):
         if "error" in r:
-            rows.append([label, r["error"], "", "", "", "", ""])
+            rows.append([label, r["error"], "", "", "", "", "", ""])
             continue
         base = None if "error" in default else default["wall_seconds"]
         trials = (f"{st['trials']} ({r['pruned']} pruned)" if "pruned" in r else
                   "-" if r is default else str(st["trials"]))
-        rows.append([label, num(r["wall_seconds"], 0), ratio(r["wall_seconds"], base), trials,
+        rows.append([label, num(r["wall_seconds"], 0), num(r["cpu_seconds"], 0),
+                     ratio(r["wall_seconds"], base), trials,
                      num(r["ndcg@100"], 4), num(r["recall@20"], 4), num(r.get("recall@50"), 4)])
     return [head, "",
             f"`recsys train multdae --data <split> --no-track` on the {st['data']} split (the "
             "protocol above), with its defaults and with an Optuna study (TPE, median pruning on "
             "the per-epoch validation metric) over its declared search space on the validation "
             "part; the wall time is the whole call: the study, the refit on train + valid with "
-            "the chosen config and the test evaluation. Both on one thread (OMP_NUM_THREADS=1).",
+            "the chosen config and the test evaluation. Both on one thread (OMP_NUM_THREADS=1); "
+            "CPU s below wall s means the core was shared with other jobs.",
             "",
-            table(["Mult-DAE", "wall s", "/ defaults", "trials", "test ndcg@100", "recall@20",
-                   "recall@50"], rows), ""]
+            table(["Mult-DAE", "wall s", "CPU s", "wall / defaults", "trials", "test ndcg@100",
+                   "recall@20", "recall@50"], rows), ""]
 
 
 def ratio(a: float | None, b: float | None) -> str:

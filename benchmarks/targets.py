@@ -266,7 +266,8 @@ def _study(results: dict[str, Any]) -> Figure | Unmeasured | None:
               f"({wall / default['wall_seconds']:.1f}x), test NDCG@100 {tuned['ndcg@100']:.4f} "
               f"tuned vs {default['ndcg@100']:.4f}")
     why = (f"`recsys train multdae --tune --trials {st['trials']}` on {st['data']}, one thread, "
-           f"the refit and the test evaluation included: {wall:.0f} s wall{beside}; "
+           f"the refit and the test evaluation included: {wall:.0f} s wall "
+           f"({tuned['cpu_seconds']:.0f} CPU s){beside}; "
            f"{tuned.get('pruned', '?')} of {st['trials']} trials pruned; "
            f"{results['machine']['usable_cores']} usable cores here")
     if st["trials"] != STUDY_TRIALS:  # --quick: the path is checked, the target is not

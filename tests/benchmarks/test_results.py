@@ -140,7 +140,7 @@ def test_the_mult_dae_study_is_judged_on_its_whole_wall_time(tmp_path, trials, w
     assert f"({wall / default:.1f}x)" in row[3] and "0.4630 tuned vs 0.4624" in row[3]
     section = markdown.split("### Mult-DAE: a")[1].split("\n## ")[0]
     tuned = _target_row(section, f"`--tune --trials {trials}`")
-    assert tuned[1:4] == [f"{wall:,.0f}", f"{wall / default:.2f}", f"{trials} (15 pruned)"]
+    assert tuned[1:5] == [f"{wall:,.0f}", "70", f"{wall / default:.2f}", f"{trials} (15 pruned)"]
 
 
 def test_results_without_a_study_have_no_study_row(rendered):
