@@ -3,6 +3,7 @@ as `recsys` logs them, so that what a user sees in the UI is checked rather than
 
     python benchmarks/ui_screenshots.py                  # writes benchmarks/ui/*.png
     python benchmarks/ui_screenshots.py --trials 6 --epochs 20 --out DIR --keep WORKDIR
+    python benchmarks/ui_screenshots.py --keep WORKDIR --screenshots-only   # again, no training
 
 It starts an `mlflow server` on loopback (sqlite + local artifacts in a temporary folder), prepares
 ml-latest-small (embedded in the repository), runs `recsys train multdae --tune --trials N` into
@@ -10,13 +11,16 @@ experiment `recsys` and `recsys compare` (pop, EASE, Mult-DAE) into `recsys-comp
 the UI in Debian's headless chromium (`apt-get install chromium chromium-driver`) through
 chromedriver's W3C WebDriver HTTP API (plain urllib: no selenium) and saves 1400x900 PNGs:
 
-    study_runs.png          the study: parent run expanded, its trials nested under it
-    study_parent.png        the study's parent run: best.* params, best_valid_* metric
-    compare_runs.png        the comparison: parent expanded, models with their test metrics
-    compare_view.png        MLflow's compare view of the model runs (metrics side by side)
-    learning_curve.png      the Mult-DAE run's per-epoch charts (valid NDCG@100, loss)
-    compare_parent.png      the comparison parent run: comparison.png among its artifacts
+    study_runs.png        the study: parent run expanded, its trials nested under it (state,
+                          trial_valid_ndcg_at_100, the sampled params)
+    study_parent.png      the study's parent run: best_valid_ndcg_at_100, best.* params, child runs
+    compare_runs.png      the comparison: parent expanded, one child run per model, test metrics
+    compare_charts.png    the runs page's chart view: the models' test metrics as bars
+    compare_view.png      MLflow's compare view of the model runs (run details, the metrics table)
+    learning_curve.png    the Mult-DAE run's per-epoch charts (loss, nll, valid_ndcg_at_100)
+    compare_parent.png    the comparison parent run: comparison.png among its artifacts
 
+About 8 minutes on 2 shared CPU cores (the study and the comparison; the screenshots take ~1).
 `tests/tracking/test_ui_browser.py` drives the same `Browser` and `show_nested_runs` to check the
 study's DOM.
 """
@@ -201,8 +205,9 @@ def prepare_page(browser: Browser, base: str) -> None:
             .pop() || null;"""
     browser.wait(toggle, what="the workflow toggle")
     browser.run(toggle.replace("return ", "const t = ", 1) + " t.click();")
-    browser.wait("return !!document.querySelector('button[aria-label=Close]')",
-                 what="the assistant panel", timeout=5)
+    with contextlib.suppress(BrowserError):  # the panel may not open at all
+        browser.wait("return !!document.querySelector('button[aria-label=Close]')",
+                     what="the assistant panel", timeout=5)
     browser.run("document.querySelectorAll('button[aria-label=Close]').forEach(b => b.click())")
 
 
@@ -285,15 +290,12 @@ def _recsys(args: list[str], cwd: Path) -> None:
 
 
 def log_study(uri: str, data: Path, work: Path, trials: int, epochs: int,
-              experiment: str = "recsys", name: str = "multdae-study") -> str:
+              experiment: str = "recsys", name: str = "multdae-study") -> None:
     """`recsys train multdae --tune --trials N` into ``experiment``; the parent run is named
-    after its run directory (``name``). Returns the experiment id."""
+    after its run directory (``name``)."""
     _recsys(["train", "multdae", "--data", str(data), "--out", str(work / "runs" / name),
              "--tune", "--trials", str(trials), "--set", f"epochs={epochs}", "--set",
              "device=cpu", "--tracking-uri", uri, "--experiment", experiment, "--quiet"], work)
-    from mlflow import MlflowClient
-
-    return str(MlflowClient(uri).get_experiment_by_name(experiment).experiment_id)
 
 
 def log_comparison(uri: str, data: Path, work: Path, epochs: int) -> None:
@@ -337,7 +339,11 @@ def screenshot_study(browser: Browser, uri: str, out: Path) -> None:
 
     browser.open(f"{uri}/#/experiments/{experiment_id}/runs/{parent.info.run_id}")
     browser.wait_text("best_valid_ndcg_at_100", "About this run")
+    # Filtered to the study's outcome: its best score and the best trial's params.
+    browser.type("input[placeholder='Search metrics']", "best_")
     browser.type("input[placeholder='Search parameters']", "best.")
+    browser.run("document.querySelector('input[placeholder=\"Search metrics\"]')"
+                ".scrollIntoView({block: 'center'})")
     _settle()
     browser.screenshot(out / "study_parent.png")
 
@@ -406,7 +412,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="epochs of the compared Mult-DAE")
     parser.add_argument("--keep", type=Path, default=None,
                         help="work folder to keep (server store, prepared data, run folders)")
+    parser.add_argument("--screenshots-only", action="store_true",
+                        help="with --keep: take the screenshots of the runs already logged there")
     args = parser.parse_args(argv)
+    if args.screenshots_only and args.keep is None:
+        parser.error("--screenshots-only needs --keep WORKDIR")
     if reason := missing_browser():
         print(f"error: {reason}", file=sys.stderr)
         return 2
@@ -423,8 +433,9 @@ def main(argv: list[str] | None = None) -> int:
             _recsys(["prepare", "ml-latest-small", "--split", "random", "--implicit-threshold",
                      "4", "--min-user-interactions", "5", "--seed", "0", "--out", str(data),
                      "--quiet"], work)
-        log_study(uri, data, work, args.trials, args.epochs)
-        log_comparison(uri, data, work, args.compare_epochs)
+        if not args.screenshots_only:
+            log_study(uri, data, work, args.trials, args.epochs)
+            log_comparison(uri, data, work, args.compare_epochs)
         logged = time.monotonic()
         args.out.mkdir(parents=True, exist_ok=True)
         with Browser() as browser:
@@ -437,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     for png in sorted(args.out.glob("*.png")):
         print(f"{png}  {png.stat().st_size // 1024} KB")
-    print(f"runs logged in {logged - started:.0f} s, screenshots in "
+    print(f"server and runs ready in {logged - started:.0f} s, screenshots in "
           f"{time.monotonic() - logged:.0f} s")
     return 0
 
