@@ -206,7 +206,7 @@ def resolved_config(model_cls: type, args: argparse.Namespace
     if grid is not None:
         grid = check_grid(model, grid, where=f"{args.config}: tune")
     else:
-        grid = default_grid(model.name) or {}
+        grid = default_grid(model) or {}
     return config, grid, load_space(model, getattr(args, "search_space", None))
 
 
@@ -218,7 +218,7 @@ def load_space(model: Any, path: str | None) -> dict[str, Any]:
     from recsys.training.search import check_space
 
     if path is None:
-        return check_space(model, default_space(model.name), where=f"{model.name} search space")
+        return check_space(model, default_space(model), where=f"{model.name} search space")
     return check_space(model, load_yaml(path), where=f"{path}")
 
 

@@ -24,6 +24,7 @@ import scipy.sparse as sp
 import torch
 
 from recsys.data.interactions import EvalSplit
+from recsys.data.tensors import csr_to_dense
 from recsys.errors import RecsysError
 from recsys.evaluation.metrics import (
     RATING_METRICS,
@@ -59,17 +60,6 @@ class EvalResult:
     seconds: float = 0.0
     # Rating metrics are global over held-out ratings; with them per_user also has `n_ratings`,
     # so that confidence intervals can weight users by how many ratings they contribute.
-
-
-def _dense_bool(rows: sp.csr_matrix, device: torch.device) -> torch.Tensor:
-    """A CSR batch as a dense bool tensor built on ``device``."""
-    n, m = rows.shape
-    out = torch.zeros(n, m, dtype=torch.bool, device=device)
-    counts = torch.from_numpy(np.diff(rows.indptr).astype(np.int64))
-    row_ids = torch.repeat_interleave(torch.arange(n), counts).to(device)
-    cols = torch.from_numpy(rows.indices.astype(np.int64)).to(device)
-    out[row_ids, cols] = True
-    return out
 
 
 @dataclass
@@ -166,7 +156,7 @@ def evaluate(model: object, split: EvalSplit, metrics: list[str] | str, *,
             valid = torch.isfinite(top_v)
             if per_user_names:
                 target_rows = target[batch]
-                dense = _dense_bool(target_rows, top_i.device)
+                dense = csr_to_dense(target_rows, top_i.device, dtype=torch.bool)
                 hits = torch.gather(dense, 1, top_i) & valid
                 n_rel = torch.from_numpy(np.diff(target_rows.indptr)).to(top_i.device)
                 for name, value in ranking_metrics(hits, n_rel, per_user_names).items():

@@ -23,7 +23,7 @@ from recsys.config import TrainConfig
 from recsys.data.interactions import Interactions
 from recsys.errors import RecsysError
 from recsys.models.base import FitContext, csr_to_dense
-from recsys.models.neural import Batch, NeuralRecommender
+from recsys.models.neural import NEURAL_SPACE, Batch, NeuralRecommender
 from recsys.models.nn import ACTIVATIONS, Activation, WeightsCache
 
 # Fallback labels, as written in `recsys predict`'s `fallback` column ("" = the model predicted).
@@ -91,6 +91,13 @@ class AutoRec(NeuralRecommender):
 
     name: ClassVar[str] = "autorec"
     Config: ClassVar[type[TrainConfig]] = AutoRecConfig
+    # What --tune searches: the grid, and the Optuna study's space (`recsys.models.tuning`).
+    tune_grid = {"l2_lambda": [30.0, 100.0, 300.0], "hidden": [300, 500]}
+    search_space = {
+        **NEURAL_SPACE,
+        "l2_lambda": {"low": 1.0, "high": 1000.0, "log": True},
+        "hidden": {"low": 100, "high": 1000, "step": 100},
+    }
     family: ClassVar[str] = "autoencoder"
     explicit: ClassVar[bool] = True
     loss_reduction: ClassVar[str] = "sum"  # squared error summed over observed entries

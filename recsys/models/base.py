@@ -24,8 +24,6 @@ import hashlib
 import io
 import json
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -36,31 +34,16 @@ import torch
 from recsys.config import StrictConfig, validate_config
 from recsys.data.interactions import EvalSplit, Interactions
 from recsys.data.io import atomic_path, write_json
+from recsys.data.tensors import csr_to_dense
 from recsys.errors import RecsysError
-from recsys.tracking.base import Tracker
+from recsys.training.api import FitContext
+
+# FitContext (the training protocol's) and csr_to_dense (the data layer's) are re-exported:
+# every model reaches them here.
+__all__ = ["FitContext", "Recommender", "csr_to_dense"]
 
 WEIGHTS_FILE = "weights.pt"
 MODEL_FILE = "model.json"
-
-
-@dataclass
-class FitContext:
-    """Run-level options a model's ``fit`` may use (the training engine reads them)."""
-
-    run_dir: Path | None = None
-    tracker: Tracker = field(default_factory=Tracker)
-    resume: bool = False
-    quiet: bool = True
-    # Everything the model needs to know about the data beyond the matrix (implicit flag,
-    # rating scale), taken from the prepared dataset's metadata.
-    data_meta: dict[str, Any] = field(default_factory=dict)
-    # Set for a refit on train + valid (`recsys.training.refit`): the training engine runs
-    # exactly this many epochs, with no validation, and keeps the refit's checkpoints in their own
-    # folder (`refit_checkpoint_dir`), apart from those of the fit that chose the epoch count.
-    refit_epochs: int | None = None
-    # Called with (epoch, value) after each per-epoch validation of the training engine: a search
-    # reports the curve to its pruner, which stops a bad trial by raising from it.
-    on_validation: Callable[[int, float], None] | None = None
 
 
 class Recommender:
@@ -70,6 +53,11 @@ class Recommender:
     Config: ClassVar[type[StrictConfig]] = StrictConfig
     family: ClassVar[str] = "baseline"  # for tags: baseline | autoencoder | vae | gan
     explicit: ClassVar[bool] = False  # predicts ratings (rmse/mae) rather than only ranking
+    # What `--tune` searches (`recsys.models.tuning`): ``tune_grid`` {key: [values]} (None: no
+    # default grid; the closed-form baselines tune by it) and ``search_space``, the Optuna
+    # study's {key: {low, high[, log][, step]} | {choices: [...]}} (`recsys.training.search`).
+    tune_grid: ClassVar[dict[str, list[Any]] | None] = None
+    search_space: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, **params: Any) -> None:
         self.config = validate_config(self.Config, params, where=f"{self.name} config")
@@ -229,23 +217,3 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RecsysError(f"device '{name}' requested but CUDA is not available")
     return device
-
-
-def csr_to_dense(rows: sp.csr_matrix, device: torch.device | str = "cpu",
-                 binary: bool = False) -> torch.Tensor:
-    """Densify a CSR batch as a float32 tensor on ``device`` (built there, no dense host copy)."""
-    rows = rows.tocsr()
-    n, m = rows.shape
-    device = torch.device(device)
-    indptr = torch.from_numpy(rows.indptr.astype(np.int64))
-    indices = torch.from_numpy(rows.indices.astype(np.int64))
-    values = torch.from_numpy(rows.data.astype(np.float32))
-    if binary:
-        values = torch.ones_like(values)
-    if device.type == "cuda":
-        indptr, indices, values = (t.pin_memory().to(device, non_blocking=True)
-                                   for t in (indptr, indices, values))
-    row_ids = torch.repeat_interleave(torch.arange(n, device=device), indptr[1:] - indptr[:-1])
-    out = torch.zeros(n, m, dtype=torch.float32, device=device)
-    out[row_ids, indices] = values
-    return out

@@ -96,6 +96,9 @@ class Popularity(_Baseline):
 
     name: ClassVar[str] = "pop"
     Config: ClassVar[type[StrictConfig]] = PopularityConfig
+    # What --tune searches: the grid, and the Optuna study's space (`recsys.models.tuning`).
+    tune_grid = {}
+    search_space = {}
 
     def fit(self, train: Interactions, valid: EvalSplit | None = None,
             ctx: FitContext | None = None) -> Self:
@@ -141,6 +144,12 @@ class ItemKNN(_Baseline):
 
     name: ClassVar[str] = "itemknn"
     Config: ClassVar[type[StrictConfig]] = ItemKNNConfig
+    # What --tune searches: the grid, and the Optuna study's space (`recsys.models.tuning`).
+    tune_grid = {"k": [10, 20, 50, 100, 200, 500], "shrink": [0.0, 10.0, 50.0, 100.0]}
+    search_space = {
+        "k": {"low": 5, "high": 1000, "log": True},
+        "shrink": {"low": 0.0, "high": 200.0},
+    }
 
     def fit(self, train: Interactions, valid: EvalSplit | None = None,
             ctx: FitContext | None = None) -> Self:
@@ -216,6 +225,9 @@ class EASE(_Baseline):
 
     name: ClassVar[str] = "ease"
     Config: ClassVar[type[StrictConfig]] = EASEConfig
+    # What --tune searches: the grid, and the Optuna study's space (`recsys.models.tuning`).
+    tune_grid = {"lambda_": [50.0, 100.0, 200.0, 300.0, 500.0, 800.0, 1000.0, 2000.0]}
+    search_space = {"lambda_": {"low": 10.0, "high": 10000.0, "log": True}}
 
     def fit(self, train: Interactions, valid: EvalSplit | None = None,
             ctx: FitContext | None = None) -> Self:
@@ -356,6 +368,17 @@ class ALS(_FactorModel):
 
     name: ClassVar[str] = "als"
     Config: ClassVar[type[StrictConfig]] = ALSConfig
+    # What --tune searches: the grid, and the Optuna study's space (`recsys.models.tuning`).
+    tune_grid = {
+        "factors": [64, 256],
+        "regularization": [1.0, 10.0, 30.0, 100.0],
+        "alpha": [1.0, 10.0, 30.0],
+    }
+    search_space = {
+        "factors": {"low": 16, "high": 512, "log": True},
+        "regularization": {"low": 0.01, "high": 300.0, "log": True},
+        "alpha": {"low": 0.5, "high": 100.0, "log": True},
+    }
 
     def _make_implicit(self, use_gpu: bool) -> Any:
         from implicit.als import AlternatingLeastSquares
@@ -407,6 +430,17 @@ class BPR(_FactorModel):
 
     name: ClassVar[str] = "bpr"
     Config: ClassVar[type[StrictConfig]] = BPRConfig
+    # What --tune searches: the grid, and the Optuna study's space (`recsys.models.tuning`).
+    tune_grid = {
+        "factors": [32, 64, 128],
+        "learning_rate": [0.003, 0.01, 0.03],
+        "regularization": [0.01, 0.1],
+    }
+    search_space = {
+        "factors": {"low": 16, "high": 256, "log": True},
+        "learning_rate": {"low": 0.001, "high": 0.1, "log": True},
+        "regularization": {"low": 0.0001, "high": 1.0, "log": True},
+    }
 
     def _make_implicit(self, use_gpu: bool) -> Any:
         from implicit.bpr import BayesianPersonalizedRanking

@@ -30,7 +30,7 @@ from torch import nn
 
 from recsys.config import TrainConfig
 from recsys.data.interactions import Interactions
-from recsys.models.neural import Batch, NeuralRecommender
+from recsys.models.neural import NEURAL_SPACE, Batch, NeuralRecommender
 from recsys.models.nn import (
     activation_function,
     binarize,
@@ -95,6 +95,14 @@ class CDAE(NeuralRecommender):
     family = "autoencoder"
     Config = CDAEConfig
     config: CDAEConfig
+    # What --tune searches: the grid, and the Optuna study's space (`recsys.models.tuning`).
+    tune_grid = {"corruption": [0.2, 0.5, 0.8]}
+    search_space = {
+        **NEURAL_SPACE,
+        "corruption": {"low": 0.0, "high": 0.9},
+        "hidden_dim": {"low": 50, "high": 600, "step": 50},
+        "l2": {"low": 1e-06, "high": 0.01, "log": True},
+    }
 
     def build(self, n_users: int, n_items: int) -> None:
         c = self.config

@@ -256,6 +256,14 @@ class CFGAN(NeuralRecommender):
     name: ClassVar[str] = "cfgan"
     family: ClassVar[str] = "gan"
     Config: ClassVar[type[TrainConfig]] = CFGANConfig
+    # What --tune searches: the grid, and the Optuna study's space (`recsys.models.tuning`).
+    tune_grid = {"g_reg": [0.001, 0.01], "d_hidden": [125, 250]}
+    search_space = {
+        "lr": {"low": 1e-05, "high": 0.001, "log": True},
+        "g_reg": {"low": 0.0001, "high": 0.1, "log": True},
+        "d_hidden": {"low": 50, "high": 500, "step": 50},
+        "zr_coefficient": {"low": 0.001, "high": 0.3, "log": True},
+    }
     manual_optimization: ClassVar[bool] = True
     config: CFGANConfig
     network: CFGANNetwork

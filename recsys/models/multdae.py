@@ -18,7 +18,7 @@ from torch import nn
 
 from recsys.config import TrainConfig
 from recsys.data.interactions import Interactions
-from recsys.models.neural import Batch, NeuralRecommender
+from recsys.models.neural import NEURAL_SPACE, Batch, NeuralRecommender
 from recsys.models.nn import (
     PositiveInt,
     binarize,
@@ -68,6 +68,14 @@ class MultDAE(NeuralRecommender):
     cuda_graph_safe = True
     Config = MultDAEConfig
     config: MultDAEConfig
+    # What --tune searches: the grid, and the Optuna study's space (`recsys.models.tuning`).
+    tune_grid = {"l2": [0.0001, 0.001, 0.01]}
+    search_space = {
+        **NEURAL_SPACE,
+        "dropout": {"low": 0.0, "high": 0.8},
+        "hidden_dims": {"choices": [[100], [200], [600]]},
+        "l2": {"low": 1e-05, "high": 0.1, "log": True},
+    }
 
     def build(self, n_users: int, n_items: int) -> None:
         c = self.config

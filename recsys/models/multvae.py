@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
@@ -33,7 +32,7 @@ from torch import nn
 from recsys.config import TrainConfig
 from recsys.data.interactions import Interactions
 from recsys.models.base import FitContext
-from recsys.models.neural import Batch, NeuralRecommender
+from recsys.models.neural import NEURAL_SPACE, Batch, NeuralRecommender
 from recsys.models.nn import (
     PositiveInt,
     binarize,
@@ -45,6 +44,8 @@ from recsys.models.nn import (
     multinomial_nll,
     weights_must_match,
 )
+from recsys.training.api import batches_per_epoch as api_batches_per_epoch
+from recsys.training.api import trained_rows
 
 # -- the KL term -------------------------------------------------------------------------------
 
@@ -141,14 +142,11 @@ class MultVAENetwork(nn.Module):
 
 def batches_per_epoch(model: NeuralRecommender, train: Interactions) -> int:
     """Steps in one epoch of the trainer on ``train``: its empty rows skipped (unless the model
-    trains on them), the last partial batch kept (`recsys.training.trainer.RowSampler`). Under
-    torchrun ``batch_size`` is the global batch, so this is the count of global steps."""
-    from recsys.training.trainer import RowSampler
-
+    trains on them), the last partial batch kept (the engine's rule, `recsys.training.api`).
+    Under torchrun ``batch_size`` is the global batch, so this is the count of global steps."""
     matrix = model.training_matrix(train).tocsr()
-    rows = (np.arange(matrix.shape[0]) if model.train_on_empty_rows
-            else np.flatnonzero(np.diff(matrix.indptr)))
-    return max(1, len(RowSampler(rows, model.config.batch_size)))
+    rows = trained_rows(matrix, model.train_on_empty_rows)
+    return max(1, api_batches_per_epoch(len(rows), model.config.batch_size))
 
 
 class MultVAEConfig(TrainConfig):
@@ -204,6 +202,16 @@ class MultVAE(NeuralRecommender):
     cuda_graph_safe = True
     Config = MultVAEConfig
     config: MultVAEConfig
+    # What --tune searches: the grid, and the Optuna study's space (`recsys.models.tuning`).
+    tune_grid = {"anneal_cap": [0.1, 0.2, 0.5]}
+    search_space = {
+        **NEURAL_SPACE,
+        "dropout": {"low": 0.0, "high": 0.8},
+        "latent_dim": {"low": 50, "high": 400, "step": 50},
+        "hidden_dims": {"choices": [[200], [600], [600, 400]]},
+        "anneal_cap": {"low": 0.05, "high": 1.0},
+        "anneal_epochs": {"low": 10.0, "high": 300.0, "log": True},
+    }
 
     def build(self, n_users: int, n_items: int) -> None:
         c = self.config

@@ -3,7 +3,9 @@
 The model owns its network, its loss and its training step; the trainer owns the loop (batches,
 optimiser, LR schedule, gradient clipping, bf16 autocast, validation, early stopping with the best
 weights restored, checkpoints and resume, seeds, devices, progress, NaN guard, tracker) and knows
-nothing model-specific. ``NeuralRecommender.fit`` simply calls `recsys.training.fit`.
+nothing model-specific. ``NeuralRecommender.fit`` hands the model to the engine through the
+training protocol (`recsys.training.api`: `Batch`, `FitContext`, `FitCallbacks`), the one part
+of `recsys.training` a model imports.
 
 A subclass sets ``name``, ``Config`` (a subclass of `TrainConfig`, so every engine option is a
 config key) and implements:
@@ -54,8 +56,7 @@ makes a resumed run equal an uninterrupted one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import Any, ClassVar, Self
 
 import numpy as np
 import scipy.sparse as sp
@@ -64,17 +65,17 @@ import torch
 from recsys.config import TrainConfig
 from recsys.data.interactions import EvalSplit, Interactions
 from recsys.models.base import FitContext, Recommender, csr_to_dense
+from recsys.training.api import Batch, TrainResult
+from recsys.training.api import fit as train_with_engine
 
-if TYPE_CHECKING:
-    from recsys.training.trainer import TrainResult
+__all__ = ["NEURAL_SPACE", "Batch", "NeuralRecommender"]
 
-
-@dataclass
-class Batch:
-    """One training batch: dense rows on the device and their row indices in the matrix."""
-
-    rows: torch.Tensor  # (batch, n_columns) float32, on the training device
-    index: torch.Tensor  # (batch,) int64 row ids (user ids, or item ids for item-based models)
+# The engine's keys every neural model's search space starts from: learning rates vary over
+# orders of magnitude (log-uniform); weight decay is a few fixed strengths, 0 among them.
+NEURAL_SPACE: dict[str, dict[str, Any]] = {
+    "lr": {"low": 1e-4, "high": 1e-2, "log": True},
+    "weight_decay": {"choices": [0.0, 1e-6, 1e-5, 1e-4]},
+}
 
 
 class NeuralRecommender(Recommender):
@@ -117,9 +118,7 @@ class NeuralRecommender(Recommender):
 
     def fit(self, train: Interactions, valid: EvalSplit | None = None,
             ctx: FitContext | None = None) -> Self:
-        from recsys.training import fit
-
-        fit(self, train, valid, ctx)
+        train_with_engine(self, train, valid, ctx)
         return self
 
     def score(self, users: np.ndarray, history: sp.csr_matrix) -> torch.Tensor:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
@@ -33,7 +32,7 @@ from torch import nn
 
 from recsys.config import TrainConfig
 from recsys.data.interactions import Interactions
-from recsys.models.neural import Batch, NeuralRecommender
+from recsys.models.neural import NEURAL_SPACE, Batch, NeuralRecommender
 from recsys.models.nn import (
     binarize,
     build_optimizer,
@@ -43,6 +42,7 @@ from recsys.models.nn import (
     multinomial_nll,
     weights_must_match,
 )
+from recsys.training.api import batches_per_epoch, trained_rows
 
 MIXTURE_WEIGHTS = (3 / 20, 3 / 4, 1 / 10)  # standard normal, old posterior, wide normal
 WIDE_LOGVAR = 10.0
@@ -130,6 +130,14 @@ class RecVAE(NeuralRecommender):
     family = "vae"
     Config = RecVAEConfig
     config: RecVAEConfig
+    # What --tune searches: the grid, and the Optuna study's space (`recsys.models.tuning`).
+    tune_grid = {"gamma": [0.01, 0.02, 0.04]}
+    search_space = {
+        **NEURAL_SPACE,
+        "dropout": {"low": 0.0, "high": 0.8},
+        "gamma": {"low": 0.002, "high": 0.2, "log": True},
+        "latent_dim": {"low": 50, "high": 400, "step": 50},
+    }
     manual_optimization = True
 
     def build(self, n_users: int, n_items: int) -> None:
@@ -141,9 +149,9 @@ class RecVAE(NeuralRecommender):
 
     def training_matrix(self, train: Interactions) -> sp.csr_matrix:
         matrix = train.binary()
-        # The trainer batches the non-empty rows: the phase of a step depends on their count.
-        rows = int(np.count_nonzero(np.diff(matrix.indptr)))
-        self._batches_per_epoch = max(1, -(-rows // self.config.batch_size))
+        # The phase of a step depends on the engine's batch count (its rule, one home).
+        rows = len(trained_rows(matrix, self.train_on_empty_rows))
+        self._batches_per_epoch = max(1, batches_per_epoch(rows, self.config.batch_size))
         return matrix
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:

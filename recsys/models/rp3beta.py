@@ -51,6 +51,17 @@ class RP3beta(SparseItemItem):
 
     name: ClassVar[str] = "rp3beta"
     Config: ClassVar[type[StrictConfig]] = RP3betaConfig
+    # What --tune searches: the grid, and the Optuna study's space (`recsys.models.tuning`).
+    tune_grid = {
+        "alpha": [0.6, 0.8, 1.0],
+        "beta": [0.2, 0.3, 0.4, 0.5, 0.6],
+        "k": [50, 100, 200],
+    }
+    search_space = {
+        "alpha": {"low": 0.1, "high": 2.0},
+        "beta": {"low": 0.0, "high": 1.0},
+        "k": {"low": 10, "high": 1000, "log": True},
+    }
 
     def fit(self, train: Interactions, valid: EvalSplit | None = None,
             ctx: FitContext | None = None) -> Self:

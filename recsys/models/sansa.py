@@ -70,6 +70,9 @@ class SANSA(SparseItemItem):
 
     name: ClassVar[str] = "sansa"
     Config: ClassVar[type[StrictConfig]] = SANSAConfig
+    # What --tune searches: the grid, and the Optuna study's space (`recsys.models.tuning`).
+    tune_grid = {"l2": [50.0, 100.0, 200.0, 500.0, 1000.0]}
+    search_space = {"l2": {"low": 10.0, "high": 5000.0, "log": True}}
     weight_names: ClassVar[tuple[str, ...]] = ("w1", "w2")
 
     def fit(self, train: Interactions, valid: EvalSplit | None = None,

@@ -63,6 +63,12 @@ class SLIM(SparseItemItem):
 
     name: ClassVar[str] = "slim"
     Config: ClassVar[type[StrictConfig]] = SLIMConfig
+    # What --tune searches: the grid, and the Optuna study's space (`recsys.models.tuning`).
+    tune_grid = {"alpha": [0.05, 0.1, 0.2, 0.5, 1.0], "l1_ratio": [0.001, 0.01]}
+    search_space = {
+        "alpha": {"low": 0.01, "high": 10.0, "log": True},
+        "l1_ratio": {"low": 0.0001, "high": 0.5, "log": True},
+    }
 
     def fit(self, train: Interactions, valid: EvalSplit | None = None,
             ctx: FitContext | None = None) -> Self:

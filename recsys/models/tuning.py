@@ -4,10 +4,11 @@ Every candidate is ``sklearn.base.clone(model).set_params(**candidate)``, fitted
 matrix and scored on the validation `EvalSplit` by one harness metric (``ndcg@100`` by default).
 The best candidate's parameters and the whole per-candidate table come back in a `TuneResult`.
 
-`DEFAULT_GRIDS` is the one home of every model's default grid (``--tune`` without a ``tune:``
-section); configs/MODEL.yaml repeats it as documentation (tests/models/test_default_configs.py
-keeps the two equal). A ``tune:`` section in a --config file (``{key: [values]}``) replaces the
-default grid of that model.
+Each model declares its default grid (``tune_grid``, ``--tune`` without a ``tune:`` section) and
+its Optuna space (``search_space``) on its class, next to its config (`default_grid`,
+`default_space` read them); configs/MODEL.yaml repeats both as documentation
+(tests/models/test_default_configs.py keeps them equal). A ``tune:`` section in a --config file
+(``{key: [values]}``) replaces the default grid of that model.
 """
 
 from __future__ import annotations
@@ -30,31 +31,14 @@ from recsys.models.base import FitContext, Recommender
 
 DEFAULT_METRIC = "ndcg@100"
 
-# Ranges chosen to bracket the optimum seen on ml-100k (implicit >= 4 stars, validation part):
-# EASE's best lambda lies in 200..500 there and grows with the data (Steck used 500 on ML-20M).
+# How the models' default grids were chosen: to bracket the optimum seen on ml-100k (implicit
+# >= 4 stars, validation part): EASE's best lambda lies in 200..500 there and grows with the
+# data (Steck used 500 on ML-20M).
 # ALS wants regularisation that grows with the confidence alpha (best near reg/alpha = 3..10:
 # 10/1, 30/10, 100/30), and the factor count matters little once regularised that strongly.
 # BPR does best with small learning rates. The neural grids bracket the one setting that
 # mattered most on ml-100k's validation part around the chosen default (configs/MODEL.yaml says
 # what was measured); each candidate is a full fit. Override any grid with a `tune:` section.
-DEFAULT_GRIDS: dict[str, dict[str, list[Any]]] = {
-    "pop": {},
-    "ease": {"lambda_": [50.0, 100.0, 200.0, 300.0, 500.0, 800.0, 1000.0, 2000.0]},
-    "itemknn": {"k": [10, 20, 50, 100, 200, 500], "shrink": [0.0, 10.0, 50.0, 100.0]},
-    "als": {"factors": [64, 256], "regularization": [1.0, 10.0, 30.0, 100.0],
-            "alpha": [1.0, 10.0, 30.0]},
-    "bpr": {"factors": [32, 64, 128], "learning_rate": [0.003, 0.01, 0.03],
-            "regularization": [0.01, 0.1]},
-    "rp3beta": {"alpha": [0.6, 0.8, 1.0], "beta": [0.2, 0.3, 0.4, 0.5, 0.6], "k": [50, 100, 200]},
-    "slim": {"alpha": [0.05, 0.1, 0.2, 0.5, 1.0], "l1_ratio": [0.001, 0.01]},
-    "sansa": {"l2": [50.0, 100.0, 200.0, 500.0, 1000.0]},
-    "autorec": {"l2_lambda": [30.0, 100.0, 300.0], "hidden": [300, 500]},
-    "multvae": {"anneal_cap": [0.1, 0.2, 0.5]},
-    "multdae": {"l2": [0.0001, 0.001, 0.01]},
-    "cdae": {"corruption": [0.2, 0.5, 0.8]},
-    "recvae": {"gamma": [0.01, 0.02, 0.04]},
-    "cfgan": {"g_reg": [0.001, 0.01], "d_hidden": [125, 250]},
-}
 
 
 @dataclass
@@ -93,58 +77,28 @@ class TuneResult:
         return _best_position(values, lower_is_better(self.metric))
 
 
-# Every model's declared search space for an Optuna study (recsys.training.search, where the
-# spec format is described): `--tune --trials N`, and `--tune` alone for the neural models.
-# Learning rates, weight decay and penalties vary over orders of magnitude: log-uniform. The
-# ranges contain the grids above and the defaults of configs/MODEL.yaml.
-_NEURAL = {"lr": {"low": 1e-4, "high": 1e-2, "log": True},
-           "weight_decay": {"choices": [0.0, 1e-6, 1e-5, 1e-4]}}
-DEFAULT_SPACES: dict[str, dict[str, dict[str, Any]]] = {
-    "pop": {},
-    "ease": {"lambda_": {"low": 10.0, "high": 10000.0, "log": True}},
-    "itemknn": {"k": {"low": 5, "high": 1000, "log": True},
-                "shrink": {"low": 0.0, "high": 200.0}},
-    "als": {"factors": {"low": 16, "high": 512, "log": True},
-            "regularization": {"low": 0.01, "high": 300.0, "log": True},
-            "alpha": {"low": 0.5, "high": 100.0, "log": True}},
-    "bpr": {"factors": {"low": 16, "high": 256, "log": True},
-            "learning_rate": {"low": 1e-3, "high": 0.1, "log": True},
-            "regularization": {"low": 1e-4, "high": 1.0, "log": True}},
-    "rp3beta": {"alpha": {"low": 0.1, "high": 2.0}, "beta": {"low": 0.0, "high": 1.0},
-                "k": {"low": 10, "high": 1000, "log": True}},
-    "slim": {"alpha": {"low": 0.01, "high": 10.0, "log": True},
-             "l1_ratio": {"low": 1e-4, "high": 0.5, "log": True}},
-    "sansa": {"l2": {"low": 10.0, "high": 5000.0, "log": True}},
-    "autorec": {**_NEURAL, "l2_lambda": {"low": 1.0, "high": 1000.0, "log": True},
-                "hidden": {"low": 100, "high": 1000, "step": 100}},
-    "multvae": {**_NEURAL, "dropout": {"low": 0.0, "high": 0.8},
-                "latent_dim": {"low": 50, "high": 400, "step": 50},
-                "hidden_dims": {"choices": [[200], [600], [600, 400]]},
-                "anneal_cap": {"low": 0.05, "high": 1.0},
-                "anneal_epochs": {"low": 10.0, "high": 300.0, "log": True}},
-    "multdae": {**_NEURAL, "dropout": {"low": 0.0, "high": 0.8},
-                "hidden_dims": {"choices": [[100], [200], [600]]},
-                "l2": {"low": 1e-5, "high": 0.1, "log": True}},
-    "cdae": {**_NEURAL, "corruption": {"low": 0.0, "high": 0.9},
-             "hidden_dim": {"low": 50, "high": 600, "step": 50},
-             "l2": {"low": 1e-6, "high": 1e-2, "log": True}},
-    "recvae": {**_NEURAL, "dropout": {"low": 0.0, "high": 0.8},
-               "gamma": {"low": 0.002, "high": 0.2, "log": True},
-               "latent_dim": {"low": 50, "high": 400, "step": 50}},
-    "cfgan": {"lr": {"low": 1e-5, "high": 1e-3, "log": True},
-              "g_reg": {"low": 1e-4, "high": 0.1, "log": True},
-              "d_hidden": {"low": 50, "high": 500, "step": 50},
-              "zr_coefficient": {"low": 0.001, "high": 0.3, "log": True}},
-}
 
 
-def default_space(model_name: str) -> dict[str, dict[str, Any]]:
-    """A copy of the model's declared search space (empty for a model with nothing to tune)."""
-    return {k: dict(v) for k, v in DEFAULT_SPACES.get(model_name, {}).items()}
+def _declared(model: str | Recommender | type[Recommender], attribute: str) -> Any:
+    """What a model's own class declares (not inherited: a subclass is another model, whose
+    optimum nobody measured); ``model`` by registry name, instance or class."""
+    if isinstance(model, str):
+        from recsys.models.registry import get_model_class
+
+        model = get_model_class(model)
+    cls = model if isinstance(model, type) else type(model)
+    return vars(cls).get(attribute)
 
 
-def default_grid(model_name: str) -> dict[str, list[Any]] | None:
-    grid = DEFAULT_GRIDS.get(model_name)
+def default_space(model: str | Recommender | type[Recommender]) -> dict[str, dict[str, Any]]:
+    """A copy of the model's declared search space (its class's ``search_space``; empty for a
+    model with nothing to tune)."""
+    return {k: dict(v) for k, v in (_declared(model, "search_space") or {}).items()}
+
+
+def default_grid(model: str | Recommender | type[Recommender]) -> dict[str, list[Any]] | None:
+    """A copy of the model's default grid (its class's ``tune_grid``), None without one."""
+    grid = _declared(model, "tune_grid")
     return {k: list(v) for k, v in grid.items()} if grid is not None else None
 
 
@@ -209,7 +163,7 @@ def tune(model: Recommender, train: Interactions, valid: EvalSplit,
 
     [metric] = parse_metrics(metric)[:1]
     if grid is None:
-        grid = default_grid(model.name)
+        grid = default_grid(model)
         if grid is None:
             raise RecsysError(f"model '{model.name}' has no default tuning grid; give one in "
                               "the --config file's 'tune:' section, e.g. tune: {lr: [0.001, 0.01]}")

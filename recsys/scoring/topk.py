@@ -17,6 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from recsys.data.tensors import mask_rows
 from recsys.errors import RecsysError
 from recsys.models.base import resolve_device
 
@@ -59,19 +60,6 @@ def item_mask(n_items: int, allow: np.ndarray | None = None, deny: np.ndarray | 
     if deny is not None:
         banned[torch.as_tensor(np.asarray(deny, dtype=np.int64))] = True
     return banned.to(device)
-
-
-def mask_rows(scores: torch.Tensor, rows: sp.csr_matrix) -> torch.Tensor:
-    """Set ``scores[u, i] = -inf`` wherever ``rows[u, i]`` is stored (in place; returns scores)."""
-    rows = rows.tocsr()
-    if rows.nnz == 0:
-        return scores
-    device = scores.device
-    counts = torch.from_numpy(np.diff(rows.indptr).astype(np.int64))
-    row_ids = torch.repeat_interleave(torch.arange(rows.shape[0]), counts).to(device)
-    cols = torch.from_numpy(rows.indices.astype(np.int64)).to(device)
-    scores[row_ids, cols] = float("-inf")
-    return scores
 
 
 # On CPU, torch.topk slows down sharply once K is more than a few thousandths of the row (it was

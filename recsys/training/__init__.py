@@ -1,35 +1,26 @@
-"""The shared training engine for neural models (see `recsys.training.trainer`)."""
+"""The shared training engine for neural models (see `recsys.training.trainer`).
 
-from recsys.training.checkpoint import (
-    CheckpointError,
-    latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
-from recsys.training.trainer import (
-    DeviceRows,
-    RowSampler,
-    Trainer,
-    TrainingDiverged,
-    TrainResult,
-    configure_determinism,
-    fit,
-    lower_is_better,
-    seed_everything,
-)
+Names are imported from their modules on first use: a model imports the training protocol
+(`recsys.training.api`) without loading the engine, which imports the models.
+"""
 
-__all__ = [
-    "CheckpointError",
-    "DeviceRows",
-    "RowSampler",
-    "TrainResult",
-    "Trainer",
-    "TrainingDiverged",
-    "configure_determinism",
-    "fit",
-    "latest_checkpoint",
-    "load_checkpoint",
-    "lower_is_better",
-    "save_checkpoint",
-    "seed_everything",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_HOMES = {
+    "CheckpointError": "checkpoint", "latest_checkpoint": "checkpoint",
+    "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
+    "DeviceRows": "trainer", "RowSampler": "trainer", "Trainer": "trainer",
+    "TrainingDiverged": "trainer", "configure_determinism": "trainer", "fit": "trainer",
+    "lower_is_better": "trainer", "seed_everything": "trainer", "TrainResult": "api",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'recsys.training' has no attribute '{name}'")
+    return getattr(importlib.import_module(f"recsys.training.{_HOMES[name]}"), name)

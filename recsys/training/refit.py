@@ -35,7 +35,7 @@ from typing import Any
 from recsys.data.interactions import Dataset, EvalSplit, Interactions
 from recsys.errors import RecsysError
 from recsys.models.base import FitContext, Recommender
-from recsys.tracking.base import Tracker
+from recsys.training.api import FitCallbacks
 
 # The parts a refit trains on, in `Dataset.history` order: everything known before the test
 # users' own history (`Dataset.history("test_history")`).
@@ -107,7 +107,7 @@ def fit_final(model: Recommender, dataset: Dataset, valid: EvalSplit | None,
         record = {"epochs": epochs, "seconds": time.perf_counter() - tick,
                   "parts": refit_parts(dataset)}
         if epochs is not None:  # not "refit_seconds": that is each refit epoch's own time
-            ctx.tracker.log_metrics({f"{REFIT_PREFIX}epochs": epochs})
+            ctx.callbacks.on_fit_end({f"{REFIT_PREFIX}epochs": epochs})
     return FinalFit(time.perf_counter() - started, record, skipped)
 
 
@@ -123,7 +123,7 @@ def _refit_neural(model: Any, dataset: Dataset, ctx: FitContext) -> int:
     epochs = int(first.best_epoch)
     if ctx.run_dir is not None:
         _drop_other_refits(ctx.run_dir, epochs, model.config.model_dump())
-    refit_ctx = replace(ctx, tracker=RefitTracker(ctx.tracker), refit_epochs=epochs)
+    refit_ctx = replace(ctx, callbacks=RefitCallbacks(ctx.callbacks), refit_epochs=epochs)
     model.fit(refit_data(dataset), None, refit_ctx)
     model.refit_result_, model.refit_history_ = model.train_result_, model.history_
     model.train_result_, model.history_ = first, history
@@ -158,22 +158,23 @@ def _drop_other_refits(run_dir: Any, epochs: int, config: dict[str, Any]) -> Non
         dist.barrier()
 
 
-class RefitTracker(Tracker):
-    """The run's tracker as a refit sees it: per-epoch metrics under ``refit_`` keys (the first
-    fit's learning curves stay as they were) and no params (the run's are the first fit's, which
-    the refit shares)."""
+class RefitCallbacks(FitCallbacks):
+    """The run's callbacks as a refit sees them: per-epoch records under ``refit_`` keys (the
+    first fit's learning curves stay as they were) and no params (the run's are the first
+    fit's, which the refit shares)."""
 
-    def __init__(self, inner: Tracker) -> None:
+    def __init__(self, inner: FitCallbacks) -> None:
         self.inner = inner
 
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        self.inner.log_metrics(_prefixed(metrics), step=step)
+    def on_epoch_end(self, epoch: int, record: dict[str, float]) -> None:
+        self.inner.on_epoch_end(epoch, _prefixed(record))
 
-    def log_history(self, history: list[dict[str, float]]) -> None:
+    def on_resumed(self, history: list[dict[str, float]]) -> None:
         """A resumed refit's epochs checkpointed but never logged (see `MlflowTracker`)."""
-        log_history = getattr(self.inner, "log_history", None)
-        if log_history is not None:
-            log_history([_prefixed(record) for record in history])
+        self.inner.on_resumed([_prefixed(record) for record in history])
+
+    def on_fit_end(self, metrics: dict[str, float]) -> None:
+        self.inner.on_fit_end(metrics)
 
 
 def _prefixed(metrics: dict[str, float]) -> dict[str, float]:

@@ -2,15 +2,17 @@
 
 A search space is ``{config key: spec}``; a spec is a range ``{low: A, high: B}`` (optional
 ``log: true``, ``step: S``) or ``{choices: [...]}``. A range is an integer range when the key's
-default value is an integer, else a float range. `DEFAULT_SPACES` (recsys/models/tuning.py) holds
-every model's declared space; ``--search-space FILE`` replaces it (`check_space` validates it).
+default value is an integer, else a float range. Each model declares its space on its class
+(``search_space``, read by `recsys.models.tuning.default_space`); ``--search-space FILE``
+replaces it (`check_space` validates it).
 
 Every trial is ``clone(model).set_params(**suggested)`` fitted on the training part and scored on
 the validation `EvalSplit` (never the test part). Neural models report their per-epoch validation
-metric through ``FitContext.on_validation``; the study's pruner (median) stops a trial whose curve
-falls below the median of the earlier trials at the same epoch. The caller learns of every trial
-through ``tracker_for`` (a `Tracker` per trial, e.g. a nested MLflow run: the trial's epochs land
-in it) and ``log``; this module imports neither argparse nor mlflow.
+metric through the fit's callbacks (`TrialCallbacks.on_validation`); the study's pruner
+(median) stops a trial whose curve falls below the median of the earlier trials at the same
+epoch. The caller learns of every trial through ``tracker_for`` (a `Tracker` per trial, e.g. a
+nested MLflow run: the trial's epochs land in it) and ``log``; this module imports neither
+argparse nor mlflow.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from recsys.models.tuning import (
     fit_candidate,
 )
 from recsys.tracking.base import Tracker
+from recsys.tracking.callbacks import TrackerCallbacks
 
 RANGE_KEYS = frozenset({"low", "high", "log", "step"})
 # Defaults of the median pruner: trials compared only once a few have completed, and not before
@@ -164,7 +167,7 @@ def study(model: Recommender, train: Interactions, valid: EvalSplit,
 
     [metric] = parse_metrics(metric)[:1]
     if space is None:
-        space = default_space(model.name)
+        space = default_space(model)
     space = check_space(model, space)
     if not space:
         raise RecsysError(f"model '{model.name}' has no search space (nothing to tune); give one "
@@ -192,16 +195,11 @@ def study(model: Recommender, train: Interactions, valid: EvalSplit,
         tracker = tracker_for(trial.number, params) if tracker_for else Tracker()
         status = "FAILED"
 
-        def report(epoch: int, value: float) -> None:
-            trial.report(value, epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"epoch {epoch}: valid {metric} {value:.4f}")
-
         try:
             score, seconds = fit_candidate(
                 model, params, train, valid,
-                FitContext(quiet=True, data_meta=data_meta, tracker=tracker,
-                           on_validation=report),
+                FitContext(quiet=True, data_meta=data_meta,
+                           callbacks=TrialCallbacks(tracker, trial, metric)),
                 metric, batch_size=batch_size, device=device)
             trial.set_user_attr("fit_seconds", seconds)
             # Its own key: valid_METRIC is the per-epoch curve (its last epoch need not be the
@@ -266,6 +264,20 @@ def _result(the_study: optuna.Study, space: Mapping[str, Any], metric: str) -> T
     best = the_study.best_trial
     return TuneResult(dict(best.user_attrs.get("params", best.params)), float(best.value),
                       metric, table, best_row=the_study.trials.index(best), study=the_study)
+
+
+class TrialCallbacks(TrackerCallbacks):
+    """A trial's fit: its epochs go to the trial's tracker, and each validation value to the
+    pruner, which stops a bad trial by raising `optuna.TrialPruned`."""
+
+    def __init__(self, tracker: Tracker, trial: optuna.Trial, metric: str) -> None:
+        super().__init__(tracker)
+        self.trial, self.metric = trial, metric
+
+    def on_validation(self, epoch: int, value: float) -> None:
+        self.trial.report(value, epoch)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"epoch {epoch}: valid {self.metric} {value:.4f}")
 
 
 def study_figures(the_study: optuna.Study) -> dict[str, Any]:

@@ -23,7 +23,6 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +34,16 @@ from recsys.config import TrainConfig
 from recsys.data.interactions import EvalSplit, Interactions
 from recsys.errors import RecsysError
 from recsys.evaluation.metrics import lower_is_better
-from recsys.models.base import FitContext, resolve_device
-from recsys.models.neural import Batch, NeuralRecommender
+from recsys.models.base import resolve_device
+from recsys.models.neural import NeuralRecommender
 from recsys.models.nn import build_optimizer
-from recsys.tracking.base import flatten
+from recsys.training.api import (
+    Batch,
+    FitContext,
+    TrainResult,
+    batches_per_epoch,
+    trained_rows,
+)
 from recsys.training.checkpoint import (
     CHECKPOINT_DIR,
     latest_checkpoint,
@@ -52,7 +57,7 @@ from recsys.training.checkpoint import (
 RESUMABLE_CHANGES = frozenset({"epochs", "patience", "device", "checkpoint_every", "cuda_graph",
                                "tf32"})
 
-Validator = Callable[[NeuralRecommender, EvalSplit], float]
+Validator = Callable[["NeuralRecommender", EvalSplit], float]
 
 
 class TrainingDiverged(RecsysError):
@@ -146,8 +151,7 @@ class RowSampler:
         self.generator = torch.Generator().manual_seed(int(seed))
 
     def __len__(self) -> int:
-        per_rank = math.ceil(len(self.rows) / self.world_size)
-        return math.ceil(per_rank / self.batch_size)
+        return batches_per_epoch(len(self.rows), self.batch_size, self.world_size)
 
     def epoch_batches(self) -> list[torch.Tensor]:
         """Row ids of each batch of the next epoch (advances the generator once)."""
@@ -286,21 +290,6 @@ def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, metri
 
 # -- the engine ------------------------------------------------------------------------------------
 
-@dataclass
-class TrainResult:
-    """What a fit did; also kept on the model as ``train_result_``."""
-
-    epochs_run: int = 0
-    global_step: int = 0
-    best_epoch: int | None = None
-    best_value: float | None = None
-    metric: str | None = None
-    stopped_early: bool = False
-    resumed_from: int | None = None
-    seconds: float = 0.0
-    history: list[dict[str, float]] = field(default_factory=list)
-
-
 class Trainer:
     """Fits a `NeuralRecommender` with the options of its config (a `TrainConfig`).
 
@@ -365,8 +354,7 @@ class Trainer:
 
         matrix = model.training_matrix(train).tocsr().astype(np.float32)
         self.matrix_shape = tuple(int(x) for x in matrix.shape)
-        rows = (np.arange(matrix.shape[0]) if model.train_on_empty_rows
-                else np.flatnonzero(np.diff(matrix.indptr)))
+        rows = trained_rows(matrix, model.train_on_empty_rows)
         if len(rows) == 0:
             raise RecsysError(f"{model.name}: the training data has no interactions")
         self.sampler = RowSampler(rows, cfg.batch_size, seed=cfg.seed, rank=self.rank,
@@ -516,13 +504,12 @@ class Trainer:
         cfg, model = self.config, self.model
         resumed_from = self._resume() if self.ctx.resume else None
         if self.is_main:
-            self.ctx.tracker.log_params(flatten({"model": model.name, **cfg.model_dump(),
-                                                 "resolved_device": str(self.device)}))
-            log_history = getattr(self.ctx.tracker, "log_history", None)
-            if resumed_from is not None and log_history is not None:
+            self.ctx.callbacks.on_fit_start({"model": model.name, **cfg.model_dump(),
+                                             "resolved_device": str(self.device)})
+            if resumed_from is not None:
                 # Epochs checkpointed but never logged (a kill between the two) are not trained
                 # again: send them now, so that a resume killed in turn loses none.
-                log_history(self.history)
+                self.ctx.callbacks.on_resumed(self.history)
         if valid is None and not self.refit and self.is_main:
             # Even with --quiet: a run that silently trains to `epochs` looks like one that
             # early-stopped (a refit has no validation by design, and its caller says so).
@@ -559,13 +546,13 @@ class Trainer:
             if self.epoch % cfg.checkpoint_every == 0 or last or self.stopped_early:
                 self._save_checkpoint()
             if self.is_main:
-                self.ctx.tracker.log_metrics(record, step=self.epoch)
+                self.ctx.callbacks.on_epoch_end(self.epoch, record)
                 self._report(record, epoch_seconds)
             key = f"valid_{self.metric}"
-            if key in record and self.ctx.on_validation is not None:
+            if key in record:
                 # Last in the epoch: the hook may end the fit (a search's pruner raises), and the
                 # epoch it judged is then logged and checkpointed like any other.
-                self.ctx.on_validation(self.epoch, record[key])
+                self.ctx.callbacks.on_validation(self.epoch, record[key])
 
         if self.best_state is not None:
             model.network.load_state_dict(self.best_state)

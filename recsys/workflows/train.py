@@ -18,6 +18,7 @@ from recsys.data.interactions import Dataset, EvalSplit
 from recsys.evaluation.evaluate import EvalResult, evaluate
 from recsys.models.base import FitContext, Recommender
 from recsys.tracking.base import Tracker
+from recsys.tracking.callbacks import TrackerCallbacks
 from recsys.tracking.setup import DEFAULT_ALIAS
 
 EVAL_BATCH_SIZE = 2048
@@ -48,8 +49,8 @@ def train_run(model: Recommender, dataset: Dataset, data_dir: str | Path, run_di
 
     data_dir, run_dir = Path(data_dir), Path(run_dir)
     log_training_start(tracker, model=model, data_dir=data_dir)
-    ctx = FitContext(run_dir=run_dir, tracker=tracker, resume=resume, quiet=quiet,
-                     data_meta=dict(dataset.meta))
+    ctx = FitContext(run_dir=run_dir, resume=resume, quiet=quiet, data_meta=dict(dataset.meta),
+                     callbacks=TrackerCallbacks(tracker))
     # The fit on train (early stopping on valid), then the refit on train + valid; every rank
     # of a distributed run trains both.
     final = fit_final(model, dataset, valid, ctx, refit=refit)

@@ -12,7 +12,7 @@ import yaml
 from recsys.cli import main
 from recsys.config import load_yaml
 from recsys.models.registry import MODELS, get_model_class
-from recsys.models.tuning import DEFAULT_GRIDS
+from recsys.models.tuning import default_grid
 
 from .test_train import blocks_dataset
 
@@ -100,5 +100,5 @@ def test_tune_with_the_shipped_config_searches_its_grid(tmp_path, capsys, name):
                  "--set", "epochs=1", "--device", "cpu", "--no-track", "--quiet"]) == 0
     tuned = json.loads((out / "run.json").read_text())["tuned"]
     assert tuned["search"] == "grid"
-    [(key, values)] = DEFAULT_GRIDS[name].items()
+    [(key, values)] = default_grid(name).items()
     assert [c[key] for c in tuned["candidates"]] == values

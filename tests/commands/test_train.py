@@ -20,7 +20,7 @@ from recsys.data.interactions import Dataset, Interactions, Vocabulary
 from recsys.data.io import sha256_file
 from recsys.models import registry
 from recsys.models.base import Recommender
-from recsys.models.tuning import DEFAULT_GRIDS, tune
+from recsys.models.tuning import default_grid, tune
 from recsys.run import load_run, read_run
 from recsys.tracking.base import Tracker, flatten
 from recsys.training.checkpoint import list_checkpoints
@@ -114,7 +114,7 @@ def test_tuned_ease_run_is_saved_evaluated_and_reports_its_choice(data_dir, tmp_
     info = read_run(out)
     tuned = info["tuned"]
     assert tuned["metric"] == "ndcg@100" and tuned["part"] == "valid"
-    assert [c["lambda_"] for c in tuned["candidates"]] == DEFAULT_GRIDS["ease"]["lambda_"]
+    assert [c["lambda_"] for c in tuned["candidates"]] == default_grid("ease")["lambda_"]
     # The choice is the best validation candidate, the same as tune() on the valid part.
     dataset = Dataset.load(data_dir)
     from recsys.models.baselines import EASE

@@ -15,7 +15,7 @@ from recsys.errors import RecsysError
 from recsys.evaluation.evaluate import evaluate
 from recsys.models import baselines
 from recsys.models.baselines import ALS, BPR, EASE, ItemKNN, Popularity, item_gram_blocks
-from recsys.models.tuning import DEFAULT_GRIDS, check_grid, tune
+from recsys.models.tuning import check_grid, default_grid, tune
 
 from .contract import RecommenderContract, checkerboard, masked
 
@@ -255,7 +255,7 @@ def test_tune_scores_each_candidate_on_the_validation_part_and_picks_the_best():
 def test_tune_runs_the_default_grid_and_rating_metrics_pick_the_minimum():
     train, valid = noisy_checkerboard(1)
     result = tune(ItemKNN(device="cpu"), train, valid, metric="recall@10")
-    assert len(result.table) == len(ParameterGrid(DEFAULT_GRIDS["itemknn"]))
+    assert len(result.table) == len(ParameterGrid(default_grid("itemknn")))
     assert set(result.best_params) == {"k", "shrink"}
     from recsys.models.tuning import _best_position
 

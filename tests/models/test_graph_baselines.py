@@ -25,7 +25,7 @@ from recsys.models.baselines import EASE
 from recsys.models.rp3beta import RP3beta
 from recsys.models.sansa import SANSA, _import_sansa
 from recsys.models.slim import SLIM
-from recsys.models.tuning import DEFAULT_GRIDS
+from recsys.models.tuning import default_grid
 from recsys.run import load_run, read_run
 
 from .contract import RecommenderContract
@@ -261,7 +261,7 @@ def test_default_and_tuned_runs_through_train_and_recommend(name, data_dir, tmp_
                 "--quiet"], capsys).code == 0
     record = read_run(tuned)["tuned"]
     assert record["part"] == "valid"
-    assert len(record["candidates"]) == len(ParameterGrid(DEFAULT_GRIDS[name]))
+    assert len(record["candidates"]) == len(ParameterGrid(default_grid(name)))
     model, _ = load_run(tuned)
     assert {k: model.get_params()[k] for k in record["params"]} == record["params"]
 

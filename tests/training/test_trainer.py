@@ -12,6 +12,7 @@ import torch
 from recsys.errors import RecsysError
 from recsys.models.base import FitContext
 from recsys.tracking.base import Tracker
+from recsys.tracking.callbacks import TrackerCallbacks
 from recsys.training import (
     CheckpointError,
     DeviceRows,
@@ -66,7 +67,8 @@ def test_resume_reaches_the_same_weights_and_metrics(tmp_path):
     tracker = Recording(stop_after=3)
     interrupted = ToyAE(**BASE)
     with pytest.raises(KeyboardInterrupt):
-        fit(interrupted, train, valid, FitContext(run_dir=tmp_path / "b", tracker=tracker),
+        fit(interrupted, train, valid,
+            FitContext(run_dir=tmp_path / "b", callbacks=TrackerCallbacks(tracker)),
             validate=holdout_loss)
     assert [e for e, _ in list_checkpoints(tmp_path / "b" / "checkpoints")][-1] == 3
 
@@ -160,7 +162,7 @@ def test_tracker_gets_params_once_and_one_record_per_epoch():
     train, valid = toy_data()
     tracker = Recording()
     model = ToyAE(**{**BASE, "epochs": 3, "eval_every": 2})
-    fit(model, train, valid, FitContext(tracker=tracker), validate=holdout_loss)
+    fit(model, train, valid, FitContext(callbacks=TrackerCallbacks(tracker)), validate=holdout_loss)
     assert len(tracker.params) == 1 and tracker.params[0]["lr"] == BASE["lr"]
     assert [step for _, step in tracker.metrics] == [1, 2, 3]
     first, second, third = (m for m, _ in tracker.metrics)
@@ -180,7 +182,7 @@ def test_manual_optimisation_checkpoints_every_optimiser_and_resumes(tmp_path):
     assert {"g", "d", "loss"} <= full.history_[0].keys()
     with pytest.raises(KeyboardInterrupt):
         fit(ToyGAN(**cfg), train, valid,
-            FitContext(run_dir=tmp_path / "b", tracker=Recording(stop_after=2)),
+            FitContext(run_dir=tmp_path / "b", callbacks=TrackerCallbacks(Recording(stop_after=2))),
             validate=holdout_loss)
     payload = load_checkpoint(latest_checkpoint(tmp_path / "b" / "checkpoints"))
     assert len(payload["optimizers"]) == 2
