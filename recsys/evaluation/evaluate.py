@@ -43,6 +43,7 @@ from recsys.evaluation.metrics import (
     self_information,
     split_name,
 )
+from recsys.models.base import Recommender
 from recsys.scoring.topk import as_device, masked_topk, place_model, score_batch
 
 PREDICT_CHUNK = 1 << 20  # (user, item) pairs per model.predict call: bounded memory
@@ -129,9 +130,8 @@ def evaluate(model: object, split: EvalSplit, metrics: list[str] | str, *,
     history = split.history.tocsr()
     # A transductive model (item-based CFGAN) conditions on every interaction known when this
     # part is scored, for all users at once, not only on each batch's histories.
-    observe = getattr(model, "observe", None)
-    if callable(observe):
-        observe(history)
+    if isinstance(model, Recommender):
+        model.observe(history)
     target = split.target.tocsr()
     n_items = target.shape[1]
 

@@ -99,6 +99,11 @@ class Recommender:
         raise RecsysError(f"model '{self.name}' does not predict ratings; "
                           "use `recsys recommend` for top-K lists")
 
+    def observe(self, history: sp.csr_matrix) -> None:
+        """The users x items interactions known at scoring time (evaluation, `recommend` and the
+        serving object declare them before scoring); only transductive models (item-based CFGAN)
+        use them."""
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Everything learned, as tensors (CPU)."""
         raise NotImplementedError

@@ -113,11 +113,10 @@ class TopKPredictor:
         # Items never recommended (``recsys recommend --allow/--deny``): a bool mask on the device.
         self.banned = banned
         place_model(model, self.device)
-        observe = getattr(model, "observe", None)
-        if callable(observe):
+        if isinstance(model, Recommender):
             # A transductive model (item-based CFGAN) conditions on every known interaction,
             # as `recsys evaluate` and `recsys recommend` declare it: the same lists.
-            observe(self.history)
+            model.observe(self.history)
 
     @classmethod
     def from_dataset(cls, model: Recommender, dataset: Dataset, *,
