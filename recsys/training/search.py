@@ -47,6 +47,11 @@ RANGE_KEYS = frozenset({"low", "high", "log", "step"})
 # 0.4624); from epoch 15 it cut 15, the study took 2.6 min and won (0.4630).
 PRUNE_STARTUP_TRIALS = 3
 PRUNE_WARMUP_EPOCHS = 15
+# A stored study's running trials beat a heartbeat: a trial whose process was killed stops
+# beating, and once it has been silent for HEARTBEAT_GRACE seconds it is marked FAIL (when the
+# study is continued, and before each new trial), instead of staying RUNNING for ever.
+HEARTBEAT_SECONDS = 10
+HEARTBEAT_GRACE = 60
 
 
 def _is_number(value: Any) -> bool:
@@ -179,14 +184,19 @@ def study(model: Recommender, train: Interactions, valid: EvalSplit,
     # Failed trials are reported through ``log`` in one line each, not Optuna's tracebacks.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
+        stored = None if storage is None else optuna.storages.RDBStorage(
+            storage, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=HEARTBEAT_GRACE)
         the_study = optuna.create_study(
-            storage=storage, study_name=study_name, load_if_exists=storage is not None,
+            storage=stored, study_name=study_name, load_if_exists=storage is not None,
             direction="minimize" if lower else "maximize",
             sampler=optuna.samplers.TPESampler(seed=seed),
             pruner=optuna.pruners.MedianPruner(n_startup_trials=prune_startup,
                                                n_warmup_steps=prune_warmup))
     except ValueError as exc:  # e.g. a stored study of the other direction
         raise RecsysError(f"study '{study_name}' at {storage}: {exc}") from None
+    if stored is not None:
+        # The trials an interrupted session left RUNNING: failed now, not counted as running.
+        optuna.storages.fail_stale_trials(the_study)
     data_meta = dict(ctx.data_meta) if ctx else {}
 
     def objective(trial: optuna.Trial) -> float:

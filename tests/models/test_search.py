@@ -200,3 +200,29 @@ def test_a_stored_study_is_continued_by_the_same_name(blocks, tmp_path):
     # Another name is another study.
     assert len(study(create_model("ease", device="cpu"), blocks.train, valid, space, trials=1,
                      storage=storage, study_name="t").table) == 1
+
+
+def test_trials_a_killed_session_left_running_are_marked_failed(blocks, tmp_path, monkeypatch):
+    """A trial whose process died mid-fit stops beating its heartbeat; continuing the stored
+    study marks it FAIL (it would otherwise stay RUNNING in the storage and the MLflow view)."""
+    import time
+
+    import optuna
+
+    from recsys.training import search as search_module
+
+    monkeypatch.setattr(search_module, "HEARTBEAT_GRACE", 1)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    space = {"lambda_": {"low": 1.0, "high": 5000.0, "log": True}}
+    killed = optuna.create_study(storage=optuna.storages.RDBStorage(
+        storage, heartbeat_interval=1, grace_period=1), study_name="s", direction="maximize")
+    trial = killed.ask()  # the session dies here: the trial is RUNNING, its heartbeat stops
+    killed._storage.record_heartbeat(trial._trial_id)
+    time.sleep(2.5)
+    result = study(create_model("ease", device="cpu"), blocks.train, blocks.eval_split("valid"),
+                   space, trials=2, storage=storage, study_name="s")
+    states = {t.number: t.state for t in optuna.load_study(study_name="s",
+                                                           storage=storage).trials}
+    assert states[trial.number] == optuna.trial.TrialState.FAIL
+    assert list(states.values()).count(optuna.trial.TrialState.COMPLETE) == 2
+    assert result.best_params
