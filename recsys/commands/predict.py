@@ -119,9 +119,7 @@ def run(args: argparse.Namespace) -> int:
                           "the id vocabularies); pass --data DIR")
     data = Dataset.load(data_dir)
     check_run_data(args.run_dir, info, model, data, data_dir, force=args.force)
-    mover = getattr(model, "to", None)
-    if callable(mover):
-        mover(resolve_device(args.device))
+    model.to(resolve_device(args.device))
 
     users = data.users.index(pairs["user"].to_numpy())
     items = data.items.index(pairs["item"].to_numpy())

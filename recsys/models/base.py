@@ -99,6 +99,11 @@ class Recommender:
         raise RecsysError(f"model '{self.name}' does not predict ratings; "
                           "use `recsys recommend` for top-K lists")
 
+    def to(self, device: torch.device | str) -> Self:
+        """Move what the model scores with to ``device`` (evaluation and scoring call it);
+        a model that keeps nothing on a device has nothing to move."""
+        return self
+
     def observe(self, history: sp.csr_matrix) -> None:
         """The users x items interactions known at scoring time (evaluation, `recommend` and the
         serving object declare them before scoring); only transductive models (item-based CFGAN)

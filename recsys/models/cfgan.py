@@ -276,7 +276,6 @@ class CFGAN(NeuralRecommender):
         self.known: sp.csr_matrix | None = None
         self._warm_users: torch.Tensor | None = None
         self.collapse_epochs_: list[int] = []
-        self._checked_epochs = 0  # epochs of history_ already looked at for collapse
         self._warned = False
         self._codes: WeightsCache[torch.Tensor] = WeightsCache()
         self._last_g_std = float("nan")
@@ -320,14 +319,10 @@ class CFGAN(NeuralRecommender):
     def fit(self, train: Interactions, valid: EvalSplit | None = None,
             ctx: FitContext | None = None) -> CFGAN:
         self.collapse_epochs_ = []
-        self._checked_epochs = 0
         self._warned = False
-        super().fit(train, valid, ctx)
-        self._check_collapse()
-        return self
+        return super().fit(train, valid, ctx)
 
     def training_step(self, batch: Batch, step: int) -> dict[str, Any]:
-        self._check_collapse()
         c = self.config
         gen, dis = self.network.generator, self.network.discriminator
         x = binarize(batch.rows)  # the condition and the real vector alike
@@ -407,23 +402,18 @@ class CFGAN(NeuralRecommender):
         if self.config.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(module.parameters(), self.config.grad_clip)
 
-    def _check_collapse(self) -> None:
-        """Look at the epochs finished since the last call; warn once for the first collapse."""
-        history = self.history_
-        for record in history[self._checked_epochs:]:
-            reason = collapse_reason(record, self.config.collapse_d_loss,
-                                     self.config.collapse_std)
-            if reason is None:
-                continue
-            epoch = int(record.get("epoch", 0))
-            self.collapse_epochs_.append(epoch)
-            if not self._warned:
-                self._warned = True
-                warnings.warn(
-                    f"cfgan: training collapsed at epoch {epoch}: {reason}; try a lower d_lr, "
-                    "a larger d_reg, fewer d_steps or a noise input (noise_dim)",
-                    CollapseWarning, stacklevel=2)
-        self._checked_epochs = len(history)
+    def on_epoch_end(self, epoch: int, record: dict[str, float]) -> None:
+        """Warn once, at the first epoch whose means look collapsed; keep every such epoch."""
+        reason = collapse_reason(record, self.config.collapse_d_loss, self.config.collapse_std)
+        if reason is None:
+            return
+        self.collapse_epochs_.append(epoch)
+        if not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"cfgan: training collapsed at epoch {epoch}: {reason}; try a lower d_lr, "
+                "a larger d_reg, fewer d_steps or a noise input (noise_dim)",
+                CollapseWarning, stacklevel=2)
 
     # -- scoring -------------------------------------------------------------------------------
 

@@ -110,6 +110,11 @@ class NeuralRecommender(Recommender):
     def forward_scores(self, history: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def on_epoch_end(self, epoch: int, record: dict[str, float]) -> None:
+        """Called by the engine after each epoch with its record (loss parts, lr, seconds,
+        ``valid_<metric>``): a model that watches its own training (CFGAN's collapse check)
+        looks here rather than at ``history_``."""
+
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         """Only for ``manual_optimization``; otherwise the trainer builds one from the config."""
         return []

@@ -19,7 +19,7 @@ import torch
 
 from recsys.data.tensors import mask_rows
 from recsys.errors import RecsysError
-from recsys.models.base import resolve_device
+from recsys.models.base import Recommender, resolve_device
 
 DEFAULT_BATCH_SIZE = 2048
 
@@ -33,19 +33,10 @@ def as_device(device: str | torch.device | None) -> torch.device | None:
     return resolve_device(device)
 
 
-def place_model(model: object, device: torch.device | None) -> None:
-    """Move a model to ``device`` where it knows how (neural models: ``network`` + ``device``)."""
-    if device is None:
-        return
-    mover = getattr(model, "to", None)
-    if callable(mover):
-        mover(device)
-        return
-    network = getattr(model, "network", None)
-    if isinstance(network, torch.nn.Module):
-        network.to(device)
-    if hasattr(model, "device"):
-        model.device = device
+def place_model(model: Recommender, device: torch.device | None) -> None:
+    """Move a model to ``device`` (``None``: leave it where it is)."""
+    if device is not None:
+        model.to(device)
 
 
 def item_mask(n_items: int, allow: np.ndarray | None = None, deny: np.ndarray | None = None,

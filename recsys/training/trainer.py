@@ -543,6 +543,7 @@ class Trainer:
             epoch_seconds.append(record["seconds"])
             self.history.append(record)
             model.history_ = self.history
+            model.on_epoch_end(self.epoch, record)
             if self.epoch % cfg.checkpoint_every == 0 or last or self.stopped_early:
                 self._save_checkpoint()
             if self.is_main:
