@@ -41,7 +41,7 @@ def tracking_options(args: argparse.Namespace) -> TrackingOptions:
 
 
 def add_force_arg(parser: argparse.ArgumentParser) -> None:
-    """--force, as evaluate, recommend and predict share it (see `recsys.run.check_run_data`)."""
+    """--force, as evaluate, recommend and predict share it (see `recsys.rundir.check_run_data`)."""
     parser.add_argument("--force", action="store_true",
                         help="use --data even if it is not the data the run was trained on "
                              "(other users, items or training part: refused otherwise); a "

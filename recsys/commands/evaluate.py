@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from recsys.evaluation.evaluate import evaluate, format_table
     from recsys.evaluation.metrics import parse_metrics
     from recsys.evaluation.stats import bootstrap_ci
-    from recsys.run import check_run_data, load_run, read_run, update_run
+    from recsys.rundir import check_run_data, load_run, read_run, update_run
 
     if args.batch_size < 1:
         raise RecsysError(f"--batch-size must be at least 1 (got {args.batch_size})")

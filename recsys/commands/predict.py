@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     from recsys.data.interactions import Dataset
     from recsys.data.io import atomic_path, check_replaceable_file, has_columns
     from recsys.models.base import resolve_device
-    from recsys.run import check_run_data, load_run, read_run
+    from recsys.rundir import check_run_data, load_run, read_run
 
     info = read_run(args.run_dir)  # not a run: one line, before anything slow
     out = Path(args.out)

@@ -136,7 +136,7 @@ def _spark(args: argparse.Namespace) -> int:
 
 def _recommend(args: argparse.Namespace) -> int:
     from recsys.models.base import resolve_device
-    from recsys.run import check_run_data, load_run, read_run
+    from recsys.rundir import check_run_data, load_run, read_run
     from recsys.scoring.export import ChunkedWriter
     from recsys.scoring.serving import TopKPredictor, item_popularity
     from recsys.scoring.topk import item_mask

@@ -287,7 +287,7 @@ def finished_training(out: Path, config: dict[str, Any], data_dir: Path,
     twice), then the model is saved, evaluated and logged again. Every rank of a distributed run
     reads the same files, so all agree."""
     from recsys.data.io import read_json, sha256_file
-    from recsys.run import read_run
+    from recsys.rundir import read_run
     from recsys.training.checkpoint import CHECKPOINT_DIR, list_checkpoints, load_checkpoint
     from recsys.training.trainer import RESUMABLE_CHANGES
 
@@ -374,7 +374,7 @@ def _train(args: argparse.Namespace, dist_info: Any = None) -> int:
     from recsys.evaluation.evaluate import format_table
     from recsys.evaluation.metrics import default_metrics, parse_metrics
     from recsys.models.registry import get_model_class
-    from recsys.run import check_out, update_run
+    from recsys.rundir import check_out, update_run
     from recsys.tracking.base import flatten
     from recsys.training.trainer import deterministic_threads
     from recsys.workflows.train import train_run

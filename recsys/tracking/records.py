@@ -177,7 +177,7 @@ def _log_frame(tracker: Tracker, table: pd.DataFrame, stem: str) -> None:
 
 def _record_in_run(tracker: Tracker, run_dir: Path, model_uri: str | None) -> None:
     """Point the run directory at its MLflow run (so later commands can find it)."""
-    from recsys.run import RUN_FILE, update_run
+    from recsys.rundir import RUN_FILE, update_run
 
     if not (run_dir / RUN_FILE).is_file():
         return

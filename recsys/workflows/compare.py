@@ -153,9 +153,9 @@ def check_compare_out(out: Path, labels: list[str]) -> None:
     """Refuse (one line), before anything is trained, an ``out`` a comparison must not write
     into: anything but a new or empty folder or a comparison (its marker, or, written before
     markers existed, nothing but comparison.csv/png and runs); and a model's run directory that
-    exists and is not a run (`recsys.run.check_out` replaces only runs)."""
+    exists and is not a run (`recsys.rundir.check_out` replaces only runs)."""
     from recsys.data.io import check_replaceable
-    from recsys.run import is_run_dir
+    from recsys.rundir import is_run_dir
 
     def unmarked(folder: Path) -> bool:
         return all(e in COMPARE_FILES or ((folder / e).is_dir() and is_run_dir(folder / e))
@@ -217,7 +217,7 @@ def run_model(m: ModelSpec, spec: CompareConfig, dataset: Any, data_dir: Path,
               tracking: TrackingOptions, parent: Tracker) -> ModelOutcome:
     """One child run: (tune,) fit, save, evaluate on test, log."""
     from recsys.models.registry import create_model, get_model_class
-    from recsys.run import check_out
+    from recsys.rundir import check_out
     from recsys.tracking.records import training_tags
     from recsys.workflows.train import train_run
     from recsys.workflows.tune import tune_model

@@ -102,7 +102,7 @@ def spark_recommend(run_dir: str | Path, data_dir: str | Path, out: str, *, k: i
     written as a Parquet dataset at ``out``. Returns the written rows, users and cold users."""
     from recsys.data.ids import coerce_ids, read_id_file
     from recsys.data.interactions import Dataset
-    from recsys.run import check_run_data, load_run
+    from recsys.rundir import check_run_data, load_run
     from recsys.scoring import spark
     from recsys.tracking.packaging import fetched_model, lists_udf, save_pyfunc_model
 

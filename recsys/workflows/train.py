@@ -43,7 +43,7 @@ def train_run(model: Recommender, dataset: Dataset, data_dir: str | Path, run_di
     ``run_dir`` and evaluate and log it. ``record``: extra run.json fields. ``is_main``: False
     on the ranks other than 0 of a torchrun launch, which train alike and write nothing."""
     from recsys.data.io import write_json
-    from recsys.run import data_record, save_run, update_run
+    from recsys.rundir import data_record, save_run, update_run
     from recsys.tracking.records import log_training_end, log_training_start
     from recsys.training.refit import fit_final
 

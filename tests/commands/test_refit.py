@@ -19,7 +19,7 @@ from recsys.data.interactions import Dataset, Interactions, Vocabulary
 from recsys.models.base import FitContext
 from recsys.models.baselines import EASE
 from recsys.models.registry import create_model
-from recsys.run import read_run
+from recsys.rundir import read_run
 from recsys.training import trainer as trainer_module
 from recsys.training.checkpoint import (
     latest_checkpoint,

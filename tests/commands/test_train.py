@@ -21,7 +21,7 @@ from recsys.data.io import sha256_file
 from recsys.models import registry
 from recsys.models.base import Recommender
 from recsys.models.tuning import default_grid, tune
-from recsys.run import load_run, read_run
+from recsys.rundir import load_run, read_run
 from recsys.tracking.base import Tracker, flatten
 from recsys.training.checkpoint import list_checkpoints
 

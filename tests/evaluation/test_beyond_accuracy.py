@@ -32,7 +32,7 @@ from recsys.evaluation.metrics import (
     self_information,
 )
 from recsys.evaluation.stats import bootstrap_ci, paired_tests
-from recsys.run import load_run
+from recsys.rundir import load_run
 
 from .doubles import FixedScores
 

@@ -11,7 +11,7 @@ from recsys.cli import main
 from recsys.data.interactions import Dataset
 from recsys.evaluation.evaluate import evaluate
 from recsys.models import registry
-from recsys.run import data_record, read_run, save_run
+from recsys.rundir import data_record, read_run, save_run
 
 from .doubles import DotModel, ExplicitDot, make_dataset
 

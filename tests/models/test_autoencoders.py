@@ -427,7 +427,7 @@ def test_strong_generalisation_users_are_scored_from_their_fold_in_history():
 
 def test_recommend_with_histories_folds_in_new_users_as_the_model_scores_them(tmp_path, capsys):
     from recsys.cli import main
-    from recsys.run import load_run
+    from recsys.rundir import load_run
 
     data = clustered(n_users=80, n_items=40)
     frame = data.train.to_frame()

@@ -219,7 +219,7 @@ def test_predict_cli_writes_predictions_with_external_ids_and_flags_fallbacks(ru
     assert table["fallback"].tolist() == ["", "", "item_mean", "user_mean", "user_mean"]
     assert table["prediction"].between(1, 5).all()
     # The known pairs are the model's own predictions.
-    from recsys.run import load_run
+    from recsys.rundir import load_run
 
     model, _ = load_run(run_dir)
     data = Dataset.load(run_dir.parent / "data")
@@ -278,7 +278,7 @@ def test_recommend_cli_ranks_unseen_items_by_predicted_rating(run_dir, tmp_path)
     data = Dataset.load(data_dir)
     assert len(top) == 3 * len(data.users)
     # Each list is the user's three best unseen items by the model's predicted rating.
-    from recsys.run import load_run
+    from recsys.rundir import load_run
 
     model, _ = load_run(run_dir)
     user = 5

@@ -26,7 +26,7 @@ from recsys.models.rp3beta import RP3beta
 from recsys.models.sansa import SANSA, _import_sansa
 from recsys.models.slim import SLIM
 from recsys.models.tuning import default_grid
-from recsys.run import load_run, read_run
+from recsys.rundir import load_run, read_run
 
 from .contract import RecommenderContract
 from .test_baselines import random_interactions

@@ -25,7 +25,7 @@ import torch
 
 from recsys.data.interactions import Dataset
 from recsys.errors import RecsysError
-from recsys.run import matrix_digest
+from recsys.rundir import matrix_digest
 from reliability.helpers import (
     REPO,
     assert_one_line_error,

@@ -51,8 +51,8 @@ NEURAL = ("multdae", "--set", "epochs=3", "--set", "checkpoint_every=1", "--set"
 # `recsys train` reaches them.
 STAGES = [
     ("after-the-first-fit", "recsys.training.refit", "_refit_neural", "before", "RUNNING"),
-    ("after-the-refit", "recsys.run", "save_run", "before", "RUNNING"),
-    ("after-saving-before-the-test-evaluation", "recsys.run", "save_run", "after", "RUNNING"),
+    ("after-the-refit", "recsys.rundir", "save_run", "before", "RUNNING"),
+    ("after-saving-before-the-test-evaluation", "recsys.rundir", "save_run", "after", "RUNNING"),
     ("after-the-test-metrics-before-mlflow", "recsys.tracking.records", "log_training_end",
      "before", "RUNNING"),
     ("after-mlflow-logging-before-the-run-ends", "recsys.tracking.mlflow",

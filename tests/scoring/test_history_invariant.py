@@ -190,7 +190,7 @@ def test_recommend_lists_scored_outside_equal_evaluate(splits, split, model, tmp
 
     # The pyfunc model's predictor: the same lists as recommend, for either history.
     from recsys.data.interactions import Dataset
-    from recsys.run import load_run
+    from recsys.rundir import load_run
     from recsys.scoring.serving import TopKPredictor
 
     dataset = Dataset.load(data)

@@ -12,7 +12,7 @@ from evaluation.doubles import DotModel, make_dataset
 
 from recsys.cli import main
 from recsys.models import registry
-from recsys.run import data_record, save_run
+from recsys.rundir import data_record, save_run
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import pytest
 from recsys.cli import main
 from recsys.data.interactions import Dataset, Interactions, Vocabulary
 from recsys.errors import RecsysError
-from recsys.run import read_run
+from recsys.rundir import read_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 pyspark = pytest.importorskip("pyspark")

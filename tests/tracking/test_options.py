@@ -14,7 +14,7 @@ from evaluation.doubles import DotModel, make_dataset
 from recsys.commands.common import add_tracking_args, tracking_options
 from recsys.errors import RecsysError
 from recsys.models import registry
-from recsys.run import save_run
+from recsys.rundir import save_run
 from recsys.tracking.base import Tracker
 from recsys.tracking.records import (
     learning_curve,

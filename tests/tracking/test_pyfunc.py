@@ -12,7 +12,7 @@ from recsys.cli import main
 from recsys.errors import RecsysError
 from recsys.models import registry
 from recsys.models.base import Recommender
-from recsys.run import save_run
+from recsys.rundir import save_run
 from recsys.scoring.serving import TopKPredictor, write_serving_data
 
 
