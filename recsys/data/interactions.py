@@ -9,6 +9,7 @@ CSR ``.npz`` files + Parquet vocabularies + ``metadata.json``.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -239,11 +240,14 @@ class Dataset:
         """Everything known before ``part``: the input a model scores from, masked in ranking."""
         if part not in PART_ORDER:
             raise RecsysError(f"unknown part '{part}'; expected one of {', '.join(PART_ORDER)}")
-        before = PART_ORDER[: PART_ORDER.index(part)]
+        return self._sum(PART_ORDER[: PART_ORDER.index(part)])
+
+    def _sum(self, names: Iterable[str]) -> sp.csr_matrix:
+        """The float32 sum of the named parts this dataset has (the one home of that sum)."""
         total = sp.csr_matrix(self.train.matrix.shape, dtype=np.float32)
-        for name in before:
+        for name in names:
             if name in self.parts:
-                total = total + self.parts[name].matrix
+                total = total + self.parts[name].matrix.astype(np.float32)
         return total.tocsr()
 
     def known_history(self, which: str = "before-test") -> sp.csr_matrix:
@@ -259,10 +263,7 @@ class Dataset:
             raise RecsysError(f"unknown history '{which}'; expected one of {', '.join(HISTORIES)}")
         if which == "before-test" and self.has("test"):
             return self.history("test")
-        total = sp.csr_matrix(self.train.matrix.shape, dtype=np.float32)
-        for part in self.parts.values():
-            total = total + part.matrix.astype(np.float32)
-        return total.tocsr()
+        return self._sum(self.parts)
 
     def eval_split(self, part: str) -> EvalSplit:
         if part not in self.parts:
