@@ -101,7 +101,14 @@ def train_row(model: str, prep: Path, run: Path, log: Path, trials: int | None) 
     row["refit_epochs"] = (info.get("refit") or {}).get("epochs")
     tuned = info.get("tuned")
     if tuned:
-        states = [c.get("state", "COMPLETE") for c in tuned.get("candidates", [])]
+        candidates = tuned.get("candidates", [])
+        states = [c.get("state", "COMPLETE") for c in candidates]
+        # Which trial won says whether the study searched at all (trial 0 is TPE's first
+        # random draw).
+        scores = [c.get(METRIC) if state == "COMPLETE" else None
+                  for c, state in zip(candidates, states, strict=True)]
+        row["best_trial"] = max((i for i, v in enumerate(scores) if v is not None),
+                                key=lambda i: scores[i], default=None)
         row.update({"search": tuned.get("search"), "valid " + METRIC: tuned.get("score"),
                     "trials_run": len(states), "pruned": states.count("PRUNED"),
                     "failed": states.count("FAIL"), "params": tuned.get("params"),
