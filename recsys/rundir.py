@@ -182,9 +182,9 @@ def check_run_data(run_dir: str | Path, info: dict[str, Any], model: object, dat
                       "to use this one anyway")
 
 
-def _check_space(model: object, data: Dataset, data_dir: str | Path) -> None:
+def _check_space(model: Recommender, data: Dataset, data_dir: str | Path) -> None:
     """The users x items space the model was built for (no --force: it cannot score another)."""
-    n_users, n_items = getattr(model, "n_users", 0), getattr(model, "n_items", 0)
+    n_users, n_items = model.n_users, model.n_items
     if n_items and n_items != len(data.items):
         raise RecsysError(f"{data_dir}: {len(data.items)} items, but the run's model was trained "
                           f"on {n_items}; use the prepared data the run was trained on")

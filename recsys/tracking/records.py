@@ -33,12 +33,13 @@ def training_tags(model: Recommender, device: str | None = None) -> dict[str, st
     the tracker itself)."""
     from recsys.models.base import resolve_device
 
-    configured = device or getattr(getattr(model, "config", None), "device", None) or "auto"
+    # Only models trained by the engine (and some baselines) have a `device` config key.
+    configured = device or getattr(model.config, "device", None) or "auto"
     try:
         device = str(resolve_device(str(configured)))
     except RecsysError:
         device = str(configured)
-    return {"recsys.model": model.name, "recsys.family": getattr(model, "family", "?"),
+    return {"recsys.model": model.name, "recsys.family": model.family,
             "recsys.device": device}
 
 

@@ -198,7 +198,7 @@ class DistributedTrainer(Trainer):
                               "process (without torchrun)")
         super().__init__(model, ctx, validate=validate)
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
-        reduction = getattr(type(model), "loss_reduction", "mean")
+        reduction = type(model).loss_reduction
         if reduction not in ("mean", "sum"):
             raise ValueError(f"{type(model).__name__}.loss_reduction must be 'mean' or 'sum'")
         self.summed_loss = reduction == "sum"
