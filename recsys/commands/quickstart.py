@@ -14,11 +14,13 @@ import time
 from pathlib import Path
 
 from recsys.errors import RecsysError
+from recsys.evaluation.metrics import COMPARE_DEFAULT
 
 DEFAULT_MODELS = "pop,itemknn,ease,als,multvae,multdae"
 # The shipped configs hold the settings chosen on validation data (early stopping included).
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-METRICS = "recall@20,recall@50,ndcg@100,precision@20,coverage@20"
+# The comparison table's metrics (the default columns of `recsys compare`): one home.
+METRICS = ",".join(COMPARE_DEFAULT)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
