@@ -1,7 +1,8 @@
 """`recsys predict RUN_DIR --pairs FILE.csv --out FILE.csv`: rating predictions for (user, item).
 
-The input has columns ``user,item`` (external ids, as in the ratings the run was trained on); the
-output has ``user,item,prediction,fallback``, one row per input row in the same order.
+The input (CSV or Parquet, by its suffix) has columns ``user,item`` (external ids, as in the
+ratings the run was trained on); the output (CSV or Parquet, by the suffix of --out) has
+``user,item,prediction,fallback``, one row per input row in the same order.
 ``fallback`` is empty where the model predicted, otherwise the estimate used instead:
 ``item_mean`` (the user is unknown or has no training ratings), ``user_mean`` (the item is) or
 ``global_mean`` (both are). Only rating models (``explicit``, e.g. autorec) predict ratings.
@@ -26,10 +27,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by `recsys train`")
-    p.add_argument("--pairs", required=True, metavar="FILE.csv",
-                   help="CSV with columns user,item (external ids)")
-    p.add_argument("--out", required=True, metavar="FILE.csv",
-                   help="output CSV: user,item,prediction,fallback (written atomically)")
+    p.add_argument("--pairs", required=True, metavar="FILE",
+                   help="CSV or Parquet with columns user,item (external ids)")
+    p.add_argument("--out", required=True, metavar="FILE",
+                   help="output .csv or .parquet: user,item,prediction,fallback (written "
+                        "atomically)")
     p.add_argument("--data", default=None, metavar="DIR",
                    help="prepared dataset with the id vocabularies (default: the run's data)")
     p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:N or mps")
@@ -56,6 +58,8 @@ def read_pairs(path: str | Path) -> pd.DataFrame:
     if not path.exists():
         raise RecsysError(f"--pairs {path}: no such file")
     check_readable(path)  # a directory, no permission
+    if path.suffix.lower() in (".parquet", ".pq"):
+        return _checked(_read_parquet(path), path, first_row=1)
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except pd.errors.EmptyDataError:
@@ -80,19 +84,36 @@ def read_pairs(path: str | Path) -> pd.DataFrame:
         raise RecsysError(f"--pairs {path}: row 2 has {len(frame.columns) + 1} fields, more "
                           f"fields than the header ({_header(path)}); check the delimiter and "
                           "quoting")
+    return _checked(frame, path, first_row=2)
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    try:
+        frame = pd.read_parquet(path)
+    except (OSError, ValueError) as exc:  # not Parquet, truncated
+        raise RecsysError(f"--pairs {path}: cannot read Parquet "
+                          f"({str(exc).strip().splitlines()[0]})") from None
+    # Ids as text, as a CSV's are read: a missing one is empty (refused in _checked).
+    return frame.apply(lambda col: col.astype(object).where(col.notna(), "").astype(str))
+
+
+def _checked(frame: pd.DataFrame, path: Path, first_row: int) -> pd.DataFrame:
+    """The ``user`` and ``item`` columns, stripped; ``first_row``: the file's row number of the
+    first pair (2 below a CSV header, 1 in a Parquet table), for messages."""
     frame.columns = [str(c).strip() for c in frame.columns]
     missing = [c for c in ("user", "item") if c not in frame.columns]
     if missing:
         raise RecsysError(f"--pairs {path}: missing column {' and '.join(missing)} (header: "
                           f"{','.join(frame.columns)}); expected columns user,item")
     if frame.empty:
-        raise RecsysError(f"--pairs {path}: no pairs after the header ({_header(path)}); give "
-                          "one user,item pair per row")
+        where = f"after the header ({_header(path)})" if first_row == 2 else "in the table"
+        raise RecsysError(f"--pairs {path}: no pairs {where}; give one user,item pair per row")
     frame = frame[["user", "item"]].astype(str)
     empty = np.flatnonzero(((frame["user"].str.strip() == "")
                             | (frame["item"].str.strip() == "")).to_numpy())
     if len(empty):
-        raise RecsysError(f"--pairs {path}: row {empty[0] + 2} has an empty user or item id")
+        raise RecsysError(f"--pairs {path}: row {empty[0] + first_row} has an empty user or "
+                          "item id")
     return frame.apply(lambda col: col.str.strip())
 
 
@@ -101,11 +122,13 @@ def run(args: argparse.Namespace) -> int:
     from recsys.data.io import atomic_path, check_replaceable_file, has_columns
     from recsys.models.base import resolve_device
     from recsys.rundir import check_run_data, load_run, read_run
+    from recsys.scoring.export import output_format
 
     info = read_run(args.run_dir)  # not a run: one line, before anything slow
     out = Path(args.out)
     # An existing --out is replaced only when it is a prediction file recsys wrote.
     check_replaceable_file(out, what="prediction file", ours=has_columns(*OUTPUT_COLUMNS))
+    fmt = output_format(out)  # .csv or .parquet, else one line
     pairs = read_pairs(args.pairs)
     model, info = load_run(args.run_dir)
     if not getattr(model, "explicit", False):
@@ -138,14 +161,20 @@ def run(args: argparse.Namespace) -> int:
                           "prediction": np.asarray(prediction, dtype=np.float64),
                           "fallback": np.asarray(fallback, dtype=object)})
     with atomic_path(out) as tmp:
-        table.to_csv(tmp, index=False, float_format="%.6g")
+        if fmt == "parquet":
+            table.to_parquet(tmp, index=False)
+        else:
+            table.to_csv(tmp, index=False, float_format="%.6g")
 
-    n_unknown_users, n_unknown_items = int((users < 0).sum()), int((items < 0).sum())
+    # Each pair counted once: a pair with both ids unknown is not also one of each.
+    both = int(((users < 0) & (items < 0)).sum())
+    n_unknown_users, n_unknown_items = int((users < 0).sum()) - both, int((items < 0).sum()) - both
     fell_back = int((table["fallback"] != "").sum())
     if not args.quiet:
         print(f"wrote {len(table)} predictions to {out}", file=sys.stderr)
     if fell_back:
-        print(f"note: {fell_back} pairs predicted by a fallback ({n_unknown_users} with a user and "
-              f"{n_unknown_items} with an item unknown to the run's data; the others had no "
-              "training ratings): see the fallback column", file=sys.stderr)
+        print(f"note: {fell_back} pairs predicted by a fallback ({n_unknown_users} with only the "
+              f"user, {n_unknown_items} with only the item and {both} with both unknown to the "
+              "run's data; the others had no training ratings): see the fallback column",
+              file=sys.stderr)
     return 0

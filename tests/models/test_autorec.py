@@ -334,3 +334,33 @@ def test_iautorec_on_ml100k_u1_beats_the_published_svd_figure(mirror):
     rmse = np.sqrt(np.mean((model.predict(test.row, test.col) - test.data) ** 2))
     assert model.train_result_.stopped_early
     assert rmse < 0.91
+
+
+def test_predict_reads_and_writes_parquet_and_counts_each_fallback_pair_once(run_dir, tmp_path,
+                                                                             capsys):
+    pairs = tmp_path / "pairs.parquet"
+    pd.DataFrame({"user": [1, 999, 3, 998], "item": ["m0", "m1", "m39", "gone"]}).to_parquet(pairs)
+    out = tmp_path / "pred.parquet"
+    assert main(["predict", str(run_dir), "--pairs", str(pairs), "--out", str(out)]) == 0
+    table = pd.read_parquet(out)  # real Parquet, not CSV text under a .parquet name
+    assert list(table.columns) == ["user", "item", "prediction", "fallback"]
+    assert table["user"].tolist() == ["1", "999", "3", "998"]
+    assert table["fallback"].tolist() == ["", "item_mean", "user_mean", "global_mean"]
+    from_csv = tmp_path / "pairs.csv"
+    from_csv.write_text("user,item\n1,m0\n999,m1\n3,m39\n998,gone\n")
+    assert main(["predict", str(run_dir), "--pairs", str(from_csv),
+                 "--out", str(tmp_path / "pred.csv")]) == 0
+    same = pd.read_csv(tmp_path / "pred.csv", dtype={"user": str}, keep_default_na=False)
+    np.testing.assert_allclose(same["prediction"], table["prediction"], rtol=1e-5)
+    err = capsys.readouterr().err
+    # 3 pairs fell back: one with only the user unknown, none with only the item, one with both
+    assert "3 pairs predicted by a fallback (1 with only the user, 0 with only the item and " \
+           "1 with both" in err
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"PAR1 not really")
+    assert main(["predict", str(run_dir), "--pairs", str(broken), "--out", str(out)]) == 2
+    line = capsys.readouterr().err.strip()
+    assert "cannot read Parquet" in line and "\n" not in line
+    assert main(["predict", str(run_dir), "--pairs", str(from_csv),
+                 "--out", str(tmp_path / "pred.txt")]) == 2
+    assert "unknown format" in capsys.readouterr().err
