@@ -46,3 +46,30 @@ def add_force_arg(parser: argparse.ArgumentParser) -> None:
                         help="use --data even if it is not the data the run was trained on "
                              "(other users, items or training part: refused otherwise); a "
                              "warning says so")
+
+
+def add_data_arg(parser: argparse.ArgumentParser) -> None:
+    """--data for the commands that read a trained run: default, the data the run was trained
+    on (recorded in run.json)."""
+    parser.add_argument("--data", default=None, metavar="DIR",
+                        help="prepared dataset directory (default: the one the run was trained "
+                             "on, recorded in RUN_DIR/run.json)")
+
+
+def resolve_data(args: argparse.Namespace) -> str:
+    """``args.data``, else the run's own data folder; one line when neither is usable. Sets
+    ``args.data`` and returns it."""
+    from pathlib import Path
+
+    from recsys.errors import RecsysError
+    from recsys.rundir import read_run
+
+    if args.data is None:
+        recorded = read_run(args.run_dir).get("data")
+        if not recorded:
+            raise RecsysError(f"{args.run_dir}: run.json does not name its data; pass --data DIR")
+        if not (Path(recorded) / "metadata.json").is_file():
+            raise RecsysError(f"{recorded}: the prepared data {args.run_dir} was trained on is "
+                              "not there any more; pass --data DIR")
+        args.data = str(recorded)
+    return str(args.data)

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from recsys.commands.common import add_force_arg
+from recsys.commands.common import add_data_arg, add_force_arg, resolve_data
 from recsys.data.interactions import Dataset
 from recsys.data.io import atomic_path, check_replaceable_file, read_json, table_columns, write_json
 from recsys.errors import RecsysError
@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("evaluate", help="full-ranking metrics of a trained run",
                               description=__doc__.splitlines()[0])
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by `recsys train`")
-    p.add_argument("--data", required=True, metavar="DIR", help="prepared dataset directory")
+    add_data_arg(p)
     p.add_argument("--part", choices=("test", "valid"), default="test",
                    help="held-out part to evaluate (default: test)")
     p.add_argument("--metrics", default=None, metavar="LIST",
@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from recsys.evaluation.stats import bootstrap_ci
     from recsys.rundir import check_run_data, load_run, read_run, update_run
 
+    resolve_data(args)
     if args.batch_size < 1:
         raise RecsysError(f"--batch-size must be at least 1 (got {args.batch_size})")
     read_run(args.run_dir)  # not a run: one line, before anything slow

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recsys.commands.common import add_force_arg
+from recsys.commands.common import add_data_arg, add_force_arg, resolve_data
 from recsys.errors import RecsysError
 
 
@@ -32,8 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="FILE",
                    help="output .csv or .parquet: user,item,prediction,fallback (written "
                         "atomically)")
-    p.add_argument("--data", default=None, metavar="DIR",
-                   help="prepared dataset with the id vocabularies (default: the run's data)")
+    add_data_arg(p)
     p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:N or mps")
     add_force_arg(p)
     p.set_defaults(func=run)
@@ -134,12 +133,7 @@ def run(args: argparse.Namespace) -> int:
     if not getattr(model, "explicit", False):
         raise RecsysError(f"{args.run_dir}: model '{model.name}' ranks items but does not predict "
                           "ratings; use `recsys recommend` for top-K lists")
-    data_dir = args.data or info.get("data")
-    if not data_dir:
-        raise RecsysError(f"{args.run_dir}: run.json does not name its data; pass --data DIR")
-    if not Path(data_dir, "metadata.json").is_file():
-        raise RecsysError(f"{data_dir}: the run's prepared data is not there any more (needed for "
-                          "the id vocabularies); pass --data DIR")
+    data_dir = resolve_data(args)
     data = Dataset.load(data_dir)
     check_run_data(args.run_dir, info, model, data, data_dir, force=args.force)
     model.to(resolve_device(args.device))

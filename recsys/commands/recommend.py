@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recsys.commands.common import add_force_arg
+from recsys.commands.common import add_data_arg, add_force_arg, resolve_data
 from recsys.data.ids import coerce_ids, note, read_histories, read_id_file, read_items
 from recsys.data.interactions import HISTORIES, Dataset
 from recsys.errors import RecsysError
@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("recommend", help="top-K lists for many users (CSV or Parquet)",
                               description=__doc__.splitlines()[0])
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by `recsys train`")
-    p.add_argument("--data", required=True, metavar="DIR", help="prepared dataset directory")
+    add_data_arg(p)
     p.add_argument("--users", default="all", metavar="all|FILE",
                    help="'all' (default) or a file of user ids (a `user` column, or one per line)")
     p.add_argument("--histories", default=None, metavar="FILE.csv",
@@ -88,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
     from recsys.data.io import check_replaceable_file, clean_stale, has_columns, output_lock
     from recsys.scoring.export import COLUMNS, output_format
 
+    resolve_data(args)
     if args.histories and args.history is not None:
         raise RecsysError("--history chooses the stored history of the data's users; "
                           "--histories scores the users of that file from it alone: drop one")
