@@ -7,7 +7,6 @@ import json
 import shutil
 
 from commands.test_train import blocks_dataset
-
 from recsys.cli import main
 
 
