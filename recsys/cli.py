@@ -33,6 +33,7 @@ COMMAND_MODULES = [
     "recsys.commands.predict",
     "recsys.commands.compare",
     "recsys.commands.ui",
+    "recsys.commands.runs",
 ]
 
 
