@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 
+from recsys.tracking.base import Tracker
 from recsys.tracking.setup import DEFAULT_ALIAS, DEFAULT_EXPERIMENT, TrackingOptions
 
 
@@ -73,3 +74,21 @@ def resolve_data(args: argparse.Namespace) -> str:
                               "not there any more; pass --data DIR")
         args.data = str(recorded)
     return str(args.data)
+
+
+def run_location(tracker: Tracker, alias: str | None = None) -> str | None:
+    """One line saying where a tracked run went: its MLflow run id, the page of it in the UI
+    (the server's own, or what `recsys ui` serves for a local store) and the registered version.
+    None for an untracked run."""
+    if not tracker.recording or not tracker.run_id:
+        return None
+    uri = tracker.tracking_uri or ""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    page = f"{base}/#/experiments/{tracker.experiment_id}/runs/{tracker.run_id}"
+    line = f"MLflow run {tracker.run_id} ({tracker.experiment_name}): {page}"
+    if not uri.startswith(("http://", "https://")):
+        line += " once `recsys ui` serves the store"
+    if tracker.registered:
+        name, version = tracker.registered
+        line += f"; registered as {name} version {version}" + (f" ({alias})" if alias else "")
+    return line

@@ -36,7 +36,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from recsys.commands.common import add_tracking_args
+from recsys.commands.common import add_tracking_args, run_location
 from recsys.errors import RecsysError
 
 DEFAULT_METRIC = "ndcg@100"
@@ -500,6 +500,9 @@ def _train(args: argparse.Namespace, dist_info: Any = None) -> int:
                 f"{evaluation.skipped_users} skipped (no history)")))
         print(f"run written to {out}")
         status = "FINISHED"
+        where = run_location(tracker, args.alias)
+        if where and not args.quiet:
+            print(where)
     finally:
         threads.close()
         tracker.close(status)

@@ -181,3 +181,23 @@ def test_metric_names_and_failure_summary():
                 "registered model m", "model"]
     assert summarize(failures) == "metrics of 3 steps (3-5), model, registered model m"
     assert summarize(["metrics of step 7"]) == "metrics of step 7"
+
+
+def test_the_end_of_a_run_says_where_it_went():
+    from recsys.commands.common import run_location
+
+    assert run_location(Tracker()) is None
+
+    class Logged(Tracker):
+        run_id, experiment_id, experiment_name = "abc123", "7", "recsys"
+
+    served = Logged()
+    served.tracking_uri = "http://127.0.0.1:5001/"
+    served.registered = ("movielens", "3")
+    line = run_location(served, "champion")
+    assert line == ("MLflow run abc123 (recsys): http://127.0.0.1:5001/#/experiments/7/runs/abc123;"
+                    " registered as movielens version 3 (champion)")
+    local = Logged()
+    local.tracking_uri = "sqlite:///mlflow.db"
+    assert run_location(local).endswith(
+        "http://127.0.0.1:5000/#/experiments/7/runs/abc123 once `recsys ui` serves the store")
