@@ -9,7 +9,7 @@ For each dataset the README's top-N split is prepared, then only the public comm
     recsys train MODEL --data P --out RUN --no-track --tune --trials 30    # Optuna study
 
 and RecBole 1.2.1's same model (its default settings) is fitted on the same train / valid / test
-parts (benchmarks/common.py ``recbole_fit``). Test figures are the run's metrics.json (`recsys
+parts (benchmarks/peers.py ``recbole_fit``). Test figures are the run's metrics.json (`recsys
 train` evaluates the refitted model on the test part once); the validation figure is the chosen
 trial's score (tuned) or the best epoch's (defaults); pruned and failed trials are counted from
 run.json's study record, and the chosen config is RUN/tuned.yaml.
@@ -41,14 +41,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from common import (  # noqa: E402
-    importable,
-    machine_info,
-    now_utc,
-    recbole_fit,
-    training_summary,
-    versions,
-)
+from measure import importable, machine_info, now_utc, training_summary, versions  # noqa: E402
+from peers import recbole_fit  # noqa: E402
 
 METRIC = "ndcg@100"
 RECBOLE_NAMES = {"multvae": "MultiVAE", "multdae": "MultiDAE", "recvae": "RecVAE"}
