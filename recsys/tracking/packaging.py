@@ -10,6 +10,7 @@ anything but recsys's own pyfunc (`fetch_recsys_model`): a pickled model is neve
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import tempfile
@@ -56,16 +57,23 @@ _HTTP_DEFAULTS = {
 def configure_environment() -> None:
     for key, value in _HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    if "MLFLOW_LOGGING_LEVEL" not in os.environ:
+        # MLflow's INFO lines ("Creating initial MLflow database tables...") are not for the
+        # terminal of a training run; recsys says itself where the run went. Warnings stay.
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
 @contextlib.contextmanager
 def quiet_mlflow() -> Iterator[None]:
-    """Hide MLflow's advice aimed at interactive users (input examples, type hints)."""
+    """Hide MLflow's advice aimed at interactive users (input examples, type hints) and the lines
+    it prints itself (the registry's "Successfully registered model": recsys reports the
+    version in its own words)."""
     logger = logging.getLogger("mlflow")
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:

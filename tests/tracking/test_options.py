@@ -201,3 +201,22 @@ def test_the_end_of_a_run_says_where_it_went():
     local.tracking_uri = "sqlite:///mlflow.db"
     assert run_location(local).endswith(
         "http://127.0.0.1:5000/#/experiments/7/runs/abc123 once `recsys ui` serves the store")
+
+
+def test_mlflows_own_info_lines_stay_off_the_terminal(tmp_path):
+    """A fresh store and a registration, as a user runs them: MLflow's INFO lines ("Creating
+    initial MLflow database tables...", "Successfully registered model") do not reach stderr;
+    recsys's own line says where the run went."""
+    import os
+    import subprocess
+    import sys
+
+    make_dataset(n_users=30, n_items=20).save(tmp_path / "data")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_LOGGING_LEVEL")}
+    done = subprocess.run([sys.executable, "-m", "recsys.cli", "train", "pop", "--data", "data",
+                           "--out", "run", "--register", "popular"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "INFO mlflow" not in done.stderr and "Successfully registered" not in done.stderr
+    assert "registered as popular version 1 (champion)" in done.stdout
