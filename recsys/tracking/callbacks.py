@@ -18,10 +18,16 @@ class TrackerCallbacks(FitCallbacks):
         self.tracker.log_params(flatten(params))
 
     def on_epoch_end(self, epoch: int, record: dict[str, float]) -> None:
-        self.tracker.log_metrics(record, step=epoch)
+        self.tracker.log_metrics(_without_epoch(record), step=epoch)
 
     def on_resumed(self, history: list[dict[str, float]]) -> None:
-        self.tracker.log_history(history)
+        self.tracker.log_history([_without_epoch(record) for record in history])
 
     def on_fit_end(self, metrics: dict[str, float]) -> None:
         self.tracker.log_metrics(metrics)
+
+
+def _without_epoch(record: dict[str, float]) -> dict[str, float]:
+    """The epoch is each metric's step: logged as a metric of its own it is one more chart of a
+    straight line in the UI (and one more column to scroll past)."""
+    return {k: v for k, v in record.items() if k not in ("epoch", "refit_epoch")}
