@@ -324,12 +324,20 @@ def _runs(uri: str, experiment: str) -> tuple[str, Any, list[Any]]:
     return experiment_id, parent, children
 
 
-def screenshot_study(browser: Browser, uri: str, out: Path) -> None:
-    experiment_id, parent, trials = _runs(uri, "recsys")
+def _expanded(browser: Browser, uri: str, experiment: str, columns: dict[str, list[str]]
+              ) -> tuple[str, Any, list[Any]]:
+    """The experiment's runs table with its parent run expanded and ``columns`` shown; returns
+    the experiment id, the parent run and its children."""
+    experiment_id, parent, children = _runs(uri, experiment)
     name = parent.info.run_name
     open_runs(browser, uri, experiment_id, name)
-    show_nested_runs(browser, name, [t.info.run_name for t in trials])
-    choose_columns(browser, {
+    show_nested_runs(browser, name, [c.info.run_name for c in children])
+    choose_columns(browser, columns)
+    return experiment_id, parent, children
+
+
+def screenshot_study(browser: Browser, uri: str, out: Path) -> None:
+    experiment_id, parent, _ = _expanded(browser, uri, "recsys", {
         "Attributes": ["Dataset", "Source", "Models"],
         "Metrics": ["trial_valid_ndcg_at_100", "best_valid_ndcg_at_100", "test_ndcg_at_100"],
         "Parameters": ["lr", "dropout", "hidden_dims", "l2", "weight_decay"],
@@ -349,11 +357,7 @@ def screenshot_study(browser: Browser, uri: str, out: Path) -> None:
 
 
 def screenshot_comparison(browser: Browser, uri: str, out: Path) -> None:
-    experiment_id, parent, models = _runs(uri, "recsys-compare")
-    name = parent.info.run_name
-    open_runs(browser, uri, experiment_id, name)
-    show_nested_runs(browser, name, [m.info.run_name for m in models])
-    choose_columns(browser, {
+    experiment_id, parent, models = _expanded(browser, uri, "recsys-compare", {
         "Attributes": ["Dataset", "Source", "Models"],
         "Metrics": ["test_ndcg_at_100", "test_recall_at_20", "test_coverage_at_20",
                     "fit_seconds"],
