@@ -121,13 +121,12 @@ def run(args: argparse.Namespace) -> int:
     from recsys.data.io import atomic_path, check_replaceable_file, has_columns
     from recsys.models.base import resolve_device
     from recsys.rundir import check_run_data, load_run, read_run
-    from recsys.scoring.export import output_format
-
     info = read_run(args.run_dir)  # not a run: one line, before anything slow
     out = Path(args.out)
     # An existing --out is replaced only when it is a prediction file recsys wrote.
     check_replaceable_file(out, what="prediction file", ours=has_columns(*OUTPUT_COLUMNS))
-    fmt = output_format(out)  # .csv or .parquet, else one line
+    # Parquet by its suffix; any other name is CSV, as it always was.
+    fmt = "parquet" if out.suffix.lower() in (".parquet", ".pq") else "csv"
     pairs = read_pairs(args.pairs)
     model, info = load_run(args.run_dir)
     if not getattr(model, "explicit", False):

@@ -361,6 +361,3 @@ def test_predict_reads_and_writes_parquet_and_counts_each_fallback_pair_once(run
     assert main(["predict", str(run_dir), "--pairs", str(broken), "--out", str(out)]) == 2
     line = capsys.readouterr().err.strip()
     assert "cannot read Parquet" in line and "\n" not in line
-    assert main(["predict", str(run_dir), "--pairs", str(from_csv),
-                 "--out", str(tmp_path / "pred.txt")]) == 2
-    assert "unknown format" in capsys.readouterr().err
