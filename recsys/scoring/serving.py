@@ -107,16 +107,16 @@ class TopKPredictor:
         # Which Dataset.known_history ``history`` is (None: a matrix given by the caller).
         self.history_kind = history_kind
         self.popularity = np.asarray(popularity, dtype=np.float32)
-        self._popularity_tensor: torch.Tensor | None = None
         self.batch_size = batch_size
         self.device = as_device(device)
+        # The cold users' scores, on the device the masks and scores are on (once, not per chunk).
+        self._popularity = torch.from_numpy(self.popularity).to(self.device or "cpu")
         # Items never recommended (``recsys recommend --allow/--deny``): a bool mask on the device.
         self.banned = banned
         place_model(model, self.device)
-        if isinstance(model, Recommender):
-            # A transductive model (item-based CFGAN) conditions on every known interaction,
-            # as `recsys evaluate` and `recsys recommend` declare it: the same lists.
-            model.observe(self.history)
+        # A transductive model (item-based CFGAN) conditions on every known interaction, as
+        # `recsys evaluate` and `recsys recommend` declare it: the same lists.
+        model.observe(self.history)
 
     @classmethod
     def from_dataset(cls, model: Recommender, dataset: Dataset, *,
@@ -220,12 +220,8 @@ class TopKPredictor:
         item ids and cold flags. ``user_ids``: external ids as written in the output;
         ``users``: internal ids (-1: unknown, popularity list unless ``rows`` holds a history);
         ``rows``: the history each user is scored from and whose items are masked."""
-        if self._popularity_tensor is None or self._popularity_tensor.device != (
-                self.device or torch.device("cpu")):
-            self._popularity_tensor = torch.from_numpy(self.popularity).to(
-                self.device or torch.device("cpu"))
         items, scores, cold = topk_chunk(self.model, users, rows, k, device=self.device,
-                                         banned=self.banned, cold_scores=self._popularity_tensor,
+                                         banned=self.banned, cold_scores=self._popularity,
                                          batch_size=self.batch_size)
         return lists_table(user_ids, items, scores, cold, self.items.ids), items, cold
 

@@ -64,6 +64,7 @@ from recsys.tracking.packaging import (
     configure_environment,
     pyfunc_parts,
     quiet_mlflow,
+    short_error,
 )
 from recsys.tracking.setup import DEFAULT_ALIAS, DEFAULT_EXPERIMENT, resolve_tracking_uri
 
@@ -169,7 +170,7 @@ class MlflowTracker(Tracker):
             self.client = open_client(self.tracking_uri)
         except Exception as exc:  # a scheme MLflow has no store for: its message, in one line
             raise RecsysError(f"cannot use the MLflow tracking URI {self.tracking_uri} "
-                              f"({_short(exc)}); fix it or pass --no-track") from None
+                              f"({short_error(exc)}); fix it or pass --no-track") from None
         self.failures: list[str] = []
         self.offline = False
         self.run_dir: Path | None = None
@@ -204,7 +205,7 @@ class MlflowTracker(Tracker):
             raise
         except Exception as exc:
             raise RecsysError(f"cannot start an MLflow run at {self.tracking_uri} "
-                              f"({_short(exc)}); fix the store or pass --no-track") from None
+                              f"({short_error(exc)}); fix the store or pass --no-track") from None
         self.run_id: str = run.info.run_id
         self.run_name: str = run.info.run_name
         if log_system_metrics:
@@ -217,7 +218,7 @@ class MlflowTracker(Tracker):
             run = self.client.get_run(run_id)
             experiment = self.client.get_experiment(run.info.experiment_id)
         except Exception as exc:  # not in this store (another URI) or deleted for good
-            self.resume_failure = _short(exc)
+            self.resume_failure = short_error(exc)
             return None
         if run.info.lifecycle_stage != "active" or experiment.lifecycle_stage != "active":
             what = "run" if run.info.lifecycle_stage != "active" else "experiment"
@@ -280,7 +281,7 @@ class MlflowTracker(Tracker):
     def _record(self, what: str, exc: BaseException) -> None:
         self.failures.append(what)
         if self._first_error is None:
-            self._first_error = _short(exc)
+            self._first_error = short_error(exc)
             print(f"warning: MLflow: could not log {what} ({self._first_error}); training goes "
                   "on and the run directory keeps everything", file=sys.stderr)
         if not self.offline and not self._server_answers():
@@ -503,7 +504,7 @@ def register_model(model_uri: str, name: str, alias: str = DEFAULT_ALIAS, *,
             version = mlflow.register_model(model_uri, name, await_registration_for=60)
         open_client(uri).set_registered_model_alias(name, alias, version.version)
     except Exception as exc:
-        raise RecsysError(f"cannot register {model_uri} as '{name}' at {uri} ({_short(exc)})"
+        raise RecsysError(f"cannot register {model_uri} as '{name}' at {uri} ({short_error(exc)})"
                           ) from None
     return str(version.version)
 
@@ -521,11 +522,6 @@ def summarize(failures: list[str]) -> str:
                      f"({min(steps)}-{max(steps)})" if len(steps) > 1
                      else f"metrics of step {steps[0]}")
     return ", ".join(parts + others)
-
-
-def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
 
 
 def _param_value(value: Any) -> str:

@@ -80,7 +80,8 @@ def quiet_mlflow() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _short(exc: BaseException) -> str:
+def short_error(exc: BaseException) -> str:
+    """An exception as one short line (type and the start of its message), for error lines."""
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
 
@@ -176,7 +177,8 @@ def load_pyfunc(model_uri: str, tracking_uri: str | None = None) -> Any:
         except RecsysError as exc:  # our own line (a damaged file: which one), not cut short
             raise RecsysError(f"cannot load MLflow model {model_uri}: {exc}") from None
         except Exception as exc:
-            raise RecsysError(f"cannot load MLflow model {model_uri} ({_short(exc)})") from None
+            raise RecsysError(f"cannot load MLflow model {model_uri} "
+                              f"({short_error(exc)})") from None
 
 
 # How MLflow records a pyfunc logged from code (python_model="file.py") in MLmodel.
@@ -193,7 +195,7 @@ def fetch_recsys_model(model_uri: str, dst: str | Path) -> Path:
                                                          dst_path=str(dst)))
         flavors = Model.load(str(local / "MLmodel")).flavors
     except Exception as exc:  # a missing run, registry name, path or artifact store
-        raise RecsysError(f"cannot load MLflow model {model_uri} ({_short(exc)})") from None
+        raise RecsysError(f"cannot load MLflow model {model_uri} ({short_error(exc)})") from None
     pyfunc = flavors.get("python_function") or {}
     code = pyfunc.get("model_code_path")
     if pyfunc.get("loader_module") != CODE_MODEL_LOADER or not code:
@@ -229,7 +231,7 @@ def model_users(model: str | Path) -> Any:
     try:
         return pd.read_parquet(path)["user"].to_numpy()
     except (OSError, KeyError, ValueError) as exc:
-        raise RecsysError(f"{model}: cannot read the model's users ({_short(exc)})") from None
+        raise RecsysError(f"{model}: cannot read the model's users ({short_error(exc)})") from None
 
 
 def id_types(model: str | Path) -> tuple[str, str]:
@@ -280,7 +282,7 @@ def lists_udf(spark: SparkSession, model: str | Path, k: int, *,
         raise
     except Exception as exc:
         raise RecsysError(f"cannot load MLflow model {model_uri} as a Spark UDF "
-                          f"({_short(exc)})") from None
+                          f"({short_error(exc)})") from None
     return predict, user_type
 
 
