@@ -82,6 +82,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--sep", help="field separator of --input/--train-file (default: sniffed)")
     s.add_argument("--columns", help="map our fields to your column names, e.g. "
                                      "user=uid,item=iid,rating=score,timestamp=ts")
+    x = p.add_argument_group("side information (MovieLens: genres and year of each movie; "
+                             "ml-100k and ml-1m: age, gender, occupation of each user)")
+    x.add_argument("--user-features", metavar="FILE",
+                   help="CSV/Parquet: a user id column ('user', or the first) plus feature "
+                        "columns; numbers are standardised, text one-hot, 'a|b' split "
+                        "(replaces the dataset's own user features)")
+    x.add_argument("--item-features", metavar="FILE",
+                   help="the same for items (an 'item' id column, or the first)")
     # --quiet (no summary, no progress bar) and --debug come from recsys.cli, as for every command.
     p.set_defaults(func=run_prepare)
 
@@ -119,14 +127,16 @@ def _prepare(args: argparse.Namespace, options: PrepareOptions, out: Path) -> in
 
     quiet = bool(getattr(args, "quiet", False))
     columns = parse_column_mapping(args.columns)
+    features = {"user": getattr(args, "user_features", None),
+                "item": getattr(args, "item_features", None)}
     if source_kind(args) == "files":
         ds = prepare_files(args.train_file, args.test_file, args.valid_file, options,
-                           sep=args.sep, columns=columns)
+                           sep=args.sep, columns=columns, features=features)
     elif args.input:
-        ds = prepare_file(args.input, options, sep=args.sep, columns=columns)
+        ds = prepare_file(args.input, options, sep=args.sep, columns=columns, features=features)
     else:
         ds = prepare_movielens(args.dataset, options, path=args.path, mirror=args.mirror,
-                               cache=args.cache, progress=not quiet)
+                               cache=args.cache, progress=not quiet, features=features)
     for note in ds.meta.get("notes", []):
         print(f"note: {note}", file=sys.stderr)
     unseen = ds.meta["dropped"]["unseen_items"]
@@ -243,6 +253,8 @@ APPLIES: dict[str, Applies] = {
     "sep": Applies(sources=("input", "files"), when=_delimited,
                    unless="Parquet files have no field separator"),
     "columns": Applies(sources=("input", "files")),
+    "user_features": Applies(),
+    "item_features": Applies(),
     "quiet": Applies(),
     "debug": Applies(),
 }

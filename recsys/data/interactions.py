@@ -18,6 +18,13 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from recsys.data.features import (
+    FEATURE_FILES,
+    Features,
+    load_features,
+    metadata_record,
+    save_features,
+)
 from recsys.data.io import check_replaceable, read_json, replace_dir, write_json
 from recsys.errors import RecsysError
 
@@ -35,7 +42,8 @@ HISTORIES = ("before-test", "all")
 # written before markers existed may hold: only such a folder is replaced without a marker.
 DATASET_KIND = "dataset"
 _DATASET_FILES = frozenset({"metadata.json", "users.parquet", "items.parquet",
-                            "item_info.parquet", *(f"{part}.npz" for part in PART_ORDER)})
+                            "item_info.parquet", *FEATURE_FILES,
+                            *(f"{part}.npz" for part in PART_ORDER)})
 
 
 class Vocabulary:
@@ -211,6 +219,9 @@ class Dataset:
     parts: dict[str, Interactions]
     meta: dict[str, Any] = field(default_factory=dict)
     item_info: pd.DataFrame | None = None  # external item id + title/genres where known
+    # User and item side information aligned with the vocabularies (recsys.data.features); the
+    # metadata's "features" section records their columns, encoding and digest.
+    features: Features = field(default_factory=Features)
 
     @property
     def train(self) -> Interactions:
@@ -287,6 +298,7 @@ class Dataset:
             self.items.to_frame("item").to_parquet(tmp / "items.parquet", index=False)
             if self.item_info is not None:
                 self.item_info.to_parquet(tmp / "item_info.parquet", index=False)
+            save_features(self.features, tmp)
             for name, part in self.parts.items():
                 m = part.matrix.tocsr()
                 arrays = {"data": m.data.astype(np.float32), "indices": m.indices,
@@ -300,6 +312,9 @@ class Dataset:
             meta["parts"] = {name: {"users": int(len(p.active_users())), "interactions": p.nnz}
                              for name, p in self.parts.items()}
             meta["n_users"], meta["n_items"] = len(self.users), len(self.items)
+            recorded = metadata_record(self.features, meta.pop("features", None))
+            if recorded is not None:
+                meta["features"] = recorded
             write_json(tmp / "metadata.json", meta)
 
     @classmethod
@@ -335,13 +350,14 @@ class Dataset:
                 parts[name] = Interactions(matrix, users, items, ts)
             info_path = directory / "item_info.parquet"
             item_info = pd.read_parquet(info_path) if info_path.exists() else None
+            features = load_features(directory, meta, {"user": len(users), "item": len(items)})
         except RecsysError:
             raise
         except Exception as exc:  # a corrupt or partial directory: say which, not a traceback
             raise RecsysError(f"{directory}: cannot read prepared dataset ({exc})") from exc
         if "train" not in parts:
             raise RecsysError(f"{directory}: prepared dataset has no train.npz")
-        return cls(parts, meta, item_info)
+        return cls(parts, meta, item_info, features)
 
 
 def check_dataset_out(directory: str | Path, flag: str = "--out") -> None:

@@ -437,6 +437,46 @@ def read_item_info(spec: MovieLensSpec, folder: Path) -> pd.DataFrame | None:
         raise RecsysError(f"{path}: cannot parse the movie list ({exc})") from None
 
 
+# The user file of each format that has one (ml-10m and the csv sets have none).
+USER_FILES = {"u.data": "u.user", "dat": "users.dat"}
+_YEAR = r"\((\d{4})\)\s*$"
+
+
+def item_feature_frame(info: pd.DataFrame) -> pd.DataFrame:
+    """Genres (multi-valued) and release year (from the title's "(1995)"; missing where the
+    title has none) of each movie, from `read_item_info`'s frame."""
+    year = pd.to_numeric(info["title"].astype(str).str.extract(_YEAR)[0], errors="coerce")
+    return pd.DataFrame({"item": info["item"].to_numpy(), "genres": info["genres"].astype(str),
+                         "year": year.to_numpy(dtype=np.float64)})
+
+
+def read_user_features(spec: MovieLensSpec, folder: Path) -> tuple[pd.DataFrame, Path] | None:
+    """Age (numeric), gender and occupation (categorical) of each user, from ml-100k's u.user or
+    ml-1m's users.dat; None where the set has no user file. Zip codes are left out: hundreds of
+    distinct values, each held by a user or two."""
+    name = USER_FILES.get(spec.format)
+    if name is None or not (folder / name).is_file():
+        return None
+    path = folder / name
+    try:
+        lines = pd.Series([ln for ln in _decode(path).splitlines() if ln.strip()])
+        if spec.format == "u.data":  # user|age|gender|occupation|zip
+            parts = lines.str.split("|", expand=True)
+            user, age, gender, occupation = parts[0], parts[1], parts[2], parts[3]
+        else:  # UserID::Gender::Age::Occupation::Zip-code (age and occupation are codes)
+            parts = lines.str.split("::", expand=True)
+            user, gender, age, occupation = parts[0], parts[1], parts[2], parts[3]
+        frame = pd.DataFrame({
+            "user": user.astype(np.int64).to_numpy(),
+            "age": age.astype(np.float64).to_numpy(),
+            "gender": pd.Categorical(gender.astype(str).str.strip()),
+            # ml-1m's occupations are numbered: categories, not a quantity.
+            "occupation": pd.Categorical(occupation.astype(str).str.strip())})
+    except (ValueError, KeyError, UnicodeDecodeError) as exc:
+        raise RecsysError(f"{path}: cannot parse the user list ({exc})") from None
+    return frame, path
+
+
 def _decode(path: Path) -> str:
     raw = path.read_bytes()
     try:

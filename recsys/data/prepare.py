@@ -17,6 +17,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recsys.data import split as S
+from recsys.data.features import Features, encode_features, read_feature_file
 from recsys.data.interactions import Dataset, Interactions, Vocabulary
 from recsys.data.preprocess import Encoded, PreprocessOptions, preprocess, preprocess_log
 from recsys.data.readers import RatingLog, join_ids, read_rating_log
@@ -49,18 +50,86 @@ class PrepareOptions:
         return out
 
 
+# -- feature sources -------------------------------------------------------------------------
+
+
+@dataclass
+class FeatureSource:
+    """A table of one side's features (id column first) and where it came from."""
+
+    frame: pd.DataFrame
+    source: str
+    sha256: str | None = None
+
+
+FeatureFiles = dict[str, str | os.PathLike[str] | None]
+
+
+def read_feature_files(files: FeatureFiles | None) -> dict[str, FeatureSource]:
+    """``{"user": path, "item": path}`` read up front, so that a bad file fails before the
+    ratings are prepared."""
+    from recsys.data.io import sha256_file
+
+    out = {}
+    for side, path in (files or {}).items():
+        if path is not None:
+            out[side] = FeatureSource(read_feature_file(path, side), str(path),
+                                      sha256_file(path))
+    return out
+
+
+def movielens_features(spec: Any, folder: Path, item_info: pd.DataFrame | None
+                       ) -> dict[str, FeatureSource]:
+    """What a MovieLens folder ships: genres and year of each movie, age, gender and
+    occupation of each user (ml-100k, ml-1m)."""
+    from recsys.data import movielens
+    from recsys.data.io import sha256_file
+
+    out = {}
+    if item_info is not None and spec.movies_file is not None:
+        path = folder / spec.movies_file
+        out["item"] = FeatureSource(movielens.item_feature_frame(item_info), str(path),
+                                    sha256_file(path))
+    users = movielens.read_user_features(spec, folder)
+    if users is not None:
+        frame, path = users
+        out["user"] = FeatureSource(frame, str(path), sha256_file(path))
+    return out
+
+
+def with_features(ds: Dataset, sources: dict[str, FeatureSource]) -> Dataset:
+    """``ds`` with the features of ``sources`` encoded over its vocabularies, recorded in its
+    metadata (columns, encoding, counts, digest) and their notes added to its notes."""
+    if not sources:
+        return ds
+    tables, records = {}, {}
+    for side in ("user", "item"):
+        if side in sources:
+            src = sources[side]
+            encoded = encode_features(src.frame, ds.users if side == "user" else ds.items,
+                                      side=side, source=src.source, sha256=src.sha256)
+            tables[side], records[side] = encoded.table, encoded.record
+            ds.meta.setdefault("notes", []).extend(encoded.notes)
+    ds.features = Features(user=tables.get("user"), item=tables.get("item"))
+    ds.meta["features"] = records
+    return ds
+
+
 # -- sources ---------------------------------------------------------------------------------
 
 
 def prepare_movielens(name: str, options: PrepareOptions, *, path: str | None = None,
                       mirror: str | None = None, cache: str | None = None,
-                      progress: bool = True) -> Dataset:
-    """A registry dataset (embedded, cached, mirrored or downloaded) through ``options``."""
+                      progress: bool = True, features: FeatureFiles | None = None) -> Dataset:
+    """A registry dataset (embedded, cached, mirrored or downloaded) through ``options``, with
+    the features its files have; ``features`` files replace them side by side."""
     from recsys.data import movielens
 
+    given = read_feature_files(features)
     spec, folder = movielens.resolve(name, path=path, mirror=mirror, cache=cache,
                                      progress=progress)
     item_info = movielens.read_item_info(spec, folder)
+    sources = {**movielens_features(spec, folder, item_info), **given}
     source: dict[str, Any] = {"dataset": name, "source_dir": str(folder)}
     if options.split.startswith("ml100k-"):
         if name != "ml-100k":
@@ -70,27 +139,32 @@ def prepare_movielens(name: str, options: PrepareOptions, *, path: str | None = 
         names = ["user", "item", "rating", "timestamp"]
         logs = {"train": read_rating_log(folder / f"{fold}.base", sep="\t", names=names),
                 "test": read_rating_log(folder / f"{fold}.test", sep="\t", names=names)}
-        return _from_parts(logs, options, source, item_info, name)
+        return with_features(_from_parts(logs, options, source, item_info, name), sources)
     # MovieLens has one rating per (user, movie), so rows below the threshold can be skipped
     # while reading without changing what the duplicate policy sees.
     log = movielens.read_ratings(spec, folder, min_rating=options.implicit_threshold)
-    return prepare_log(log, options, source=source, item_info=item_info, name=name, consume=True)
+    return with_features(prepare_log(log, options, source=source, item_info=item_info,
+                                     name=name, consume=True), sources)
 
 
 def prepare_file(path: str | os.PathLike[str], options: PrepareOptions, *, sep: str | None = None,
-                 columns: dict[str, str] | None = None) -> Dataset:
+                 columns: dict[str, str] | None = None, features: FeatureFiles | None = None
+                 ) -> Dataset:
     """A user's own rating log (CSV/TSV/Parquet) through ``options``."""
     if options.split.startswith("ml100k-"):
         raise RecsysError(f"--split {options.split} needs the ml-100k dataset, not --input")
+    sources = read_feature_files(features)
     log = read_rating_log(path, sep=sep, columns=columns)
-    return prepare_log(log, options, source={"dataset": Path(path).name}, name=Path(path).name,
-                       consume=True)
+    return with_features(prepare_log(log, options, source={"dataset": Path(path).name},
+                                     name=Path(path).name, consume=True), sources)
 
 
 def prepare_files(train: str | os.PathLike[str], test: str | os.PathLike[str],
                   valid: str | os.PathLike[str] | None, options: PrepareOptions, *,
-                  sep: str | None = None, columns: dict[str, str] | None = None) -> Dataset:
+                  sep: str | None = None, columns: dict[str, str] | None = None,
+                  features: FeatureFiles | None = None) -> Dataset:
     """Bring-your-own split: the user's train/(valid)/test files, ids kept as given."""
+    sources = read_feature_files(features)
     logs = {"train": read_rating_log(train, sep=sep, columns=columns)}
     if valid is not None:
         logs["valid"] = read_rating_log(valid, sep=sep, columns=columns)
@@ -99,7 +173,8 @@ def prepare_files(train: str | os.PathLike[str], test: str | os.PathLike[str],
     options = dataclasses.replace(options, split="given",
                                   valid_fraction=0.0 if valid is not None else
                                   options.valid_fraction)
-    return _from_parts(logs, options, {"dataset": Path(train).stem}, None, Path(train).stem)
+    return with_features(_from_parts(logs, options, {"dataset": Path(train).stem}, None,
+                                     Path(train).stem), sources)
 
 
 # -- the pipeline ----------------------------------------------------------------------------
@@ -331,6 +406,11 @@ def summary(ds: Dataset) -> str:
         lines.append(f"  {name:<14} {part.nnz:>11,} interactions  "
                      f"{len(part.active_users()):>9,} users")
     lines.append(f"  valid: {_valid_origin(ds)}")
+    for side in ("user", "item"):
+        table = ds.features.side(side)
+        if table is not None:
+            lines.append(f"  {side} features: {table.dim:,} columns from "
+                         f"{Path(m['features'][side]['source']).name}")
     d = m["dropped"]
     unseen = sum(d["unseen_items"].values())
     no_hist = sum(v["interactions"] for v in d["no_history"].values())

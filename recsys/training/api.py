@@ -19,6 +19,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from recsys.data.features import Features
+
 if TYPE_CHECKING:
     from recsys.data.interactions import EvalSplit, Interactions
 
@@ -62,6 +64,9 @@ class FitContext:
     # Everything the model needs to know about the data beyond the matrix (implicit flag,
     # rating scale), taken from the prepared dataset's metadata.
     data_meta: dict[str, Any] = field(default_factory=dict)
+    # The dataset's side information (`Dataset.features`), aligned with the training matrix's
+    # user and item vocabularies; a model that uses it keeps what it needs in its own state.
+    features: Features = field(default_factory=Features)
     # Set for a refit on train + valid (`recsys.training.refit`): the training engine runs
     # exactly this many epochs, with no validation, and keeps the refit's checkpoints in their own
     # folder (`refit_checkpoint_dir`), apart from those of the fit that chose the epoch count.

@@ -50,7 +50,7 @@ def train_run(model: Recommender, dataset: Dataset, data_dir: str | Path, run_di
     data_dir, run_dir = Path(data_dir), Path(run_dir)
     log_training_start(tracker, model=model, data_dir=data_dir)
     ctx = FitContext(run_dir=run_dir, resume=resume, quiet=quiet, data_meta=dict(dataset.meta),
-                     callbacks=TrackerCallbacks(tracker))
+                     features=dataset.features, callbacks=TrackerCallbacks(tracker))
     # The fit on train (early stopping on valid), then the refit on train + valid; every rank
     # of a distributed run trains both.
     final = fit_final(model, dataset, valid, ctx, refit=refit)

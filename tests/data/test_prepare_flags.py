@@ -64,6 +64,8 @@ class World:
     test: str
     runs: int = 0
     cache: dict[tuple[str, ...], Any] = field(default_factory=dict)
+    user_features: str = ""
+    item_features: str = ""
 
     def base(self, source: str) -> list[str]:
         return {"dataset": ["ml-1m"], "input": ["--input", self.input],
@@ -81,7 +83,11 @@ def world(tmp_path_factory) -> World:
     extracted.mkdir(parents=True)
     (extracted / "ratings.dat").write_text(
         "".join(f"{u}::{i}::{r}::{t}\n" for u, i, r, t in _rows(20)))
-    return World(
+    (root / "users.csv").write_text("user,age,group\n" + "".join(
+        f"{u},{20 + u},{'ab'[u % 2]}\n" for u in range(1, 31)))
+    (root / "items.csv").write_text("item,genres\n" + "".join(
+        f"{i},{'x|y' if i % 2 else 'y'}\n" for i in range(1, 22)))
+    return World(user_features=str(root / "users.csv"), item_features=str(root / "items.csv"),
         root=root, mirror=_mirror(root / "mirror", 30), other_mirror=_mirror(root / "m2", 25),
         path=str(extracted), input=_csv(root / "ratings.csv", rows),
         # each user's last two items are test, the one before validation
@@ -213,6 +219,12 @@ CASES: dict[str, Case] = {
                 lambda o, w, p, s: "--sep" in p(s, "--sep", ";").err),
     "columns": Case(lambda w: ["--columns", "rating=stars"], OWN,
                     lambda o, w, p, s: set(o.data.train.matrix.data) == {5.0}),
+    "user_features": Case(lambda w: ["--user-features", w.user_features], ALL,
+                          lambda o, w, p, s: o.data.features.user.columns
+                          == ("age", "group=a", "group=b")),
+    "item_features": Case(lambda w: ["--item-features", w.item_features], ALL,
+                          lambda o, w, p, s: o.data.features.item.columns
+                          == ("genres=x", "genres=y")),
     "quiet": Case(lambda w: ["--quiet"], ALL,
                   lambda o, w, p, s: o.out == "" and "train" in p(s).out),
     "debug": Case(lambda w: ["--debug"], ALL, _debug_used),
