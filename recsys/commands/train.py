@@ -81,6 +81,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "the same --study-name continues it")
     p.add_argument("--study-name", default=None, metavar="NAME",
                    help="--tune: the stored study's name (default recsys-MODEL)")
+    p.add_argument("--tune-rule", default=None, metavar="RULE",
+                   help="--tune: which candidate is kept: one-se (default) keeps the model's "
+                        "defaults unless the best beats them by more than one standard error "
+                        "over the validation users; best takes the top validation score")
     p.add_argument("--no-refit", action="store_true",
                    help="keep the model fitted on the training part alone (default: refit it "
                         "on train + valid with the settings validation chose)")
@@ -184,6 +188,8 @@ def check_run_flags(model_cls: type, args: argparse.Namespace) -> None:
     if given and not args.tune:
         raise RecsysError(f"{', '.join(given)} configure the --tune study; add --tune (or drop "
                           "them)")
+    if getattr(args, "tune_rule", None) is not None and not args.tune:
+        raise RecsysError("--tune-rule chooses among --tune's candidates; add --tune (or drop it)")
     if unused:
         print(f"note: {', '.join(unused)} changes nothing for '{args.model}' (no random state, "
               "epochs or early stopping to apply it to"
@@ -476,8 +482,8 @@ def _train(args: argparse.Namespace, dist_info: Any = None) -> int:
                 print(f"tuning on the validation part ({len(result.table)} {what}, "
                       f"{tune_seconds:.1f} s):\n{result.format()}")
             chosen = ", ".join(f"{k}={v}" for k, v in result.best_params.items()) or "(nothing)"
-            print(f"tuned: {chosen} (valid {metric} {result.best_score:.4f}); config written "
-                  f"to {out / 'tuned.yaml'}")
+            print(f"tuned: {chosen} (valid {metric} {result.best_score:.4f}"
+                  f"{kept_note(result.selection)}); config written to {out / 'tuned.yaml'}")
 
         tracker.log_params(flatten({"model": model.name, **model.get_params()}))
         outcome = train_run(model, dataset, data_dir, out, tracker=tracker, valid=valid,
@@ -512,16 +518,26 @@ def _train(args: argparse.Namespace, dist_info: Any = None) -> int:
     return 0
 
 
+def kept_note(selection: dict[str, Any] | None) -> str:
+    """Why the defaults stayed, when the one-SE rule kept them."""
+    if not selection or not selection.get("kept_default"):
+        return ""
+    return (f"; the defaults, kept: the best candidate's gain {selection['gain']:+.4f} is within "
+            f"one standard error ({selection['se']:.4f}) over {selection['users']} users")
+
+
 def _search(model: Any, args: argparse.Namespace, mode: str | None, grid: Any,
             space: Any, metric: str) -> Any:
     """The search --tune asks for (`recsys.workflows.tune.Search`)."""
+    from recsys.models.tuning import DEFAULT_RULE
     from recsys.workflows.tune import Search
 
+    rule = args.tune_rule or DEFAULT_RULE
     if mode == "grid":
-        return Search("grid", metric, grid=grid)
+        return Search("grid", metric, grid=grid, rule=rule)
     seed = args.seed if args.seed is not None else int(getattr(model.config, "seed", 0))
     trials = args.trials if args.trials is not None or args.timeout is not None \
         else DEFAULT_TRIALS
     return Search("study", metric, space=space, trials=trials, timeout=args.timeout, seed=seed,
-                  storage=args.study_storage,
+                  storage=args.study_storage, rule=rule,
                   study_name=args.study_name or f"recsys-{model.name}")

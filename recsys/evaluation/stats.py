@@ -4,6 +4,8 @@
   users with replacement (vectorised: a block of resamples is one fancy-index + mean).
 - `paired_tests`: two models evaluated on the same users, compared per metric with the paired
   t-test and the Wilcoxon signed-rank test (scipy).
+- `paired_gain`: the mean per-user difference of two aligned value vectors and its standard error
+  (the tuning's one-standard-error rule, `recsys.models.tuning.select`).
 
 rmse and mae are global over ratings, so when the table has ``n_ratings`` their resampled value
 weights each drawn user by their number of ratings (sqrt of the pooled mean squared error for
@@ -84,6 +86,16 @@ def bootstrap_ci(per_user: pd.DataFrame, metrics: list[str] | None = None, *,
             continue
         out[m] = (float(np.quantile(d, alpha)), float(np.quantile(d, 1.0 - alpha)))
     return out
+
+
+def paired_gain(a: np.ndarray, b: np.ndarray) -> tuple[float, float, int]:
+    """Mean of ``a - b`` over the users where both are defined, its standard error, and that
+    user count; ``a`` and ``b`` hold one value per user, in the same user order."""
+    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    d = d[~np.isnan(d)]
+    if len(d) < 2:
+        return (float(d.mean()) if len(d) else 0.0), math.inf, len(d)
+    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d))), len(d)
 
 
 def paired_tests(a: pd.DataFrame, b: pd.DataFrame, metrics: list[str] | None = None

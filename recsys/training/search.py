@@ -31,10 +31,13 @@ from recsys.evaluation.metrics import lower_is_better
 from recsys.models.base import FitContext, Recommender
 from recsys.models.tuning import (
     DEFAULT_METRIC,
+    DEFAULT_RULE,
     TuneResult,
     check_valid_part,
     default_space,
+    defaults_of,
     fit_candidate,
+    select,
 )
 from recsys.tracking.base import Tracker
 from recsys.tracking.callbacks import TrackerCallbacks
@@ -158,9 +161,14 @@ def study(model: Recommender, train: Interactions, valid: EvalSplit,
           ctx: FitContext | None = None, batch_size: int = 2048, device: str | None = None,
           storage: str | None = None, study_name: str | None = None,
           prune_startup: int = PRUNE_STARTUP_TRIALS, prune_warmup: int = PRUNE_WARMUP_EPOCHS,
+          rule: str = DEFAULT_RULE,
           tracker_for: Callable[[int, dict[str, Any]], Tracker] | None = None,
           log: Callable[[str], None] | None = None) -> TuneResult:
     """Run an Optuna study of ``trials`` trials (and/or ``timeout`` seconds) over ``space``.
+
+    A new study's first trial is the model's own config (when the space holds it), so that the
+    search starts from it and, under ``rule`` "one-se" (`recsys.models.tuning.select`), keeps it
+    unless the best trial beats it by more than one standard error on the validation users.
 
     ``space``: ``None`` takes the model's declared space. ``storage`` (an Optuna/SQLAlchemy URL)
     with ``study_name`` keeps the study: the same name continues it, its earlier trials counting
@@ -180,6 +188,7 @@ def study(model: Recommender, train: Interactions, valid: EvalSplit,
     if trials is not None and trials < 1:
         raise RecsysError(f"--trials must be at least 1 (got {trials})")
     check_valid_part(valid)
+    select(0, None, {}, False, rule)  # an unknown rule fails before any trial
     lower = lower_is_better(metric)
     # Failed trials are reported through ``log`` in one line each, not Optuna's tracebacks.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -198,19 +207,29 @@ def study(model: Recommender, train: Interactions, valid: EvalSplit,
         # The trials an interrupted session left RUNNING: failed now, not counted as running.
         optuna.storages.fail_stale_trials(the_study)
     data_meta = dict(ctx.data_meta) if ctx else {}
+    defaults = defaults_of(model, space)
+    if not the_study.trials and _holds(space, defaults):
+        the_study.enqueue_trial(_as_suggested(space, defaults))
+    # Each trial's per-user validation values, for the selection rule (this session's only: they
+    # are too large to keep in a stored study).
+    per_user: dict[int, Any] = {}
 
     def objective(trial: optuna.Trial) -> float:
         params = suggest(trial, space)
         trial.set_user_attr("params", params)  # the config values (lists included)
+        if params == defaults:
+            trial.set_user_attr("default", True)
         tracker = tracker_for(trial.number, params) if tracker_for else Tracker()
         status = "FAILED"
 
         try:
-            score, seconds = fit_candidate(
+            scored = fit_candidate(
                 model, params, train, valid,
                 FitContext(quiet=True, data_meta=data_meta,
                            callbacks=TrialCallbacks(tracker, trial, metric)),
                 metric, batch_size=batch_size, device=device)
+            score, seconds = scored.score, scored.seconds
+            per_user[trial.number] = scored.per_user
             trial.set_user_attr("fit_seconds", seconds)
             # Its own key: valid_METRIC is the per-epoch curve (its last epoch need not be the
             # best, whose weights the trial keeps).
@@ -244,7 +263,31 @@ def study(model: Recommender, train: Interactions, valid: EvalSplit,
 
     the_study.optimize(objective, n_trials=trials, timeout=timeout, callbacks=[on_pruned],
                        catch=(RecsysError,))
-    return _result(the_study, space, metric)
+    return _result(the_study, space, metric, per_user, rule)
+
+
+def _holds(space: Mapping[str, Mapping[str, Any]], values: Mapping[str, Any]) -> bool:
+    """Whether ``values`` is a point of ``space`` (a --search-space may leave the defaults out)."""
+    for key, spec in space.items():
+        value = values[key]
+        if "choices" in spec:
+            if value not in spec["choices"]:
+                return False
+        elif not (_is_number(value) and spec["low"] <= value <= spec["high"]):
+            return False
+    return True
+
+
+def _as_suggested(space: Mapping[str, Mapping[str, Any]], values: Mapping[str, Any]
+                  ) -> dict[str, Any]:
+    """``values`` as Optuna holds them (list-valued choices go by their text, see `suggest`)."""
+    out = {}
+    for key, value in values.items():
+        choices = space[key].get("choices")
+        scalar = choices is None or all(
+            v is None or isinstance(v, (bool, int, float, str)) for v in choices)
+        out[key] = value if scalar else str(value)
+    return out
 
 
 def _shown(params: Mapping[str, Any]) -> str:
@@ -255,14 +298,16 @@ def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _result(the_study: optuna.Study, space: Mapping[str, Any], metric: str) -> TuneResult:
+def _result(the_study: optuna.Study, space: Mapping[str, Any], metric: str,
+            per_user: Mapping[int, Any], rule: str) -> TuneResult:
     rows = []
     for t in the_study.trials:
         params = t.user_attrs.get("params", t.params)
         value = t.value if t.value is not None else (
             t.intermediate_values[t.last_step] if t.last_step is not None else math.nan)
         rows.append({**params, metric: float(value), "state": t.state.name,
-                     "fit_seconds": float(t.user_attrs.get("fit_seconds", math.nan))})
+                     "fit_seconds": float(t.user_attrs.get("fit_seconds", math.nan)),
+                     "default": bool(t.user_attrs.get("default", False))})
     columns = list(dict.fromkeys([*space, *(k for r in rows for k in r)]))
     table = pd.DataFrame(rows, columns=columns)
     complete = [t for t in the_study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -271,9 +316,15 @@ def _result(the_study: optuna.Study, space: Mapping[str, Any], metric: str) -> T
         raise RecsysError("no trial of the study completed (all pruned or failed"
                           + (f"; first failure: {errors[0]}" if errors else "")
                           + "); give more --trials or change the --search-space")
-    best = the_study.best_trial
-    return TuneResult(dict(best.user_attrs.get("params", best.params)), float(best.value),
-                      metric, table, best_row=the_study.trials.index(best), study=the_study)
+    trials = the_study.trials
+    best = trials.index(the_study.best_trial)
+    default = next((i for i, t in enumerate(trials) if t.user_attrs.get("default")
+                    and t.state == optuna.trial.TrialState.COMPLETE), None)
+    by_row = {i: per_user.get(t.number) for i, t in enumerate(trials)}
+    chosen, selection = select(best, default, by_row, lower_is_better(metric), rule)
+    kept = trials[chosen]
+    return TuneResult(dict(kept.user_attrs.get("params", kept.params)), float(kept.value),
+                      metric, table, best_row=chosen, study=the_study, selection=selection)
 
 
 class TrialCallbacks(TrackerCallbacks):

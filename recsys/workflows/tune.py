@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from recsys.data.interactions import Dataset, EvalSplit
 from recsys.models.base import FitContext, Recommender
-from recsys.models.tuning import TuneResult
+from recsys.models.tuning import DEFAULT_RULE, TuneResult
 from recsys.tracking.base import Tracker, flatten
 from recsys.tracking.setup import TrackingOptions, make_tracker
 
@@ -28,7 +28,9 @@ EVAL_BATCH_SIZE = 2048
 class Search:
     """What to search: ``mode`` "grid" (``grid``: {key: [values]}, None for the model's default)
     or "study" (``space``: None for the model's declared one; ``trials`` / ``timeout``; a stored
-    study continues under ``study_name`` in ``storage``)."""
+    study continues under ``study_name`` in ``storage``); ``rule``: how the kept candidate is
+    chosen (`recsys.models.tuning.select`: "one-se" keeps the defaults unless beaten beyond one
+    standard error on the validation users, "best" takes the top validation score)."""
 
     mode: Literal["grid", "study"]
     metric: str
@@ -39,6 +41,7 @@ class Search:
     seed: int = 0
     storage: str | None = None
     study_name: str | None = None
+    rule: str = DEFAULT_RULE
 
 
 @dataclass
@@ -76,13 +79,13 @@ def tune_model(model: Recommender, dataset: Dataset, valid: EvalSplit, search: S
         result = study(model, dataset.train, valid, search.space, trials=search.trials,
                        timeout=search.timeout, seed=search.seed, metric=search.metric, ctx=ctx,
                        batch_size=EVAL_BATCH_SIZE, device=device, storage=search.storage,
-                       study_name=name if search.storage else None, tracker_for=tracker_for,
-                       log=log)
+                       study_name=name if search.storage else None, rule=search.rule,
+                       tracker_for=tracker_for, log=log)
     else:
         from recsys.models.tuning import tune
 
         result = tune(model, dataset.train, valid, search.grid, metric=search.metric, ctx=ctx,
-                      batch_size=EVAL_BATCH_SIZE, device=device, log=log)
+                      batch_size=EVAL_BATCH_SIZE, device=device, rule=search.rule, log=log)
     seconds = time.perf_counter() - started
     model.set_params(**result.best_params)
     record_search(tracker, result, model, run_dir)
@@ -99,6 +102,13 @@ def record_search(tracker: Tracker, result: TuneResult, model: Recommender,
     tracker.log_table(result.table, "tuning.json")
     tracker.log_params(flatten({f"best.{k}": v for k, v in result.best_params.items()}))
     tracker.log_metrics({f"best_valid_{metric}": result.best_score})
+    selection = result.selection or {}
+    tracker.set_tags({"recsys.tune.rule": str(selection.get("rule", "best")),
+                      "recsys.tune.kept_default": str(bool(selection.get("kept_default")))})
+    if "gain" in selection:
+        # The search's best against the defaults on the validation users (the rule's inputs).
+        tracker.log_metrics({f"tune/gain_over_default_{metric}": selection["gain"],
+                             f"tune/gain_se_{metric}": selection["se"]})
     if run_dir is not None:
         path = Path(run_dir) / "tuned.yaml"
         write_tuned(path, model)

@@ -150,7 +150,9 @@ def test_config_file_and_set_merge_and_the_tune_section_replaces_the_grid(data_d
     assert train(data_dir, tmp_path / "b", "ease", "--config", str(config), "--tune",
                  "--metric", "recall@5", "--quiet") == 0
     tuned = read_run(tmp_path / "b")["tuned"]
-    assert [c["lambda_"] for c in tuned["candidates"]] == [5, 7]
+    # The config's own value is a candidate too (first), for the one-SE rule.
+    assert [c["lambda_"] for c in tuned["candidates"]] == [50, 5, 7]
+    assert [c["default"] for c in tuned["candidates"]] == [True, False, False]
     assert tuned["metric"] == "recall@5" and "recall@5" in tuned["candidates"][0]
 
 

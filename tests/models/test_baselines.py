@@ -15,7 +15,7 @@ from recsys.errors import RecsysError
 from recsys.evaluation.evaluate import evaluate
 from recsys.models import baselines
 from recsys.models.baselines import ALS, BPR, EASE, ItemKNN, Popularity, item_gram_blocks
-from recsys.models.tuning import check_grid, default_grid, tune
+from recsys.models.tuning import check_grid, default_grid, select, tune
 
 from .contract import RecommenderContract, checkerboard, masked
 
@@ -238,7 +238,7 @@ def noisy_checkerboard(seed: int = 0) -> tuple[Interactions, EvalSplit]:
 def test_tune_scores_each_candidate_on_the_validation_part_and_picks_the_best():
     train, valid = noisy_checkerboard()
     grid = {"lambda_": [0.5, 30.0, 3000.0]}
-    result = tune(EASE(device="cpu"), train, valid, grid, metric="NDCG@5")
+    result = tune(EASE(device="cpu"), train, valid, grid, metric="NDCG@5", rule="best")
     assert result.metric == "ndcg@5"
     assert list(result.table["lambda_"]) == grid["lambda_"]
     for lam, value in zip(result.table["lambda_"], result.table["ndcg@5"], strict=True):
@@ -250,6 +250,41 @@ def test_tune_scores_each_candidate_on_the_validation_part_and_picks_the_best():
     record = result.to_record()
     assert record["params"] == result.best_params and len(record["candidates"]) == 3
     assert "*" in result.format()
+
+
+def test_the_one_se_rule_adds_the_defaults_first_and_replaces_them_when_clearly_beaten():
+    train, valid = noisy_checkerboard()
+    # One neighbour (the defaults here) loses clearly to 5 or 50 on this data: replaced.
+    far = tune(ItemKNN(k=1, device="cpu"), train, valid, {"k": [5, 50]}, metric="ndcg@1")
+    assert list(far.table["k"]) == [1, 5, 50]
+    assert list(far.table["default"]) == [True, False, False]
+    assert far.selection["gain"] > far.selection["se"] > 0
+    assert not far.selection["kept_default"] and far.best_params == {"k": 5}
+    assert far.to_record()["selection"]["users"] == len(valid.users)
+    # Defaults inside the grid are not added twice.
+    inside = tune(ItemKNN(k=5, device="cpu"), train, valid, {"k": [5, 50]}, metric="ndcg@1")
+    assert list(inside.table["k"]) == [5, 50] and inside.selection["default_row"] == 0
+    with pytest.raises(RecsysError, match="unknown selection rule 'one_se'.*'one-se'"):
+        tune(EASE(device="cpu"), train, valid, {"lambda_": [1.0]}, rule="one_se")
+
+
+def test_the_one_se_rule_keeps_the_defaults_within_one_standard_error():
+    rng = np.random.default_rng(0)
+    default = rng.random(400)
+    noisy_best = default + rng.normal(0.002, 0.05, 400)  # gain ~0.002, se ~0.0025
+    clear_best = default + 0.02 + rng.normal(0, 0.05, 400)
+    values = {0: default, 1: noisy_best, 2: clear_best}
+    assert select(1, 0, values, lower=False) == (0, pytest.approx(
+        {"rule": "one-se", "best_row": 1, "default_row": 0, "gain": float(np.mean(
+            noisy_best - default)), "se": float(np.std(noisy_best - default, ddof=1) / 20),
+         "users": 400, "kept_default": True}))
+    assert select(2, 0, values, lower=False)[0] == 2
+    assert select(1, 0, values, lower=False, rule="best")[0] == 1
+    # Lower is better (a loss): a best that is lower by more than one standard error wins.
+    assert select(2, 1, {1: clear_best, 2: default}, lower=True)[0] == 2
+    # Nothing to pair: the best stands, and says so.
+    row, record = select(1, 0, {0: default, 1: None}, lower=False)
+    assert row == 1 and "no per-user values" in record["note"]
 
 
 def test_tune_runs_the_default_grid_and_rating_metrics_pick_the_minimum():
@@ -282,8 +317,8 @@ def test_a_model_without_a_default_grid_asks_for_one():
     train, valid = noisy_checkerboard(3)
     with pytest.raises(RecsysError, match="no default tuning grid.*tune:"):
         tune(Custom(), train, valid)
-    assert tune(Custom(device="cpu"), train, valid, {"lambda_": [1.0]}).best_params == {
-        "lambda_": 1.0}
+    chosen = tune(Custom(device="cpu"), train, valid, {"lambda_": [1.0]}, rule="best")
+    assert chosen.best_params == {"lambda_": 1.0}
 
 
 def test_baselines_move_to_a_device_and_score_there():

@@ -21,7 +21,8 @@ def test_a_study_is_a_parent_run_with_its_trials_nested(mlflow_server, mls_data,
     out = tmp_path / "ease"
     assert main(["train", "ease", "--data", str(mls_data), "--out", str(out), "--tune",
                  "--trials", "3", "--search-space", str(space), "--set", "device=cpu",
-                 "--quiet", "--tracking-uri", mlflow_server, "--experiment", "it-study"]) == 0
+                 "--tune-rule", "best", "--quiet", "--tracking-uri", mlflow_server,
+                 "--experiment", "it-study"]) == 0
     record = json.loads((out / "run.json").read_text())
     client = MlflowClient(mlflow_server)
     experiment = client.get_experiment_by_name("it-study").experiment_id
@@ -33,6 +34,12 @@ def test_a_study_is_a_parent_run_with_its_trials_nested(mlflow_server, mls_data,
     scores = {float(r.data.params["lambda_"]): r.data.metrics["trial_valid_ndcg_at_100"]
               for r in trials}
     assert {r.data.tags["optuna.state"] for r in trials} == {"COMPLETE"}
+    # A new study starts from the model's defaults.
+    [first] = [r for r in trials if r.info.run_name == "trial-0"]
+    from recsys.models.baselines import EASE
+
+    assert float(first.data.params["lambda_"]) == EASE().config.lambda_
+    assert parent.data.tags["recsys.tune.rule"] == "best"
     best = max(scores, key=scores.get)
     assert float(parent.data.params["best.lambda_"]) == pytest.approx(best)
     assert yaml.safe_load((out / "tuned.yaml").read_text())["lambda_"] == pytest.approx(best)
