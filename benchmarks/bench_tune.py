@@ -16,8 +16,13 @@ run.json's study record, and the chosen config is RUN/tuned.yaml.
 
     RECSYS_MIRROR=/path/to/zips python benchmarks/bench_tune.py [--models multvae,multdae,recvae]
         [--datasets ml-100k,ml-latest-small] [--trials 30] [--threads 1] [--no-recbole]
-        [--out benchmarks/out/tune]
+        [--reuse-defaults] [--out benchmarks/out/tune]
     python benchmarks/bench_tune.py --table-only    # the table again, from results.json
+
+--reuse-defaults keeps the default-config rows (and, with --no-recbole, RecBole's figures) that
+results.json already holds for a dataset instead of fitting them again: they do not depend on
+the search (a changed training path needs a fresh run). Each tuned row records how the kept
+config was chosen (`selection`: the one-SE rule's gain over the defaults and its standard error).
 
 Results: benchmarks/out/tune/results.json (one entry per dataset, rewritten after each row, and
 merged with the entries other invocations wrote there, so datasets may run in separate processes)
@@ -103,6 +108,7 @@ def train_row(model: str, prep: Path, run: Path, log: Path, trials: int | None) 
                   for c, state in zip(candidates, states, strict=True)]
         row["best_trial"] = max((i for i, v in enumerate(scores) if v is not None),
                                 key=lambda i: scores[i], default=None)
+        row["selection"] = tuned.get("selection")
         row.update({"search": tuned.get("search"), "valid " + METRIC: tuned.get("score"),
                     "trials_run": len(states), "pruned": states.count("PRUNED"),
                     "failed": states.count("FAIL"), "params": tuned.get("params"),
@@ -112,15 +118,19 @@ def train_row(model: str, prep: Path, run: Path, log: Path, trials: int | None) 
                          + (f", {row['failed']} failed" if row["failed"] else "")
                          if tuned.get("search") == "study"
                          else f"`--tune` ({len(states)}-point grid)")
+        if (row["selection"] or {}).get("kept_default"):
+            row["config"] += ", defaults kept (one-SE rule)"
     else:
         row["valid " + METRIC] = training_summary(run, METRIC).get(f"valid_{METRIC}")
         row["config"] = "default"
     return row
 
 
-def run_dataset(name: str, args: argparse.Namespace, entry: dict[str, Any], save: Any) -> None:
+def run_dataset(name: str, args: argparse.Namespace, entry: dict[str, Any], save: Any,
+                before: dict[str, Any]) -> None:
     """Fill ``entry`` with one row per fit, calling ``save`` after each, so that a long run that
-    is stopped keeps what it has."""
+    is stopped keeps what it has; ``before``: the dataset's entry from an earlier run (for
+    --reuse-defaults)."""
     folder = Path(args.out) / name
     log = folder / "log.txt"
     prep = folder / "prepared"
@@ -132,10 +142,17 @@ def run_dataset(name: str, args: argparse.Namespace, entry: dict[str, Any], save
     entry.update({"prepare": "recsys prepare " + " ".join([name, *PREPARE_FLAGS]),
                   "started": now_utc(), "rows": [], "recbole": {}})
     rows = entry["rows"]
+    earlier = {r["model"]: r for r in before.get("rows", [])
+               if r.get("config") == "default" and "error" not in r} if args.reuse_defaults else {}
+    if args.reuse_defaults and args.no_recbole:
+        entry["recbole"].update(before.get("recbole", {}))
     rows.append(train_row("ease", prep, folder / "runs" / "ease-tuned", log, 0))
     save()
     for model in args.models.split(","):
-        rows.append(train_row(model, prep, folder / "runs" / f"{model}-default", log, None))
+        if model in earlier:
+            rows.append({**earlier[model], "reused": True})
+        else:
+            rows.append(train_row(model, prep, folder / "runs" / f"{model}-default", log, None))
         save()
         rows.append(train_row(model, prep, folder / "runs" / f"{model}-tuned", log, args.trials))
         save()
@@ -212,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads of every call (OMP_NUM_THREADS) and of RecBole")
     parser.add_argument("--no-recbole", action="store_true", help="skip RecBole's fits")
+    parser.add_argument("--reuse-defaults", action="store_true",
+                        help="keep results.json's default-config rows of each dataset (and "
+                             "RecBole's, with --no-recbole) instead of fitting them again")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "tune"))
     parser.add_argument("--mirror", default=os.environ.get("RECSYS_MIRROR"),
                         help="folder holding ml-100k.zip (default $RECSYS_MIRROR)")
@@ -233,10 +253,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     results: dict[str, Any] = {"machine": machine_info(), "versions": versions(),
                                "trials": args.trials, "threads": args.threads, "datasets": {}}
+    before = json.loads(path.read_text()).get("datasets", {}) if path.exists() else {}
     for name in args.datasets.split(","):
         results["datasets"][name] = {}
         run_dataset(name, args, results["datasets"][name],
-                    lambda: save_merged(path, results))
+                    lambda: save_merged(path, results), before.get(name, {}))
     with contextlib.suppress(OSError):
         results = json.loads(path.read_text())
     print(table(results))
