@@ -15,7 +15,7 @@ nobody in the user's group). The model is fitted once per test class.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -26,6 +26,7 @@ import torch
 from sklearn.base import clone
 
 from recsys.config import StrictConfig
+from recsys.data.features import Features, FeatureTable
 from recsys.data.interactions import EvalSplit, Interactions, Vocabulary
 from recsys.errors import RecsysError
 from recsys.models.base import FitContext, Recommender
@@ -39,6 +40,9 @@ class Checkerboard:
     heldout: np.ndarray  # (n_users,) the held-out liked item of each user
     meta: dict[str, Any]  # what a prepared dataset's metadata would say (FitContext.data_meta)
     disliked: np.ndarray | None = None  # ratings only: a held-out item each user rated 1
+    # Side information (FitContext.features): one user feature per block, 1.0 on the user's own
+    # (models that read no features ignore it; those that need it, such as cvae, get it here).
+    features: Features = field(default_factory=Features)
 
     @property
     def users(self) -> np.ndarray:
@@ -92,7 +96,10 @@ def checkerboard(users_per_block: int = 16, items_per_block: int = 8, blocks: in
         target[rows, disliked] = True
     valid = EvalSplit(history=train.matrix, target=matrix(target).matrix, users=rows)
     meta = ({"implicit": False, "rating_scale": [1.0, 5.0]} if ratings else {"implicit": True})
-    return Checkerboard(train, valid, heldout, meta, disliked)
+    blocks_of_users = np.eye(blocks, dtype=np.float32)[block_of_user]
+    features = Features(user=FeatureTable(blocks_of_users,
+                                          tuple(f"block={b}" for b in range(blocks))))
+    return Checkerboard(train, valid, heldout, meta, disliked, features)
 
 
 def masked(scores: torch.Tensor, seen: sp.csr_matrix) -> torch.Tensor:
@@ -128,7 +135,8 @@ class RecommenderContract:
         torch.manual_seed(0)
         before = data.train.matrix.copy()
         model = cls.make()
-        returned = model.fit(data.train, data.valid, FitContext(quiet=True, data_meta=data.meta))
+        returned = model.fit(data.train, data.valid, FitContext(quiet=True, data_meta=data.meta,
+                                                                features=data.features))
         assert returned is model, "fit must return the model itself"
         assert (data.train.matrix != before).nnz == 0, "fit must not modify the training data"
         return model

@@ -1,0 +1,146 @@
+"""Conditional Mult-VAE: Mult-VAE (Liang et al., WWW 2018) whose encoder and decoder are both
+conditioned on the user's side information, as in the conditional VAE of Sohn, Lee and Yan
+("Learning Structured Output Representation using Deep Conditional Generative Models", NeurIPS
+2015).
+
+With c the user's feature vector (`recsys.data.features`: numbers standardised, categories
+one-hot), the model is Mult-VAE's with c added to both ends:
+
+- encoder q(z | x, c): the L2-normalised, dropped-out history x concatenated with c, a tanh MLP
+  to the mean and log-variance of a Gaussian (Sohn et al.'s recognition network q(z | x, y));
+- decoder p(x | z, c): [z, c] through a tanh MLP to logits over the catalogue, read as a
+  multinomial (Sohn et al.'s generation network p(y | x, z) with the roles of the paper's x and y
+  played here by c and the history);
+- prior N(0, I), independent of c (the paper's simplification p(z | x) = p(z), which it also
+  evaluates), so the loss is exactly Mult-VAE's: multinomial NLL + beta * KL(q(z | x, c) || N(0, I))
+  with the same annealed beta (`recsys.models.multvae.kl_beta`, `MultVAEConfig`'s schedule).
+
+Training samples z = mu + sigma * eps; scoring decodes [mu, c]. A user unknown to the model
+(id -1, a history folded in without features) is scored with c = 0, which is the mean of every
+numeric feature and no category. Fitting needs user features (`FitContext.features.user`); the
+matrix is kept in the network as a buffer, so a saved model, the pyfunc model and a resumed or
+distributed run carry it without the dataset.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Self
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from recsys.data.interactions import EvalSplit, Interactions
+from recsys.errors import RecsysError
+from recsys.models.base import FitContext
+from recsys.models.multvae import MultVAE, MultVAEConfig, kl_beta, kl_standard_normal
+from recsys.models.neural import Batch
+from recsys.models.nn import (
+    binarize,
+    check_dims,
+    check_history,
+    init_like_multvae,
+    mlp,
+    multinomial_nll,
+)
+
+CONDITION = "user_features"  # the network buffer (and state_dict key) holding c for every user
+
+
+class CVAENetwork(nn.Module):
+    def __init__(self, n_items: int, user_features: torch.Tensor, hidden_dims: list[int],
+                 latent_dim: int, dropout: float) -> None:
+        super().__init__()
+        n_features = user_features.shape[1]
+        self.encoder = mlp([n_items + n_features, *hidden_dims, 2 * latent_dim])
+        self.decoder = mlp([latent_dim + n_features, *reversed(hidden_dims), n_items])
+        self.dropout = nn.Dropout(dropout)
+        init_like_multvae(self)
+        self.register_buffer(CONDITION, user_features.to(torch.float32).clone())
+
+    def condition(self, users: torch.Tensor) -> torch.Tensor:
+        """c of each user; zeros for an unknown user (-1)."""
+        table = getattr(self, CONDITION)
+        known = users >= 0
+        c = table[users.clamp(min=0)]
+        return c * known.unsqueeze(1).to(c.dtype)
+
+    def encode(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # The history is normalised and dropped out as in Mult-VAE; the condition is not: it is
+        # the side information the posterior is conditioned on, not part of what is denoised.
+        h = torch.cat([self.dropout(F.normalize(x, dim=-1)), c], dim=-1)
+        mu, logvar = self.encoder(h).chunk(2, dim=-1)
+        return mu, logvar
+
+    def forward(self, x: torch.Tensor, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training pass: (logits, KL to N(0, I)) with a reparameterised sample of z."""
+        c = self.condition(users)
+        mu, logvar = self.encode(x, c)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        return self.decoder(torch.cat([z, c], dim=-1)), kl_standard_normal(mu, logvar)
+
+    def scores(self, x: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+        c = self.condition(users)
+        mu, _ = self.encode(x, c)
+        return self.decoder(torch.cat([mu, c], dim=-1))
+
+
+class CVAEConfig(MultVAEConfig):
+    # The conditional posterior stays Gaussian: Mult-VAE's coupling-layer option is not offered.
+    flow_layers: int = Field(0, ge=0, le=0)
+
+
+class CVAE(MultVAE):
+    """Mult-VAE conditioned on user features; ``score`` folds in any user from their history
+    (and their features, for a user the model knows)."""
+
+    name = "cvae"
+    Config = CVAEConfig
+    config: CVAEConfig
+    cuda_graph_safe = False  # the condition is gathered by the batch's user ids
+    tune_grid = MultVAE.tune_grid
+    search_space = MultVAE.search_space
+
+    user_features_: torch.Tensor | None = None
+
+    def fit(self, train: Interactions, valid: EvalSplit | None = None,
+            ctx: FitContext | None = None) -> Self:
+        table = (ctx or FitContext()).features.user
+        if table is None:
+            raise RecsysError("cvae needs user features and the data has none; prepare it with "
+                              "--user-features FILE (ml-100k and ml-1m bring their own)")
+        if table.values.shape[0] != train.n_users:
+            raise RecsysError(f"cvae: {table.values.shape[0]:,} rows of user features for "
+                              f"{train.n_users:,} users; prepare the data again")
+        self.user_features_ = torch.from_numpy(table.values.copy())
+        return super().fit(train, valid, ctx)
+
+    def build(self, n_users: int, n_items: int) -> None:
+        c = self.config
+        if self.user_features_ is None:
+            raise RecsysError("cvae: no user features to build the network with (fit it on data "
+                              "with user features, or load a saved model)")
+        check_dims(self.name, [*c.hidden_dims, c.latent_dim], n_items, "latent_dim")
+        self.n_users, self.n_items = n_users, n_items
+        self.network = CVAENetwork(n_items, self.user_features_, list(c.hidden_dims),
+                                   c.latent_dim, c.dropout)
+
+    def training_step(self, batch: Batch, step: int) -> dict[str, Any]:
+        x = batch.rows
+        logits, kl = self.network(x, batch.index)
+        nll = multinomial_nll(logits, x)
+        beta = kl_beta(step, self.config.anneal_cap, self._anneal_steps())
+        return {"loss": nll + beta * kl, "nll": nll.detach(), "kl": kl.detach(), "beta": beta}
+
+    def forward_scores(self, history: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+        check_history(self.name, history, self.n_items)
+        return self.network.scores(binarize(history), users)
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        table = state.get(CONDITION)
+        if table is None or table.ndim != 2 or table.shape[0] != self.n_users:
+            raise RecsysError(f"cvae: the saved weights hold no {self.n_users}-row "
+                              f"'{CONDITION}' matrix; the saved model is damaged")
+        self.user_features_ = table.to(torch.float32)
+        super().load_state_dict(state)
