@@ -228,7 +228,8 @@ def tune(model: Recommender, train: Interactions, valid: EvalSplit,
                               "the --config file's 'tune:' section, e.g. tune: {lr: [0.001, 0.01]}")
     grid = check_grid(model, grid)
     check_valid_part(valid)
-    candidate_ctx = FitContext(quiet=True, data_meta=dict(ctx.data_meta) if ctx else {})
+    candidate_ctx = FitContext(quiet=True, data_meta=dict(ctx.data_meta) if ctx else {},
+                               features=ctx.features if ctx else FitContext().features)
     select(0, None, {}, False, rule)  # an unknown rule fails before any fit
     rows: list[dict[str, Any]] = []
     candidates = list(ParameterGrid(grid))

@@ -226,6 +226,7 @@ def study(model: Recommender, train: Interactions, valid: EvalSplit,
             scored = fit_candidate(
                 model, params, train, valid,
                 FitContext(quiet=True, data_meta=data_meta,
+                           features=ctx.features if ctx else FitContext().features,
                            callbacks=TrialCallbacks(tracker, trial, metric)),
                 metric, batch_size=batch_size, device=device)
             score, seconds = scored.score, scored.seconds

@@ -59,7 +59,7 @@ def tune_model(model: Recommender, dataset: Dataset, valid: EvalSplit, search: S
     """Search, set the best parameters on ``model`` and record the search in ``tracker`` (and
     ``run_dir``/tuned.yaml). ``tracking``: how each study trial's child run is tracked (None:
     trials are not tracked)."""
-    ctx = FitContext(data_meta=dict(dataset.meta))
+    ctx = FitContext(data_meta=dict(dataset.meta), features=dataset.features)
     started = time.perf_counter()
     if search.mode == "study":
         from recsys.training.search import study

@@ -158,3 +158,25 @@ def test_cvae_on_data_without_user_features_ends_in_one_line(prepared, capsys):
     r = cli(["train", "cvae", "--data", root / "plain", "--out", root / "run2", *FAST_CLI],
             capsys)
     assert_one_line_error(r, "cvae needs user features")
+
+
+@pytest.mark.parametrize("how", ["study", "grid"])
+def test_tuning_carries_the_user_features_to_every_candidate(prepared, capsys, how):
+    root, ratings, users = prepared
+    data = root / f"tune-{how}"
+    assert cli(["prepare", "--input", ratings, "--implicit-threshold", "4", "--user-features",
+                users, "--out", data], capsys).code == 0
+    if how == "study":
+        space = root / "space.yaml"
+        space.write_text("anneal_cap: {low: 0.1, high: 0.5}\n")
+        extra = ["--trials", "2", "--search-space", space]
+    else:
+        config = root / "grid.yaml"
+        config.write_text("tune:\n  anneal_cap: [0.1, 0.5]\n")
+        extra = ["--config", config]
+    r = cli(["train", "cvae", "--data", data, "--out", root / f"run-{how}", "--tune", *extra,
+             *FAST_CLI], capsys)
+    assert r.code == 0, r.err
+    tuned = json.loads((root / f"run-{how}" / "run.json").read_text())["tuned"]
+    assert len(tuned["candidates"]) >= 2  # the grid may add the defaults as a candidate
+    assert all(c["ndcg@100"] is not None and c["ndcg@100"] > 0 for c in tuned["candidates"])
