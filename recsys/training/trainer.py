@@ -566,6 +566,8 @@ class Trainer:
             stopped_early=self.stopped_early, resumed_from=resumed_from,
             seconds=time.perf_counter() - started, history=self.history)
         model.train_result_ = result
+        if self.is_main and not self.ctx.quiet and result.best_value is not None:
+            print(fit_summary(result, self.epochs), file=sys.stderr)
         return result
 
     def _train_epoch(self) -> dict[str, Any]:
@@ -657,8 +659,11 @@ class Trainer:
         from tqdm import tqdm  # plain: tqdm.auto warns in notebooks without ipywidgets
 
         what = "refit epoch" if self.refit else "epoch"
+        # disable=None: tqdm draws the bar on a terminal only, so that a log file gets the
+        # per-epoch lines of `_report` and no per-batch carriage returns.
         return tqdm(batches, desc=f"{what} {self.epoch}/{self.epochs}", unit="batch",
-                    leave=False, disable=self.ctx.quiet or not self.is_main, dynamic_ncols=True)
+                    leave=False, disable=True if self.ctx.quiet or not self.is_main else None,
+                    dynamic_ncols=True)
 
     def _report(self, record: dict[str, float], epoch_seconds: list[float]) -> None:
         if self.ctx.quiet:
@@ -678,6 +683,23 @@ class Trainer:
         elif self.stopped_early:
             parts.append(f"early stop (best epoch {self.best_epoch})")
         tqdm.write("  ".join(parts))
+
+
+def fit_summary(result: TrainResult, epochs: int) -> str:
+    """The end of a validated fit in words: the epoch whose weights were kept and its validation
+    value, and a note when the fit ran out of epochs while still improving."""
+    line = (f"best epoch {result.best_epoch} of {result.epochs_run} restored (valid "
+            f"{result.metric} {result.best_value:.4f})")
+    if still_improving(result, epochs):
+        line += (f"; note: still improving at the last epoch ({epochs}): more epochs may help "
+                 f"(--set epochs={2 * epochs})")
+    return line
+
+
+def still_improving(result: TrainResult, epochs: int) -> bool:
+    """Whether a validated fit hit its epoch budget with its best epoch the last one."""
+    return (result.best_value is not None and not result.stopped_early
+            and result.epochs_run >= epochs and result.best_epoch == result.epochs_run)
 
 
 def _duration(seconds: float) -> str:
