@@ -21,6 +21,9 @@ def add_tracking_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--experiment", default=None, metavar="NAME",
                    help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME, else "
                         f"'{DEFAULT_EXPERIMENT}')")
+    g.add_argument("--run-name", default=None, metavar="NAME",
+                   help="name of the MLflow run (default: MODEL · DATASET/SPLIT for a training "
+                        "run, the comparison's name for a comparison)")
     g.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     g.add_argument("--register", default=None, metavar="NAME",
                    help="register the trained model under NAME in the MLflow model registry")
@@ -35,6 +38,7 @@ def tracking_options(args: argparse.Namespace) -> TrackingOptions:
     alias: one line naming the flag)."""
     return TrackingOptions(tracking_uri=getattr(args, "tracking_uri", None),
                            experiment=getattr(args, "experiment", None),
+                           run_name=getattr(args, "run_name", None),
                            track=not getattr(args, "no_track", False),
                            register_name=getattr(args, "register", None),
                            alias=getattr(args, "alias", None) or DEFAULT_ALIAS,
@@ -84,7 +88,11 @@ def run_location(tracker: Tracker, alias: str | None = None) -> str | None:
         return None
     uri = tracker.tracking_uri or ""
     base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
-    page = f"{base}/#/experiments/{tracker.experiment_id}/runs/{tracker.run_id}"
+    # MLflow 3.17's UI opens an experiment in its GenAI view unless the address (or the user's
+    # last choice, kept in the browser) asks for the model-training one; the experiment's
+    # `mlflow.experimentKind` tag is read only by UIs without that switch.
+    page = (f"{base}/#/experiments/{tracker.experiment_id}/runs/{tracker.run_id}"
+            "?workflowType=machine_learning")
     line = f"MLflow run {tracker.run_id} ({tracker.experiment_name}): {page}"
     if not uri.startswith(("http://", "https://")):
         line += " once `recsys ui` serves the store"

@@ -122,7 +122,7 @@ def make_tracker(args: argparse.Namespace, model: Any = None) -> Any:
     note, when the store no longer has it)."""
     from recsys.commands.common import tracking_options
     from recsys.tracking.base import flatten
-    from recsys.tracking.records import training_tags
+    from recsys.tracking.records import default_run_name, training_tags
     from recsys.tracking.setup import make_tracker as make
     from recsys.tracking.setup import record_tracking, recorded_tracking
     from recsys.training.trainer import RESUMABLE_CHANGES
@@ -134,7 +134,9 @@ def make_tracker(args: argparse.Namespace, model: Any = None) -> Any:
     # only be known once tuned: the tracker then keeps a changed value as a tag).
     expected = (flatten({"model": model.name, **model.get_params()})
                 if recorded and model is not None and not args.tune else None)
-    tracker = make(tracking_options(args), run_name=out.name or None, tags=tags,
+    # --run-name, else MODEL · DATASET/SPLIT (the folder's name says nothing in the runs table).
+    name = default_run_name(model.name, args.data) if model is not None else out.name or None
+    tracker = make(tracking_options(args), run_name=name, tags=tags,
                    resume_run_id=recorded["run_id"] if recorded else None,
                    expected_params=expected, may_change=RESUMABLE_CHANGES)
     failure = tracker.resume_failure

@@ -54,14 +54,20 @@ class Tracker:
     def log_table(self, table: Any, name: str) -> None:
         """A pandas DataFrame (e.g. the per-user metric table)."""
 
-    def log_dataset(self, data_dir: str | Path, **kwargs: Any) -> None:
-        """The prepared data (or a part of it) as the run's dataset input."""
+    def log_dataset(self, data_dir: str | Path, name: str | None = None) -> None:
+        """The prepared data's parts as the run's dataset inputs (``name``: default, the data's
+        own, `recsys.tracking.records.data_label`)."""
+
+    def log_evaluation(self, metrics: dict[str, float], part: str = "test") -> None:
+        """The trained model's final metrics on a part of the data (linked to the logged model
+        and that part's dataset where the tracker can)."""
 
     def log_history(self, history: list[dict[str, float]]) -> None:
         """Per-epoch records the run may be missing (after a resume)."""
 
     def log_model(self, run_dir: str | Path, data_dir: str | Path, **kwargs: Any) -> str | None:
-        """Log the trained model (and register it); returns its URI, None when not logged."""
+        """Log the trained model (``name``) and register it (``register``, ``alias``, described
+        by ``metrics``); returns its URI, None when not logged."""
         return None
 
     def close(self, status: str = "FINISHED") -> None:

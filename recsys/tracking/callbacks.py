@@ -1,33 +1,35 @@
 """A fit's reports (`recsys.training.api.FitCallbacks`) sent to a `Tracker`: the engine's
 settings as params, each epoch's record as metrics at that step, a resumed fit's earlier epochs
-(those a killed process never sent), and the fit's own figures."""
+(those a killed process never sent), and the fit's own figures; every metric under its tracked
+name (`recsys.tracking.records.epoch_metrics`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from recsys.tracking.base import Tracker, flatten
+from recsys.tracking.records import epoch_metrics
 from recsys.training.api import FitCallbacks
 
 
 class TrackerCallbacks(FitCallbacks):
-    def __init__(self, tracker: Tracker) -> None:
+    """``model``: the model's name, under which its own loss parts are tracked; None takes it
+    from the fit's params (the engine sends ``model`` first thing)."""
+
+    def __init__(self, tracker: Tracker, model: str | None = None) -> None:
         self.tracker = tracker
+        self.model = model
 
     def on_fit_start(self, params: dict[str, Any]) -> None:
+        if self.model is None and isinstance(params.get("model"), str):
+            self.model = params["model"]
         self.tracker.log_params(flatten(params))
 
     def on_epoch_end(self, epoch: int, record: dict[str, float]) -> None:
-        self.tracker.log_metrics(_without_epoch(record), step=epoch)
+        self.tracker.log_metrics(epoch_metrics(record, self.model), step=epoch)
 
     def on_resumed(self, history: list[dict[str, float]]) -> None:
-        self.tracker.log_history([_without_epoch(record) for record in history])
+        self.tracker.log_history([epoch_metrics(record, self.model) for record in history])
 
     def on_fit_end(self, metrics: dict[str, float]) -> None:
-        self.tracker.log_metrics(metrics)
-
-
-def _without_epoch(record: dict[str, float]) -> dict[str, float]:
-    """The epoch is each metric's step: logged as a metric of its own it is one more chart of a
-    straight line in the UI (and one more column to scroll past)."""
-    return {k: v for k, v in record.items() if k not in ("epoch", "refit_epoch")}
+        self.tracker.log_metrics(epoch_metrics(metrics, self.model))

@@ -29,7 +29,15 @@ exists"), so a client of a SQLite store is opened under an exclusive lock on ``D
 the database (`open_client`), and an experiment created meanwhile by another process is found
 rather than created twice.
 
-MLflow metric names may not contain ``@``: ``ndcg@100`` is logged as ``ndcg_at_100``.
+What a person sees in the UI is named for them: experiments are tagged as model training
+(``mlflow.experimentKind``, so MLflow 3's UI does not open them in its GenAI view) and described;
+each part of the data (train, valid, test) is a dataset input named after the data, its split
+protocol and its implicit/explicit preparation (`recsys.tracking.records.data_label`), with its
+context; the logged model is named after the model, and its test metrics are linked to it and to
+the test dataset (MLflow's Models tab lists them there); a registered version carries a
+description and tags (data, test metrics, commit). Metric names follow
+`recsys.tracking.records.metric_name` (MLflow names may not contain ``@``: ``ndcg@100`` is
+``ndcg_at_100``).
 """
 
 from __future__ import annotations
@@ -66,21 +74,34 @@ from recsys.tracking.packaging import (
     quiet_mlflow,
     short_error,
 )
+from recsys.tracking.records import (
+    DATA_CONTEXTS,
+    data_label,
+    metric_key,
+    metric_name,
+    read_data_meta,
+)
 from recsys.tracking.setup import DEFAULT_ALIAS, DEFAULT_EXPERIMENT, resolve_tracking_uri
 
+# The name of a logged model when the caller gives none.
 MODEL_ARTIFACT = "model"
-
-
-# Short retries so that a dead server stalls a training run for seconds, not minutes (MLflow's
-# own defaults retry 7 times with exponential backoff, ~4 minutes). The user's settings win.
-_BAD_METRIC_CHARS = re.compile(r"[^/\w.\- ]")
+# MLflow 3's UI opens an experiment without this tag in its GenAI view (traces, token usage);
+# "custom_model_development" is the kind its own experiment dialog sets for model training.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+NOTE_TAG = "mlflow.note.content"  # the description the UI shows (experiments, runs)
 _MAX_PARAM_VALUE = 6000  # MLflow's limit on a param value's length
 _BATCH = 100  # MLflow accepts at most 100 params / 1000 metrics per log_batch call
+USERS_IN_EXAMPLE = 2  # the logged model's input example: this many known users
 
 
-def metric_key(name: str) -> str:
-    """An MLflow-legal metric name: ``ndcg@100`` -> ``ndcg_at_100``."""
-    return _BAD_METRIC_CHARS.sub("_", name.replace("@", "_at_"))
+def experiment_description(name: str) -> str:
+    """What an experiment recsys creates says about itself (Markdown, shown in the UI)."""
+    return (f"Recommender models trained by recsys {__version__} (experiment `{name}`). One run "
+            "per `recsys train`, named MODEL · DATASET/SPLIT; `recsys compare` and tuning "
+            "studies are parent runs with one child run per model or trial. Metrics: `train/` "
+            "and `valid/` per epoch (a model's own loss parts under `train/MODEL/`), `test/` on "
+            "the test part, also on the run's logged model.")
 
 
 def git_commit() -> str | None:
@@ -176,6 +197,9 @@ class MlflowTracker(Tracker):
         self.run_dir: Path | None = None
         self.model_uri: str | None = None
         self.registered: tuple[str, str] | None = None  # (name, version)
+        self.model_id: str | None = None  # the logged model's id (MLflow 3 LoggedModel)
+        # Per part of the data (train, valid, test): the (name, digest) of its dataset input.
+        self.datasets: dict[str, tuple[str, str]] = {}
         self._first_error: str | None = None
         self._monitor: Any = None
         self.experiment_name = experiment
@@ -250,10 +274,11 @@ class MlflowTracker(Tracker):
         return run
 
     def _experiment_id(self, name: str) -> str:
+        tags = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, NOTE_TAG: experiment_description(name)}
         experiment = self.client.get_experiment_by_name(name)
         if experiment is None:
             try:
-                return self.client.create_experiment(name)
+                return self.client.create_experiment(name, tags=tags)
             except MlflowException:
                 # Another process created it since the lookup (two first runs at once).
                 experiment = self.client.get_experiment_by_name(name)
@@ -262,6 +287,12 @@ class MlflowTracker(Tracker):
         if experiment.lifecycle_stage == "deleted":
             raise RecsysError(f"MLflow experiment '{name}' is deleted; restore it in the UI or "
                               "choose another --experiment")
+        # An experiment made before recsys tagged them (or by `mlflow experiments create`) gets
+        # the tags it lacks; a kind or description someone set is theirs to keep.
+        for key, value in tags.items():
+            if key not in experiment.tags:
+                self._call("experiment tags", self.client.set_experiment_tag,
+                           experiment.experiment_id, key, value)
         return experiment.experiment_id
 
     def _start_system_metrics(self) -> None:
@@ -376,58 +407,91 @@ class MlflowTracker(Tracker):
             table = _json_ready(table)
         self._call(f"table {name}", self.client.log_table, self.run_id, table, name)
 
-    def log_dataset(self, data_dir: str | Path, name: str | None = None,
-                    context: str = "training") -> None:
-        """The prepared data as a dataset input: name, digest of metadata.json, source dir."""
+    def log_dataset(self, data_dir: str | Path, name: str | None = None) -> None:
+        """Each part of the prepared data the run uses (train, valid, test) as a dataset input
+        with its context: named ``name`` or after the data (`data_label`), its digest that of the
+        part's file, its source that file, its profile the part's size."""
         from mlflow.data.dataset_source_registry import resolve_dataset_source
-        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import Dataset as DatasetEntity
 
         data_dir = Path(data_dir).resolve()
-        meta = data_dir / "metadata.json"
-        if not meta.is_file():
+        meta = read_data_meta(data_dir)
+        if meta is None:
             return
-        digest = sha256_file(meta)[:16]
-        if name is None:
-            with contextlib.suppress(OSError, ValueError, AttributeError):
-                name = json.loads(meta.read_text()).get("dataset")
+        name = name or data_label(meta, data_dir.name)
         schema = Schema([ColSpec(_id_type(data_dir / "users.parquet", "user"), "user"),
                          ColSpec(_id_type(data_dir / "items.parquet", "item"), "item"),
                          ColSpec("float", "rating"),
                          ColSpec("long", "timestamp", required=False)])
+        counts = (meta.get("parts") or {})
 
         def log() -> None:
-            with warnings.catch_warnings():
-                # MLflow registers two equivalent local-file sources and warns that it picked one.
-                warnings.simplefilter("ignore", UserWarning)
-                source = resolve_dataset_source(str(data_dir))
-            dataset = MetaDataset(source, name=name or data_dir.name, digest=digest,
-                                  schema=schema)
-            tag = InputTag(key="mlflow.data.context", value=context)
-            self.client.log_inputs(self.run_id, datasets=[
-                DatasetInput(dataset=dataset._to_mlflow_entity(), tags=[tag])])
+            inputs, named = [], {}
+            for part, context in DATA_CONTEXTS.items():
+                path = data_dir / f"{part}.npz"
+                if not path.is_file():
+                    continue
+                digest = sha256_file(path)[:16]
+                with warnings.catch_warnings():
+                    # MLflow has two equivalent local-file sources and warns that it picked one.
+                    warnings.simplefilter("ignore", UserWarning)
+                    source = resolve_dataset_source(str(path))
+                entity = DatasetEntity(name=name, digest=digest,
+                                       source_type=source._get_source_type(),
+                                       source=source.to_json(),
+                                       schema=json.dumps({"mlflow_colspec": schema.to_dict()}),
+                                       profile=json.dumps(counts.get(part) or {}))
+                inputs.append(DatasetInput(dataset=entity, tags=[
+                    InputTag(key="mlflow.data.context", value=context)]))
+                named[part] = (name, digest)
+            if inputs:
+                self.client.log_inputs(self.run_id, datasets=inputs)
+                self.datasets.update(named)
 
         self._call(f"dataset input {data_dir.name}", log)
 
+    def log_evaluation(self, metrics: dict[str, float], part: str = "test") -> None:
+        """Final metrics of the trained model on ``part`` under ``part/NAME``, linked to the
+        logged model (when logged) and to that part's dataset input, so that MLflow's Models
+        tab shows them on the model, per dataset."""
+        dataset = self.datasets.get(part)
+        now = int(time.time() * 1000)
+        items = [Metric(metric_name(part, str(k)), number, now, 0, model_id=self.model_id,
+                        dataset_name=dataset[0] if dataset else None,
+                        dataset_digest=dataset[1] if dataset else None)
+                 for k, v in metrics.items() if (number := _as_float(v)) is not None]
+        if items:
+            self._call(f"{part} metrics", self.client.log_batch, self.run_id, metrics=items)
+
     def log_model(self, run_dir: str | Path, data_dir: str | Path, *,
                   register: str | None = None, alias: str = DEFAULT_ALIAS,
-                  dataset: Any = None, history: str = "before-test") -> str | None:
-        """Log the trained model as a pyfunc model; with ``register``, a registry version whose
-        alias is ``alias``. Returns the model URI (``None`` when it could not be logged).
-        ``dataset``: the prepared data already in memory (else read from ``data_dir``);
-        ``history``: the `Dataset.known_history` the model scores known users from."""
+                  dataset: Any = None, history: str = "before-test", name: str | None = None,
+                  metrics: dict[str, float] | None = None, metric: str | None = None
+                  ) -> str | None:
+        """Log the trained model as a pyfunc model named ``name`` (the model's name); with
+        ``register``, a registry version whose alias is ``alias``, described by the data and the
+        test ``metrics`` (``metric`` first). Returns the model URI (``None`` when it could not
+        be logged). ``dataset``: the prepared data already in memory (else read from
+        ``data_dir``); ``history``: the `Dataset.known_history` the model scores known users
+        from."""
         uri = self._call("model", self._log_pyfunc, Path(run_dir), Path(data_dir), dataset,
-                         history)
+                         history, name or MODEL_ARTIFACT)
         if uri is None:
             if register:
                 self.failures.append(f"registered model {register}")
             return None
         self.model_uri = uri
         if register:
-            self._call(f"registered model {register}", self.register, register, alias)
+            data = read_data_meta(Path(data_dir))
+            description, tags = version_notes(
+                name or MODEL_ARTIFACT, data_label(data, Path(data_dir).name) if data else None,
+                metrics or {}, metric, run_id=self.run_id)
+            self._call(f"registered model {register}", self.register, register, alias,
+                       description=description, tags=tags)
         return uri
 
     def _log_pyfunc(self, run_dir: Path, data_dir: Path, dataset: Any = None,
-                    history: str = "before-test") -> str:
+                    history: str = "before-test", name: str = MODEL_ARTIFACT) -> str:
         from recsys.data.interactions import Dataset
 
         dataset = dataset if dataset is not None else Dataset.load(data_dir)
@@ -440,18 +504,23 @@ class MlflowTracker(Tracker):
                 if k.startswith(("recsys.", "mlflow.source.", "mlflow.user"))}
         tags["recsys.history"] = history  # which history known users are scored from
         logged = self.client.create_logged_model(
-            experiment_id=self.experiment_id, name=MODEL_ARTIFACT, source_run_id=self.run_id,
+            experiment_id=self.experiment_id, name=name, source_run_id=self.run_id,
             params={k: str(v) for k, v in run.data.params.items()}, tags=tags)
+        self.model_id = logged.model_id
         with pyfunc_parts(run_dir, dataset, history=history) as parts, quiet_mlflow():
-            info = Model.log(artifact_path=None, name=MODEL_ARTIFACT, flavor=mlflow.pyfunc,
-                             run_id=self.run_id, model_id=logged.model_id, **parts)
+            example = pd.DataFrame({"user": dataset.users.ids[:USERS_IN_EXAMPLE]})
+            info = Model.log(artifact_path=None, name=name, flavor=mlflow.pyfunc,
+                             run_id=self.run_id, model_id=logged.model_id,
+                             input_example=example, **parts)
         return info.model_uri
 
-    def register(self, name: str, alias: str = DEFAULT_ALIAS) -> str:
+    def register(self, name: str, alias: str = DEFAULT_ALIAS, *, description: str | None = None,
+                 tags: dict[str, str] | None = None) -> str:
         """Register the logged model under ``name`` and point ``alias`` at the new version."""
         if self.model_uri is None:
             raise RecsysError("no model was logged to register")
-        version = register_model(self.model_uri, name, alias, tracking_uri=self.tracking_uri)
+        version = register_model(self.model_uri, name, alias, tracking_uri=self.tracking_uri,
+                                 description=description, tags=tags)
         self.registered = (name, version)
         return version
 
@@ -493,16 +562,22 @@ class RecsysPyfuncModel(mlflow.pyfunc.PythonModel):
 
 
 def register_model(model_uri: str, name: str, alias: str = DEFAULT_ALIAS, *,
-                   tracking_uri: str | None = None) -> str:
+                   tracking_uri: str | None = None, description: str | None = None,
+                   tags: dict[str, str] | None = None) -> str:
     """A new version of registered model ``name`` from ``model_uri``, with ``alias`` moved onto
-    it (aliases, not the deprecated stages). Returns the version number."""
+    it (aliases, not the deprecated stages) and ``description`` and ``tags`` on it (see
+    `version_notes`). Returns the version number."""
     configure_environment()
     uri = resolve_tracking_uri(tracking_uri)
     mlflow.set_tracking_uri(uri)
     try:
         with quiet_mlflow():
-            version = mlflow.register_model(model_uri, name, await_registration_for=60)
-        open_client(uri).set_registered_model_alias(name, alias, version.version)
+            version = mlflow.register_model(model_uri, name, await_registration_for=60,
+                                            tags={k: str(v) for k, v in (tags or {}).items()})
+        client = open_client(uri)
+        if description:
+            client.update_model_version(name, version.version, description=description)
+        client.set_registered_model_alias(name, alias, version.version)
     except Exception as exc:
         raise RecsysError(f"cannot register {model_uri} as '{name}' at {uri} ({short_error(exc)})"
                           ) from None
@@ -510,6 +585,29 @@ def register_model(model_uri: str, name: str, alias: str = DEFAULT_ALIAS, *,
 
 
 # -- helpers ----------------------------------------------------------------------------------
+
+
+def version_notes(model: str, data: str | None, metrics: dict[str, float], metric: str | None,
+                  *, run_id: str | None = None) -> tuple[str, dict[str, str]]:
+    """The description and tags of a registered version: which model, on which data, its test
+    ``metrics`` (``metric`` first in the description), the run and commit it came from."""
+    commit = git_commit()
+    shown = [m for m in ([metric] if metric in metrics else []) + list(metrics) if m]
+    figures = ", ".join(f"{m} {float(metrics[m]):.4f}" for m in dict.fromkeys(shown[:3]))
+    description = (f"{model}" + (f" trained on {data}" if data else "")
+                   + (f"; test {figures}" if figures else "")
+                   + (f"; run {run_id}" if run_id else "")
+                   + (f"; commit {commit[:12]}" if commit else ""))
+    tags = {"recsys.model": model}
+    if data:
+        tags["recsys.data"] = data
+    if metric:
+        tags["recsys.metric"] = metric
+    tags.update({metric_name("test", m): f"{float(v):.6g}" for m, v in metrics.items()
+                 if _as_float(v) is not None})
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return description, tags
 
 
 def summarize(failures: list[str]) -> str:

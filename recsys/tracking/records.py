@@ -2,11 +2,16 @@
 final metrics, per-user table, a sample of top-K lists, the config file and the packaged
 (optionally registered) model. Each piece is logged independently; one failing never stops the
 rest, and nothing here fails a trained run.
+
+Also the one home of the tracked metric names (`metric_name`, `epoch_metrics`): ``STAGE/NAME``
+(``train/lr``, ``valid/ndcg_at_100``, ``test/recall_at_20``), a model's own loss parts one level
+down (``train/multvae/kl``).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +22,7 @@ import pandas as pd
 from recsys.errors import RecsysError
 from recsys.tracking.base import Tracker
 from recsys.tracking.setup import DEFAULT_ALIAS, is_recording
+from recsys.training.refit import REFIT_PREFIX
 
 if TYPE_CHECKING:
     from recsys.data.interactions import Dataset
@@ -26,6 +32,96 @@ SAMPLE_USERS = 20
 SAMPLE_K = 10
 # Per-user tables above this many users are logged as Parquet (a JSON table would be huge).
 MAX_JSON_TABLE_ROWS = 100_000
+
+# The first part of a tracked metric's name. The MLflow UI makes one chart section per prefix
+# before the first "/", so the stage is that prefix: a run's training curves, validation curves
+# and test figures each get their own section, and the runs table's columns sort by stage.
+METRIC_STAGES = ("train", "valid", "test", "refit", "tune", "trial", "best", "time")
+# What the training engine adds to a model's step outputs in each epoch's record (and what a
+# refit reports at its end): the same quantity for every model, so kept at the stage's level;
+# everything else a step returns is the model's own (loss parts, beta, G/D losses).
+ENGINE_KEYS = frozenset({"lr", "seconds", "epochs"})
+VALID_PREFIX = "valid_"  # the engine's per-epoch validation metric: valid_METRIC
+_BAD_METRIC_CHARS = re.compile(r"[^/\w.\- ]")
+# The parts of the prepared data a run logs as dataset inputs, with MLflow's context of each.
+DATA_CONTEXTS = {"train": "training", "valid": "validation", "test": "test"}
+
+
+def metric_key(name: str) -> str:
+    """An MLflow-legal metric name (letters, digits, ``_ - . /`` and spaces): ``ndcg@100`` ->
+    ``ndcg_at_100``."""
+    return _BAD_METRIC_CHARS.sub("_", name.replace("@", "_at_"))
+
+
+def metric_name(stage: str, name: str, model: str | None = None) -> str:
+    """The tracked name of metric ``name`` of ``stage`` (one of `METRIC_STAGES`):
+    ``STAGE/NAME``, or ``STAGE/MODEL/NAME`` for a quantity whose scale is the model's own (its
+    loss and loss parts: one chart of "loss" would put AutoRec's ~90,000 beside a VAE's ~500),
+    MLflow-legal (``metric_name("valid", "ndcg@100") == "valid/ndcg_at_100"``)."""
+    if stage not in METRIC_STAGES:
+        raise ValueError(f"unknown metric stage '{stage}'; expected one of "
+                         f"{', '.join(METRIC_STAGES)}")
+    return metric_key("/".join([stage, model, name] if model else [stage, name]))
+
+
+def epoch_metrics(record: dict[str, float], model: str | None) -> dict[str, float]:
+    """A training engine record (one epoch's, or a fit's final figures) under its tracked names:
+    ``valid_METRIC`` -> ``valid/METRIC``; ``lr``, ``seconds``, ``epochs`` -> ``train/...``; the
+    model's step outputs -> ``train/MODEL/...``; a refit's (``refit_`` keys) the same under
+    ``refit/``. The epoch itself is the metrics' step, never a metric of its own (one more chart
+    of a straight line)."""
+    out: dict[str, float] = {}
+    for key, value in record.items():
+        stage, rest = ("refit", key[len(REFIT_PREFIX):]) if key.startswith(REFIT_PREFIX) \
+            else ("train", key)
+        if rest == "epoch":
+            continue
+        if rest.startswith(VALID_PREFIX):
+            name = (metric_name("valid", rest[len(VALID_PREFIX):]) if stage == "train"
+                    else metric_name(stage, rest))
+        elif rest in ENGINE_KEYS:
+            name = metric_name(stage, rest)
+        else:
+            name = metric_name(stage, rest, model)
+        out[name] = value
+    return out
+
+
+def read_data_meta(data_dir: str | Path) -> dict[str, Any] | None:
+    """The prepared data's metadata.json (None when unreadable: names then fall back)."""
+    from recsys.data.io import read_json
+
+    try:
+        meta = read_json(Path(data_dir) / "metadata.json")
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def split_label(meta: dict[str, Any], default: str = "data") -> str:
+    """``DATASET/SPLIT`` of a prepared dataset's metadata: ``ml-latest-small/random``."""
+    split = meta.get("split")
+    protocol = split.get("split") if isinstance(split, dict) else None
+    dataset = str(meta.get("dataset") or default)
+    return f"{dataset}/{protocol}" if protocol else dataset
+
+
+def data_label(meta: dict[str, Any], default: str = "data") -> str:
+    """The name of a prepared dataset in the tracker: ``DATASET/SPLIT/KIND``, KIND being
+    ``implicit>=T`` (ratings of T and above as positives) or ``explicit``, so that the two
+    preparations of one MovieLens file are two datasets, not one name told apart by digest."""
+    threshold = (meta.get("options") or {}).get("implicit_threshold")
+    if meta.get("implicit"):
+        kind = f"implicit>={threshold:g}" if isinstance(threshold, (int, float)) else "implicit"
+    else:
+        kind = "explicit"
+    return f"{split_label(meta, default)}/{kind}"
+
+
+def default_run_name(model: str, data_dir: str | Path) -> str:
+    """A training run's name unless --run-name gives one: ``MODEL · DATASET/SPLIT``."""
+    meta = read_data_meta(data_dir)
+    return f"{model} · {split_label(meta, Path(data_dir).name)}" if meta else model
 
 
 def training_tags(model: Recommender, device: str | None = None) -> dict[str, str]:
@@ -50,13 +146,20 @@ def log_training_start(tracker: Tracker, *, model: Recommender, data_dir: str | 
         return
     tracker.log_params({"model": model.name, **model.get_params(), **(params or {}),
                         "data": str(Path(data_dir).resolve())})
+    meta = read_data_meta(data_dir)
+    if meta is not None:
+        label = data_label(meta, Path(data_dir).name)
+        # The run's description in the UI, and a tag to filter runs by data.
+        tracker.set_tags({"recsys.data": label, "mlflow.note.content": (
+            f"{model.name} ({model.family}) trained on {label}, prepared in "
+            f"{Path(data_dir).resolve()}")})
     tracker.log_dataset(data_dir)
 
 
 def log_training_end(tracker: Tracker, *, model: Recommender, run_dir: str | Path,
                      data_dir: str | Path, dataset: Dataset | None = None,
                      summary: dict[str, float] | None = None,
-                     per_user: pd.DataFrame | None = None, prefix: str = "test_",
+                     per_user: pd.DataFrame | None = None,
                      register: str | None = None, alias: str = DEFAULT_ALIAS) -> str | None:
     """After fitting (and evaluating): everything else a training run records; returns the
     model URI.
@@ -71,8 +174,6 @@ def log_training_end(tracker: Tracker, *, model: Recommender, run_dir: str | Pat
     run_dir = Path(run_dir)
     tracker.run_dir = run_dir
     dataset = dataset if dataset is not None else Dataset.load(data_dir)
-    if summary:
-        tracker.log_metrics({f"{prefix}{k}": v for k, v in summary.items()})
     for name in ("config.yaml", "run.json", "metrics.json"):
         tracker.log_artifact(run_dir / name)
     history = getattr(model, "history_", None) or []
@@ -93,7 +194,11 @@ def log_training_end(tracker: Tracker, *, model: Recommender, run_dir: str | Pat
     sample = _built(tracker, "top-K sample", topk_sample, model, dataset)
     if sample is not None:
         tracker.log_table(sample, "topk_sample.json")
-    uri = tracker.log_model(run_dir, data_dir, register=register, alias=alias, dataset=dataset)
+    # The model first: the test metrics are then logged linked to it (MLflow's Models tab).
+    uri = tracker.log_model(run_dir, data_dir, register=register, alias=alias, dataset=dataset,
+                            name=model.name, metrics=summary, metric=_run_metric(run_dir))
+    if summary:
+        tracker.log_evaluation(summary, part="test")
     _record_in_run(tracker, run_dir, uri)
     return uri
 
@@ -174,6 +279,17 @@ def _log_frame(tracker: Tracker, table: pd.DataFrame, stem: str) -> None:
         path = Path(tmp) / f"{stem}.parquet"
         table.to_parquet(path, index=False)
         tracker.log_artifact(path)
+
+
+def _run_metric(run_dir: Path) -> str | None:
+    """The metric the run chose and stopped by (run.json's ``metric``), if recorded."""
+    from recsys.rundir import read_run
+
+    try:
+        metric = read_run(run_dir).get("metric")
+    except (OSError, ValueError, RecsysError):
+        return None
+    return metric if isinstance(metric, str) else None
 
 
 def _record_in_run(tracker: Tracker, run_dir: Path, model_uri: str | None) -> None:

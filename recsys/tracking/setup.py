@@ -53,11 +53,13 @@ def check_registry_names(register: str | None, alias: str) -> None:
 
 class TrackingOptions(StrictConfig):
     """Where and how a command tracks its run (the ``--tracking-uri``, ``--experiment``,
-    ``--no-track``, ``--register``, ``--alias``, ``--log-system-metrics`` flags, or a compare
-    spec's tracking)."""
+    ``--run-name``, ``--no-track``, ``--register``, ``--alias``, ``--log-system-metrics`` flags,
+    or a compare spec's tracking). ``run_name`` names the command's own run; its child runs
+    (a comparison's models, a study's trials) keep their own names."""
 
     tracking_uri: str | None = None
     experiment: str | None = None
+    run_name: str | None = None
     track: bool = True
     register_name: str | None = None  # --register NAME
     alias: str = DEFAULT_ALIAS
@@ -83,9 +85,13 @@ def make_tracker(options: TrackingOptions, *, run_name: str | None = None,
     ``parent``: make the run a child of that tracker's run (``recsys compare``); a null parent
     gives a null child. ``resume_run_id``: continue that run when the store still has it (see
     `MlflowTracker`; ``expected_params``/``may_change`` say which param changes are refused).
+    ``run_name``: the run's name unless ``options.run_name`` (--run-name) names a run that has
+    no ``parent``.
     """
     if not options.track or (parent is not None and not parent.recording):
         return Tracker()
+    if parent is None and options.run_name:
+        run_name = options.run_name
     from recsys.tracking.mlflow import MlflowTracker
 
     return MlflowTracker(tracking_uri=options.tracking_uri,

@@ -179,7 +179,8 @@ def _compare(spec: CompareConfig, tracking: TrackingOptions, *, config_path: Pat
         tracking = tracking.model_copy(update={"experiment": spec.experiment})
     stage = step or (lambda name, tracker: nullcontext())
     # Tracking is checked before any data is prepared or model trained.
-    parent = make_tracker(tracking, run_name=spec.name, tags={"recsys.kind": "compare"})
+    parent = make_tracker(tracking, run_name=compare_run_name(spec),
+                          tags={"recsys.kind": "compare"})
     status = "FAILED"
     try:
         with stage("prepare", parent):
@@ -206,7 +207,7 @@ def _compare(spec: CompareConfig, tracking: TrackingOptions, *, config_path: Pat
             log_comparison(parent, result, spec)
         if tracking.register_name and parent.run_id:
             with stage("register", parent):
-                result.registered = register_best(result, tracking)
+                result.registered = register_best(result, tracking, data_dir)
         status = "FINISHED"
         return result
     finally:
@@ -218,7 +219,7 @@ def run_model(m: ModelSpec, spec: CompareConfig, dataset: Any, data_dir: Path,
     """One child run: (tune,) fit, save, evaluate on test, log."""
     from recsys.models.registry import create_model, get_model_class
     from recsys.rundir import check_out
-    from recsys.tracking.records import training_tags
+    from recsys.tracking.records import default_run_name, metric_name, training_tags
     from recsys.workflows.train import train_run
     from recsys.workflows.tune import tune_model
 
@@ -229,7 +230,7 @@ def run_model(m: ModelSpec, spec: CompareConfig, dataset: Any, data_dir: Path,
     run_dir = Path(spec.out) / m.name
     model = create_model(m.model, **params)
     child_tracking = tracking.model_copy(update={"register_name": None})
-    tracker = make_tracker(child_tracking, run_name=m.name,
+    tracker = make_tracker(child_tracking, run_name=default_run_name(m.name, data_dir),
                            tags={**training_tags(model), "recsys.compare": spec.name or ""},
                            parent=parent)
     status = "FAILED"
@@ -253,13 +254,25 @@ def run_model(m: ModelSpec, spec: CompareConfig, dataset: Any, data_dir: Path,
         if outcome.evaluation is None:
             raise RecsysError(f"{data_dir} has no test part to compare the models on; prepare "
                               "it with a test part")
-        tracker.log_metrics({"fit_seconds": outcome.fit_seconds, "tune_seconds": tune_seconds})
+        tracker.log_metrics({metric_name("time", "fit_seconds"): outcome.fit_seconds,
+                             metric_name("time", "tune_seconds"): tune_seconds})
         status = "FINISHED"
         return ModelOutcome(m.name, m.model, {**params, **tuned}, run_dir,
                             outcome.evaluation.summary, outcome.evaluation.per_user,
                             outcome.fit_seconds, tuned, tracker.run_id, outcome.model_uri)
     finally:
         tracker.close(status)
+
+
+def compare_run_name(spec: CompareConfig) -> str:
+    """The parent run's name: the spec's ``name``, else ``compare · DATASET/SPLIT`` (the data's
+    metadata, when it is prepared already; else ``compare``)."""
+    from recsys.tracking.records import read_data_meta, split_label
+
+    if spec.name:
+        return spec.name
+    meta = read_data_meta(spec.data)
+    return f"compare · {split_label(meta, Path(spec.data).name)}" if meta else "compare"
 
 
 def search_of(m: ModelSpec, spec: CompareConfig) -> Search:
@@ -367,6 +380,7 @@ def log_comparison(parent: Tracker, result: CompareResult, spec: CompareConfig) 
     import matplotlib.pyplot as plt
 
     from recsys.data.io import atomic_path, read_marker, write_marker
+    from recsys.tracking.records import metric_name
 
     out = Path(spec.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -381,14 +395,17 @@ def log_comparison(parent: Tracker, result: CompareResult, spec: CompareConfig) 
     plt.close(fig)
     parent.log_table(result.table, "comparison.json")
     best = result.outcome(result.best)
-    parent.log_metrics({f"best/{k}": v for k, v in best.summary.items()})
+    parent.log_metrics({metric_name("best", k): v for k, v in best.summary.items()})
     parent.set_tags({"recsys.best_model": result.best,
                      "recsys.best_run_id": best.run_id or ""})
 
 
-def register_best(result: CompareResult, tracking: TrackingOptions) -> tuple[str, str] | None:
-    """Register the best model's logged pyfunc under ``tracking.register_name`` with its alias."""
-    from recsys.tracking.mlflow import register_model
+def register_best(result: CompareResult, tracking: TrackingOptions,
+                  data_dir: Path | None = None) -> tuple[str, str] | None:
+    """Register the best model's logged pyfunc under ``tracking.register_name`` with its alias,
+    described by the data (``data_dir``) and its test metrics."""
+    from recsys.tracking.mlflow import register_model, version_notes
+    from recsys.tracking.records import data_label, read_data_meta
 
     best = result.outcome(result.best)
     if best.model_uri is None:
@@ -396,6 +413,12 @@ def register_best(result: CompareResult, tracking: TrackingOptions) -> tuple[str
               "registered", file=sys.stderr)
         return None
     assert tracking.register_name is not None
+    meta = read_data_meta(data_dir) if data_dir is not None else None
+    description, tags = version_notes(
+        best.model, data_label(meta, data_dir.name) if meta and data_dir else None,
+        best.summary, result.primary, run_id=best.run_id)
+    tags["recsys.compare.label"] = best.label
     version = register_model(best.model_uri, tracking.register_name, tracking.alias,
-                             tracking_uri=tracking.tracking_uri)
+                             tracking_uri=tracking.tracking_uri, description=description,
+                             tags=tags)
     return tracking.register_name, version

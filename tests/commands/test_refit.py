@@ -300,12 +300,16 @@ def test_the_tracker_gets_the_refit_under_its_own_keys(data_dir, tmp_path, monke
     assert train(data_dir, tmp_path / "r", *FOUR) == 0
     assert train(data_dir, tmp_path / "k", *FOUR, "--no-refit") == 0
     refit, kept = trackers
-    assert refit.steps["loss"] == [1, 2, 3, 4] and refit.steps["valid_ndcg@100"] == [4]
-    assert refit.steps["refit_loss"] == [1, 2, 3, 4] and "refit_valid_ndcg@100" not in refit.steps
-    assert {k: v for k, v in refit.steps.items() if not k.startswith("refit_")} == kept.steps
+    loss = [k for k in refit.steps if k.endswith("/loss")]
+    assert sorted(loss) == ["refit/multdae/loss", "train/multdae/loss"]
+    assert refit.steps["train/multdae/loss"] == [1, 2, 3, 4]
+    assert refit.steps["valid/ndcg_at_100"] == [4]
+    assert refit.steps["refit/multdae/loss"] == [1, 2, 3, 4]
+    assert not [k for k in refit.steps if k.startswith("refit/valid")]
+    assert {k: v for k, v in refit.steps.items() if not k.startswith("refit/")} == kept.steps
     assert refit.param_calls == kept.param_calls  # the refit logs no params of its own
     logged = {k: v for m in refit.metrics for k, v in m.items()}
-    assert logged["refit_epochs"] == 4
+    assert logged["refit/epochs"] == 4
 
 
 def test_compare_refits_its_models_too(data_dir, tmp_path):

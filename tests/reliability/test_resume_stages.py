@@ -123,7 +123,7 @@ def _assert_finished(out: Path, db: Path, reference: Path) -> None:
     run_id = json.loads((out / "tracking.json").read_text())["run_id"]
     # The resume continued the killed process's MLflow run (no second run) and ended it.
     assert _mlflow_runs(db) == [(run_id, "FINISHED")]
-    assert "test_ndcg_at_100" in _metric_keys(db, run_id)
+    assert "test/ndcg_at_100" in _metric_keys(db, run_id)
     assert record["mlflow"]["run_id"] == run_id and record["mlflow"]["model_uri"]
     assert record["completed"]
 

@@ -57,24 +57,44 @@ def test_run_params_tags_and_metric_history(mlflow_server, trained):
     assert (tags["recsys.model"], tags["recsys.family"], tags["recsys.device"]) == \
         ("multdae", "autoencoder", "cpu")
     assert tags["recsys.version"]
-    losses = client.get_metric_history(run_id, "loss")
-    assert [m.step for m in losses] == [1, 2, 3]
-    assert [m.step for m in client.get_metric_history(run_id, "valid_ndcg_at_100")] == [1, 2, 3]
+    # Named MODEL · DATASET/SPLIT, in an experiment of model training (not the GenAI view).
+    assert run.info.run_name == "multdae · ml-latest-small/random"
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert experiment.tags["mlflow.note.content"]
+    # Per-epoch metrics by stage, the model's own loss parts under its name; no `epoch`.
+    for key in ("train/multdae/loss", "train/multdae/nll", "train/lr", "valid/ndcg_at_100"):
+        assert [m.step for m in client.get_metric_history(run_id, key)] == [1, 2, 3], key
+    assert not {"epoch", "loss", "nll", "valid_ndcg_at_100"} & set(run.data.metrics)
     # final test metrics are those the run directory holds
     metrics = json.loads((out / "metrics.json").read_text())
-    assert run.data.metrics["test_ndcg_at_100"] == pytest.approx(metrics["ndcg@100"])
-    assert run.data.metrics["test_recall_at_20"] == pytest.approx(metrics["recall@20"])
+    assert run.data.metrics["test/ndcg_at_100"] == pytest.approx(metrics["ndcg@100"])
+    assert run.data.metrics["test/recall_at_20"] == pytest.approx(metrics["recall@20"])
+    # ... and the logged model's, on the test dataset (the Models tab groups them so)
+    assert logged.name == "multdae"
+    [test_input] = [d for d in run.inputs.dataset_inputs
+                    if {t.key: t.value for t in d.tags}["mlflow.data.context"] == "test"]
+    linked = {m.key: m for m in logged.metrics}
+    assert linked["test/ndcg_at_100"].value == pytest.approx(metrics["ndcg@100"])
+    assert (linked["test/ndcg_at_100"].dataset_name, linked["test/ndcg_at_100"].dataset_digest) \
+        == (test_input.dataset.name, test_input.dataset.digest)
 
 
 def test_dataset_input_and_artifacts(mlflow_server, mls_data, trained, tmp_path):
     _, run_id = trained
     client = MlflowClient(mlflow_server)
     run = client.get_run(run_id)
-    [entry] = run.inputs.dataset_inputs
-    assert entry.dataset.name == "ml-latest-small"
-    assert entry.dataset.digest == sha256_file(mls_data / "metadata.json")[:16]
-    assert json.loads(entry.dataset.source)["uri"] == str(mls_data.resolve())
-    assert {t.key: t.value for t in entry.tags}["mlflow.data.context"] == "training"
+    # train, valid and test, each an input of its own context, named after the data, its split
+    # and its implicit preparation (the explicit one of the same file is another dataset).
+    inputs = {{t.key: t.value for t in d.tags}["mlflow.data.context"]: d.dataset
+              for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {"training", "validation", "test"}
+    for part, context in (("train", "training"), ("valid", "validation"), ("test", "test")):
+        dataset = inputs[context]
+        assert dataset.name == "ml-latest-small/random/implicit>=4"
+        assert dataset.digest == sha256_file(mls_data / f"{part}.npz")[:16]
+        assert json.loads(dataset.source)["uri"] == str((mls_data / f"{part}.npz").resolve())
+        assert json.loads(dataset.profile)["interactions"] > 0
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"config.yaml", "run.json", "metrics.json", "learning_curve.png", "history.json",
             "per_user_metrics.json", "topk_sample.json"} <= artifacts
@@ -91,6 +111,18 @@ def test_registered_alias_serves_the_recommend_lists(mlflow_server, mls_data, tr
     client = MlflowClient(mlflow_server)
     version = client.get_model_version_by_alias("it-dae", "champion")
     assert version.run_id == run_id
+    # A version says what it is: the data, its test metrics, where it came from.
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert version.description.startswith(
+        f"multdae trained on ml-latest-small/random/implicit>=4; test ndcg@100 "
+        f"{metrics['ndcg@100']:.4f}")
+    assert run_id in version.description
+    assert version.tags["recsys.data"] == "ml-latest-small/random/implicit>=4"
+    assert version.tags["recsys.metric"] == "ndcg@100"
+    assert float(version.tags["test/ndcg_at_100"]) == pytest.approx(metrics["ndcg@100"],
+                                                                    rel=1e-5)
+    commit = client.get_run(run_id).data.tags.get("mlflow.source.git.commit")
+    assert version.tags.get("mlflow.source.git.commit") == commit
     assert main(["recommend", str(out), "--data", str(mls_data), "--k", "15", "--device", "cpu",
                  "--out", str(tmp_path / "rec.parquet")]) == 0
     expected = pd.read_parquet(tmp_path / "rec.parquet")
@@ -155,7 +187,8 @@ def test_server_going_away_mid_run_keeps_training(mlflow_server, mls_data, tmp_p
     # the real server kept what arrived before the cut
     client = MlflowClient(mlflow_server)
     [run] = client.search_runs([client.get_experiment_by_name("it-gone").experiment_id])
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1]
+    assert [m.step for m in client.get_metric_history(run.info.run_id,
+                                                      "train/multdae/loss")] == [1]
     assert run.data.params["epochs"] == "3"
 
 
@@ -189,14 +222,21 @@ models:
     runs = client.search_runs([experiment])
     [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert sorted(r.info.run_name for r in children) == ["itemknn", "pop"]
+    assert parent.info.run_name == "it-compare"
+    assert sorted(r.info.run_name for r in children) == \
+        ["itemknn · ml-latest-small/random", "pop · ml-latest-small/random"]
     assert parent.data.tags["recsys.best_model"] == best
+    assert parent.data.metrics["best/ndcg_at_100"] == pytest.approx(
+        table[(table["metric"] == "ndcg@100") & table["best"]]["mean"].item())
+    assert all(r.data.metrics["time/fit_seconds"] >= 0 for r in children)
     assert {"comparison.png", "comparison.json"} <= \
         {a.path for a in client.list_artifacts(parent.info.run_id)}
-    tuned = next(r for r in children if r.info.run_name == "itemknn")
+    tuned = next(r for r in children if r.data.tags["recsys.model"] == "itemknn")
     assert len(client.get_metric_history(tuned.info.run_id, "tune/valid_ndcg_at_100")) == 2
     champion = client.get_model_version_by_alias("it-best", "champion")
     assert champion.run_id == parent.data.tags["recsys.best_run_id"]
+    assert champion.tags["recsys.compare.label"] == best
+    assert champion.description.startswith(f"{best} trained on ml-latest-small/random/")
     # Each child's model is filed under the comparison's experiment, beside its run.
     models = client.search_logged_models(experiment_ids=[experiment])
     assert sorted(m.source_run_id for m in models) == sorted(r.info.run_id for r in children)

@@ -27,7 +27,8 @@ from recsys.training.checkpoint import latest_checkpoint, list_checkpoints, load
 # epochs is known. Same seed and device every time, as a resume requires.
 DAE = ["--set", "hidden_dims=[16]", "--set", "batch_size=128", "--set", "patience=null",
        "--seed", "0", "--device", "cpu", "--quiet"]
-VALID = "valid_ndcg_at_100"
+VALID = "valid/ndcg_at_100"
+LOSS = "train/multdae/loss"
 
 
 @pytest.fixture(scope="module")
@@ -131,11 +132,11 @@ def test_kill_9_then_resume_continues_the_same_run(store, mls_data, tmp_path, ca
 
     [run] = runs_of(client, "resume-kill")
     assert run.info.run_id == run_id and run.info.status == "FINISHED"
-    for key in (VALID, "loss"):
+    for key in (VALID, LOSS):
         assert steps(client, run_id, key) == list(range(1, epochs + 1)), key
     assert run.data.params["epochs"] == str(epochs) and run.data.params["model"] == "multdae"
     assert run.data.tags["recsys.resumes"] == "1"
-    assert "test_ndcg_at_100" in run.data.metrics
+    assert "test/ndcg_at_100" in run.data.metrics
     # run.json points at the same run as tracking.json
     assert json.loads((out / "run.json").read_text())["mlflow"]["run_id"] == run_id
 
@@ -196,10 +197,10 @@ def test_epoch_checkpointed_but_never_logged_is_filled_in(store, mls_data, tmp_p
     assert capsys.readouterr().err == ""
     [run] = runs_of(client, "resume-gap")
     assert run.info.run_id == run_id and run.info.status == "FINISHED"
-    for key in (VALID, "loss", "seconds"):
+    for key in (VALID, LOSS, "train/seconds"):
         assert steps(client, run_id, key) == [1, 2, 3, 4, 5], key
     final = load_checkpoint(latest_checkpoint(out / "checkpoints"))["history"]
-    logged = {m.step: m.value for m in client.get_metric_history(run_id, "loss")}
+    logged = {m.step: m.value for m in client.get_metric_history(run_id, LOSS)}
     assert logged[3] == pytest.approx(final[2]["loss"], rel=1e-6)
 
 
