@@ -306,8 +306,8 @@ class DiffRec(NeuralRecommender):
             per_row = (noise - out).pow(2).mean(dim=1)
             weight = net.eps_weight[t]
             # Step 0 is scored as the likelihood of x_0 itself, as the authors do.
-            x0_hat = net.recip_sqrt_alpha_bar[t, None] * x_t - net.sqrt_recip_alpha_bar_m1[
-                t, None] * out
+            x0_hat = (net.recip_sqrt_alpha_bar[t, None] * x_t
+                      - net.sqrt_recip_alpha_bar_m1[t, None] * out)
             per_row = torch.where(t == 0, (x0 - x0_hat).pow(2).mean(dim=1) / 2, per_row)
         # Without noise every step sees x_0 itself: the SNR weights are undefined there.
         weighted = weight * per_row if c.reweight and c.noise_scale > 0 else per_row
@@ -315,7 +315,9 @@ class DiffRec(NeuralRecommender):
             with torch.no_grad():
                 record_losses(net, t, weighted)
         loss = (weighted / scale).mean()
-        return {"loss": loss, "mse": per_row.mean().detach(), "t": t.float().mean().detach()}
+        # mean_step: where importance sampling puts the batch's steps (uniform: (steps - 1) / 2).
+        return {"loss": loss, "mse": per_row.mean().detach(),
+                "mean_step": t.float().mean().detach()}
 
     def denoise(self, x0: torch.Tensor) -> torch.Tensor:
         """The reverse process from the (optionally noised) history: ``steps`` reverse steps over

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 
 from recsys.errors import RecsysError
@@ -178,9 +179,7 @@ def test_sampling_noise_makes_scores_random_and_the_default_does_not():
     assert torch.equal(plain.score(np.arange(3), x0), plain.score(np.arange(3), x0))
 
 
-def _csr(dense: torch.Tensor):
-    import scipy.sparse as sp
-
+def _csr(dense: torch.Tensor) -> sp.csr_matrix:
     return sp.csr_matrix(dense.numpy())
 
 
