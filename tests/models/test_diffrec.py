@@ -135,6 +135,22 @@ def test_a_fit_records_the_sampler_state_and_saves_it_but_not_the_schedule(tmp_p
     assert torch.equal(loaded.network.loss_history, net.loss_history)
 
 
+def test_a_resumed_fit_continues_the_sampler_as_an_uninterrupted_one(tmp_path):
+    """The loss history decides the steps drawn after a resume: it travels in the checkpoint."""
+    data = checkerboard()
+    params = {**CONTRACT, "epochs": 6, "history_per_step": 2}
+    full = create_model("diffrec", **params)
+    full.fit(data.train, data.valid, FitContext(run_dir=tmp_path / "a"))
+    part = create_model("diffrec", **{**params, "epochs": 3})
+    part.fit(data.train, data.valid, FitContext(run_dir=tmp_path / "b"))
+    torch.manual_seed(12345)  # the resumed process starts from another RNG state
+    resumed = create_model("diffrec", **params)
+    resumed.fit(data.train, data.valid, FitContext(run_dir=tmp_path / "b", resume=True))
+    a, b = full.state_dict(), resumed.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["mean_step"] for r in full.history_] == [r["mean_step"] for r in resumed.history_]
+
+
 # -- the reverse process -------------------------------------------------------------------------
 
 
