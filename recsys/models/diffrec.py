@@ -1,7 +1,7 @@
 """DiffRec (Wang, Xu, Feng, Lin, He, Chua: "Diffusion Recommender Model", SIGIR 2023).
 
 A Gaussian diffusion over a user's 0/1 interaction vector x_0. The forward process adds noise in
-``steps`` small steps, q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I) (paper eq. 2-3), with
+``steps`` small steps, q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I), with
 the variance schedule set by ``noise_scale``, ``noise_min`` and ``noise_max``: under the paper's
 "linear-var" schedule 1 - abar_t grows linearly from noise_scale * noise_min to noise_scale *
 noise_max (`diffusion_betas`; "linear" makes beta_t itself linear, "cosine" is Nichol and
@@ -10,29 +10,29 @@ beta is fixed to a small constant (``FIRST_BETA``). Recommendation wants little 
 personalised signal of x_0 must survive the corruption, hence the defaults' tiny scale.
 
 The reverse step p(x_{t-1} | x_t) is the Gaussian posterior q(x_{t-1} | x_t, x_0) with x_0
-replaced by a denoiser's estimate (eq. 8-10): an MLP fed the (dropped-out) x_t concatenated with
+replaced by a denoiser's estimate: an MLP fed the (dropped-out) x_t concatenated with
 a sinusoidal embedding of t passed through one linear layer (the paper's "cat" time embedding),
 tanh between its layers, ``hidden_dims`` wide on the way in and mirrored on the way out (the
 authors' option of L2-normalising x_t first is on by default here: ml-100k's validation part
-preferred it). With
-``mean_type: x0`` (the paper's default) it predicts x_0 and the loss is ||x_0 - x_hat||^2 (the
-mean over items, eq. 13); ``eps`` predicts the added noise instead. ``reweight`` weighs step t
-by SNR(t-1) - SNR(t) (eq. 12, the ELBO's weighting of an x_0 predictor; step 0 weighs 1).
+preferred it). With ``mean_type: x0`` (the paper's default) it predicts x_0 and the loss is
+||x_0 - x_hat||^2 (the mean over items); ``eps`` predicts the added noise instead. ``reweight``
+weighs step t by SNR(t-1) - SNR(t) (the ELBO's weighting of an x_0 predictor; step 0 weighs 1).
 
-Importance sampling of t (eq. 14, optional, on by default as in the authors' code): steps are
+Importance sampling of t (optional, on by default as in the authors' code): steps are
 drawn with probability proportional to sqrt(E[L_t^2]) over the last ``history_per_step``
 losses of each step (mixed with a 0.1% uniform share) and each loss is divided by its step's
 probability times ``steps``, which keeps the estimate unbiased; until every step has that many
 losses, steps are drawn uniformly. The loss history is kept as network buffers, so it is saved
 in checkpoints and a resumed run continues it.
 
-Inference (section 3.3): the history is noised for ``sampling_steps`` forward steps (0, the
+Inference, as in the paper: the history is noised for ``sampling_steps`` forward steps (0, the
 default: not at all), then the denoiser runs all ``steps`` reverse steps from t = steps - 1 to 0
 on the whole batch of users at once, taking the posterior mean (``sampling_noise: false``, the
 default) or a draw from it. The last step's x_0 estimate is the score vector. With the defaults
 scoring is deterministic; ``sampling_steps > 0`` or ``sampling_noise`` make it random (as in the
-paper), so two scorings of a user then differ. ``noise_scale: 0`` is the paper's noise-free
-ablation: training sees x_0 itself and inference applies the denoiser ``steps`` times.
+paper), so two scorings of a user then differ. ``noise_scale: 0`` adds no noise at all (as the
+authors' code treats it): training sees x_0 itself and inference applies the denoiser ``steps``
+times to its own output.
 
 L-DiffRec (items clustered and diffused in a latent space) is not implemented.
 """
@@ -143,13 +143,13 @@ class DiffRecNetwork(nn.Module):
             # x_0 from a noise estimate: x_0 = x_t / sqrt(abar) - sqrt(1 / abar - 1) eps.
             "recip_sqrt_alpha_bar": alpha_bar.rsqrt(),
             "sqrt_recip_alpha_bar_m1": (1.0 / alpha_bar - 1.0).sqrt(),
-            # Posterior mean of q(x_{t-1} | x_t, x_0) = coef_x0 * x_0 + coef_xt * x_t (eq. 9).
+            # Posterior mean of q(x_{t-1} | x_t, x_0) = coef_x0 * x_0 + coef_xt * x_t.
             "coef_x0": betas * alpha_bar_prev.sqrt() / (1.0 - alpha_bar),
             "coef_xt": (1.0 - alpha_bar_prev) * (1.0 - betas).sqrt() / (1.0 - alpha_bar),
             # Step 0's posterior variance is 0; its log is clipped to step 1's.
             "posterior_log_var": torch.log(torch.cat([posterior_var[1:2], posterior_var[1:]])
                                            if steps > 1 else posterior_var.clamp(min=1e-20)),
-            # SNR(t-1) - SNR(t): the ELBO's weight of an x_0 predictor's error at step t (eq. 12).
+            # SNR(t-1) - SNR(t): the ELBO's weight of an x_0 predictor's error at step t.
             "x0_weight": torch.cat([torch.ones(1, dtype=torch.float64), snr[:-1] - snr[1:]]),
             # The same for a noise predictor, as the authors weigh it.
             "eps_weight": torch.cat([torch.ones(1, dtype=torch.float64),
@@ -175,7 +175,7 @@ class DiffRecNetwork(nn.Module):
         return self.decoder(self.encoder(torch.cat([self.dropout(x_t), emb], dim=-1)))
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """x_t ~ q(x_t | x_0) (eq. 3), one step per row."""
+        """x_t ~ q(x_t | x_0), one step per row."""
         return (self.sqrt_alpha_bar[t, None] * x0
                 + self.sqrt_one_minus_alpha_bar[t, None] * noise)
 
@@ -321,7 +321,7 @@ class DiffRec(NeuralRecommender):
 
     def denoise(self, x0: torch.Tensor) -> torch.Tensor:
         """The reverse process from the (optionally noised) history: ``steps`` reverse steps over
-        the whole batch, each one forward pass of the denoiser (section 3.3)."""
+        the whole batch, each one forward pass of the denoiser."""
         c = self.config
         net = self.network
         rows = x0.shape[0]
