@@ -15,7 +15,11 @@ one-hot), the model is Mult-VAE's with c added to both ends:
   evaluates), so the loss is exactly Mult-VAE's: multinomial NLL + beta * KL(q(z | x, c) || N(0, I))
   with the same annealed beta (`recsys.models.multvae.kl_beta`, `MultVAEConfig`'s schedule).
 
-Training samples z = mu + sigma * eps; scoring decodes [mu, c]. A user unknown to the model
+Training samples z = mu + sigma * eps; scoring decodes [mu, c]. Optional (``cold_rate > 0``): each
+training row's history input is blanked with that probability (the loss still reconstructs the
+whole row), so the network also learns to score from c alone, the case of a user who arrives with
+features and no history (the input dropout of DropoutNet, Volkovs, Yu and Poutanen, NeurIPS
+2017); 0 keeps Mult-VAE's objective exactly. A user unknown to the model
 (id -1, a history folded in without features) is scored with c = 0, which is the mean of every
 numeric feature and no category. Fitting needs user features (`FitContext.features.user`); the
 matrix is kept in the network as a buffer, so a saved model, the pyfunc model and a resumed or
@@ -89,6 +93,8 @@ class CVAENetwork(nn.Module):
 class CVAEConfig(MultVAEConfig):
     # The conditional posterior stays Gaussian: Mult-VAE's coupling-layer option is not offered.
     flow_layers: int = Field(0, ge=0, le=0)
+    # Probability that a training row's history input is blanked (its condition kept).
+    cold_rate: float = Field(0.0, ge=0.0, lt=1.0)
 
 
 class CVAE(MultVAE):
@@ -128,7 +134,11 @@ class CVAE(MultVAE):
 
     def training_step(self, batch: Batch, step: int) -> dict[str, Any]:
         x = batch.rows
-        logits, kl = self.network(x, batch.index)
+        inputs = x
+        if self.config.cold_rate > 0:
+            kept = torch.rand(x.shape[0], 1, device=x.device) >= self.config.cold_rate
+            inputs = x * kept.to(x.dtype)
+        logits, kl = self.network(inputs, batch.index)
         nll = multinomial_nll(logits, x)
         beta = kl_beta(step, self.config.anneal_cap, self._anneal_steps())
         return {"loss": nll + beta * kl, "nll": nll.detach(), "kl": kl.detach(), "beta": beta}

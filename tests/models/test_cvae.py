@@ -92,6 +92,28 @@ def test_the_loss_is_multvaes_elbo_with_the_annealed_beta(board):
     assert kl.item() == pytest.approx(kl_standard_normal(mu, logvar).item(), rel=1e-6)
 
 
+def test_cold_rate_blanks_whole_training_histories_but_reconstructs_them(board):
+    torch.manual_seed(0)
+    m = CVAE(**SMALL, cold_rate=0.5)
+    m.user_features_ = torch.from_numpy(board.features.user.values)
+    m.build(board.train.n_users, board.train.n_items)
+    m.steps_per_epoch_ = 1
+    x = torch.from_numpy(board.history[:6].toarray().astype(np.float32))
+    users = torch.arange(6)
+    torch.manual_seed(1)
+    out = m.training_step(Batch(x, users), step=0)
+    torch.manual_seed(1)
+    kept = torch.rand(6, 1) >= 0.5
+    assert 0 < int(kept.sum()) < 6  # this seed blanks some rows and keeps others
+    logits, _ = m.network(x * kept, users)
+    # beta is 0 at step 0: the loss is the NLL of the full rows from the blanked inputs
+    assert out["loss"].item() == pytest.approx(multinomial_nll(logits, x).item(), rel=1e-6)
+    torch.manual_seed(1)
+    torch.rand(6, 1)
+    unblanked, _ = m.network(x, users)
+    assert not torch.allclose(logits, unblanked)
+
+
 def test_a_known_user_without_history_is_scored_from_the_features_alone(model, board):
     users = board.users
     empty = sp.csr_matrix(board.history.shape, dtype=np.float32)
