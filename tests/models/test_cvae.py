@@ -202,3 +202,18 @@ def test_tuning_carries_the_user_features_to_every_candidate(prepared, capsys, h
     tuned = json.loads((root / f"run-{how}" / "run.json").read_text())["tuned"]
     assert len(tuned["candidates"]) >= 2  # the grid may add the defaults as a candidate
     assert all(c["ndcg@100"] is not None and c["ndcg@100"] > 0 for c in tuned["candidates"])
+
+
+def test_a_resumed_fit_equals_an_uninterrupted_one(board, tmp_path):
+    cfg = {**SMALL, **CONTRACT, "epochs": 4, "patience": None}
+    ctx = {"features": board.features, "quiet": True}
+    torch.manual_seed(0)
+    full = CVAE(**cfg).fit(board.train, board.valid, FitContext(run_dir=tmp_path / "a", **ctx))
+    torch.manual_seed(0)
+    CVAE(**{**cfg, "epochs": 2}).fit(board.train, board.valid,
+                                     FitContext(run_dir=tmp_path / "b", **ctx))
+    resumed = CVAE(**cfg).fit(board.train, board.valid,
+                              FitContext(run_dir=tmp_path / "b", resume=True, **ctx))
+    assert resumed.train_result_.resumed_from == 2
+    for key, value in full.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[key], value, msg=key)
