@@ -26,6 +26,7 @@ MODELS: dict[str, str] = {
     "cdae": "recsys.models.cdae:CDAE",
     "recvae": "recsys.models.recvae:RecVAE",
     "cfgan": "recsys.models.cfgan:CFGAN",
+    "diffrec": "recsys.models.diffrec:DiffRec",
     "cfnade": "recsys.models.cfnade:CFNADE",
 }
 
