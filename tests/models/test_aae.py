@@ -185,6 +185,23 @@ def test_the_generator_phase_moves_the_aggregate_posterior_to_the_prior():
     assert (alone.std(0) < 1.0).all(), alone.std(0)
 
 
+def test_a_resumed_fit_equals_an_uninterrupted_one(tmp_path):
+    """All three optimisers and the prior's draws (torch's global RNG) are checkpointed: two
+    epochs, then a resume to four, give the weights of four epochs in one go."""
+    data = checkerboard()
+    params = {**SMALL, "epochs": 4, "prior": "mixture", "prior_components": 3}
+    full = create_model("aae", **params)
+    full.fit(data.train, None, FitContext(quiet=True, run_dir=tmp_path / "a"))
+    create_model("aae", **{**params, "epochs": 2}).fit(
+        data.train, None, FitContext(quiet=True, run_dir=tmp_path / "b"))
+    torch.manual_seed(12345)  # the resuming process starts from another RNG state
+    resumed = create_model("aae", **params)
+    resumed.fit(data.train, None, FitContext(quiet=True, run_dir=tmp_path / "b", resume=True))
+    assert resumed.train_result_.resumed_from == 2
+    for key, value in full.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+
+
 # -- errors a user can cause ---------------------------------------------------------------------
 
 
