@@ -1,6 +1,7 @@
-"""The `recsys` console script: one parser, one sub-command per module in recsys.commands.
+"""recsys: prepare rating data, train and tune recommenders, evaluate them, score top-K lists.
 
-Each command module exposes ``register(subparsers)`` which adds its parser and sets
+The `recsys` console script: one parser, one sub-command per module in recsys.commands. Each
+command module exposes ``register(subparsers)`` which adds its parser and sets
 ``func=run``. User errors (`RecsysError`) end in one line on stderr and exit code 2; a
 traceback is shown only with ``--debug``. So do errors of the place written to (a full disk, a
 read-only or forbidden folder: see recsys.data.io.describe_os_error).
@@ -28,6 +29,7 @@ COMMAND_MODULES = [
     "recsys.commands.quickstart",
     "recsys.commands.data",
     "recsys.commands.train",
+    "recsys.commands.config",
     "recsys.commands.evaluate",
     "recsys.commands.recommend",
     "recsys.commands.predict",
@@ -43,7 +45,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="recsys", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = _Parser(prog="recsys", description=__doc__.splitlines()[0] if __doc__ else None,
+                     epilog="start with `recsys quickstart`, or `recsys COMMAND --help`")
     parser.add_argument("--version", action="version", version=f"recsys {__version__}")
     _add_common(parser, default=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)

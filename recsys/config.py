@@ -70,7 +70,8 @@ def _one_line(cls: type[StrictConfig], exc: ValidationError, where: str) -> str:
         return f"{where}: {str(err['msg']).removeprefix('Value error, ')}"
     key = ".".join(str(p) for p in err["loc"])
     if err["type"] == "extra_forbidden":
-        return f"{where}: unknown key '{key}'{closest(key, cls.model_fields)}"
+        return (f"{where}: unknown key '{key}'{closest(key, cls.model_fields)}; valid keys: "
+                f"{', '.join(cls.model_fields)}")
     return f"{where}: invalid value for '{key}': {err['msg']} (got {err.get('input')!r})"
 
 

@@ -1,12 +1,16 @@
 """`recsys train MODEL --data DIR --out RUN_DIR`: fit any registered model, save it, evaluate it.
 
-    recsys train ease --data data/ml-100k --out runs/ease --tune
-    recsys train multvae --data data/ml-100k --config configs/multvae.yaml --set epochs=50 \\
+DIR is a prepared dataset (`recsys prepare ml-100k --out prep/ml100k`, or your own ratings:
+`recsys prepare ratings.csv --out prep/mine`); `recsys config MODEL` lists the model's keys.
+
+    recsys train ease --data prep/ml100k --out runs/ease --tune
+    recsys train multvae --data prep/ml100k --config configs/multvae.yaml --set epochs=50 \\
         --out runs/multvae --device cuda --seed 1
 
 The model's config comes from --config (YAML; an optional ``tune:`` section gives the grid for
 --tune) overridden by --set key=value. With --tune the key hyper-parameters are chosen on the
-validation part by --metric (never on the test part) before the final fit on the training part:
+validation part by --metric (never on the test part) before the final fit on the training part
+(--tune-rule: the defaults stay unless beaten by more than one standard error over the users):
 an Optuna study (TPE seeded by --seed, median pruning on the per-epoch validation metric) over the
 model's declared space or --search-space FILE when --trials/--timeout/--search-space is given or
 the model is neural; else a grid (a ``tune:`` section, or the model's default grid). The chosen
@@ -24,7 +28,7 @@ Neural models (not RecVAE/CFGAN) also train data-parallel, one process per GPU, 
     torchrun --nproc_per_node=4 -m recsys.cli train multvae --data DIR --out RUN_DIR
 
 batch_size is then the global batch; rank 0 alone writes RUN_DIR, evaluates and logs to MLflow
-(see recsys.training.distributed).
+(README, "Scale: GPU, distributed training and Spark scoring").
 """
 
 from __future__ import annotations
@@ -54,8 +58,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train", help="fit a model (optionally tuned on validation), save and evaluate it",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", metavar="MODEL", help="registry name: pop, itemknn, ease, als, bpr, "
-                                                  "autorec, multvae, multdae, cdae, recvae, cfgan")
+    from recsys.models.registry import MODELS  # a dict of names: no model is imported
+
+    p.add_argument("model", metavar="MODEL", help=f"the model: {', '.join(MODELS)}")
     # --data/--out are checked in `run`: --print-config needs neither.
     p.add_argument("--data", metavar="DIR", help="prepared dataset directory (required)")
     p.add_argument("--out", metavar="RUN_DIR", help="run directory to write (required)")
