@@ -26,8 +26,10 @@ MODELS: dict[str, str] = {
     "cdae": "recsys.models.cdae:CDAE",
     "recvae": "recsys.models.recvae:RecVAE",
     "cfgan": "recsys.models.cfgan:CFGAN",
+    "aae": "recsys.models.aae:AAE",
     "diffrec": "recsys.models.diffrec:DiffRec",
     "cfnade": "recsys.models.cfnade:CFNADE",
+    "cvae": "recsys.models.cvae:CVAE",
 }
 
 

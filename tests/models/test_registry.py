@@ -19,8 +19,8 @@ TESTS = Path(__file__).resolve().parents[1]
 
 def test_registry_names_are_the_cli_contract():
     assert list(MODELS) == ["pop", "itemknn", "ease", "als", "bpr", "rp3beta", "slim", "sansa",
-                            "autorec", "multvae", "multdae", "cdae", "recvae", "cfgan", "diffrec",
-                            "cfnade"]
+                            "autorec", "multvae", "multdae", "cdae", "recvae", "cfgan", "aae",
+                            "diffrec", "cfnade", "cvae"]
     assert {"pop", "itemknn", "ease", "als", "bpr"} <= set(available_models())
 
 
