@@ -217,3 +217,22 @@ def test_a_resumed_fit_equals_an_uninterrupted_one(board, tmp_path):
     assert resumed.train_result_.resumed_from == 2
     for key, value in full.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[key], value, msg=key)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_data_parallel_training_carries_the_features_to_every_rank(prepared, capsys, tmp_path):
+    from recsys.data.interactions import Dataset
+    from tests.training.test_ddp import torchrun
+
+    root, ratings, users = prepared
+    data = root / "ddp-data"
+    assert cli(["prepare", "--input", ratings, "--implicit-threshold", "4", "--user-features",
+                users, "--out", data], capsys).code == 0
+    done = torchrun(["train", "cvae", "--data", str(data), "--out", str(tmp_path / "ddp"),
+                     "--set", "batch_size=16", "--quiet", *FAST_CLI], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    saved = torch.load(tmp_path / "ddp" / "model" / "weights.pt", weights_only=True)
+    torch.testing.assert_close(saved[CONDITION],
+                               torch.from_numpy(Dataset.load(data).features.user.values))
+    assert json.loads((tmp_path / "ddp" / "metrics.json").read_text())["ndcg@100"] > 0
