@@ -36,6 +36,7 @@ COMMAND_MODULES = [
     "recsys.commands.compare",
     "recsys.commands.ui",
     "recsys.commands.runs",
+    "recsys.commands.completion",
 ]
 
 
