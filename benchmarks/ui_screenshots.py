@@ -12,13 +12,17 @@ the UI in Debian's headless chromium (`apt-get install chromium chromium-driver`
 chromedriver's W3C WebDriver HTTP API (plain urllib: no selenium) and saves 1400x900 PNGs:
 
     study_runs.png        the study: parent run expanded, its trials nested under it (state,
-                          trial_valid_ndcg_at_100, the sampled params)
-    study_parent.png      the study's parent run: best_valid_ndcg_at_100, best.* params, child runs
-    compare_runs.png      the comparison: parent expanded, one child run per model, test metrics
-    compare_charts.png    the runs page's chart view: the models' test metrics as bars
+                          the trials' validation NDCG@100, the sampled params)
+    study_parent.png      the study's parent run: its best validation NDCG@100, best.* params
+    compare_runs.png      the comparison: parent expanded, one child run per model (named
+                          MODEL · DATASET/SPLIT), their dataset and logged model, test/ metrics
+    compare_charts.png    the runs page's chart view: the models' test/ metrics as bars
     compare_view.png      MLflow's compare view of the model runs (run details, the metrics table)
-    learning_curve.png    the Mult-DAE run's per-epoch charts (loss, nll, valid_ndcg_at_100)
+    learning_curve.png    the Mult-DAE run's per-epoch charts (train/multdae/loss, .../nll,
+                          valid/ndcg_at_100)
     compare_parent.png    the comparison parent run: comparison.png among its artifacts
+    compare_models.png    the experiment's Models tab: one logged model per compared model, named
+                          after it, with its test/ metrics on the test dataset
 
 About 8 minutes on 2 shared CPU cores (the study and the comparison; the screenshots take ~1).
 `tests/tracking/test_ui_browser.py` drives the same `Browser` and `show_nested_runs` to check the
@@ -292,10 +296,11 @@ def _recsys(args: list[str], cwd: Path) -> None:
 def log_study(uri: str, data: Path, work: Path, trials: int, epochs: int,
               experiment: str = "recsys", name: str = "multdae-study") -> None:
     """`recsys train multdae --tune --trials N` into ``experiment``; the parent run is named
-    after its run directory (``name``)."""
+    ``name`` (--run-name)."""
     _recsys(["train", "multdae", "--data", str(data), "--out", str(work / "runs" / name),
-             "--tune", "--trials", str(trials), "--set", f"epochs={epochs}", "--set",
-             "device=cpu", "--tracking-uri", uri, "--experiment", experiment, "--quiet"], work)
+             "--run-name", name, "--tune", "--trials", str(trials), "--set", f"epochs={epochs}",
+             "--set", "device=cpu", "--tracking-uri", uri, "--experiment", experiment,
+             "--quiet"], work)
 
 
 def log_comparison(uri: str, data: Path, work: Path, epochs: int) -> None:
@@ -336,19 +341,31 @@ def _expanded(browser: Browser, uri: str, experiment: str, columns: dict[str, li
     return experiment_id, parent, children
 
 
+def _final_metrics(runs: list[Any], needle: str) -> list[str]:
+    """The names of the single-valued metrics (the scores of a trial, a study, a test) among
+    ``runs`` that contain ``needle``, in a stable order: read from the runs, so that the
+    columns shown follow the names recsys logs (`recsys.tracking.records.metric_name`)."""
+    names = {k for r in runs for k in r.data.metrics if needle in k}
+    return sorted(names, key=lambda k: (k.startswith("test/"), k))
+
+
 def screenshot_study(browser: Browser, uri: str, out: Path) -> None:
-    experiment_id, parent, _ = _expanded(browser, uri, "recsys", {
-        "Attributes": ["Dataset", "Source", "Models"],
-        "Metrics": ["trial_valid_ndcg_at_100", "best_valid_ndcg_at_100", "test_ndcg_at_100"],
+    experiment_id, parent, trials = _runs(uri, "recsys")
+    scores = [k for k in _final_metrics([parent, *trials], "ndcg_at_100")
+              if not k.startswith(("train/", "refit/"))]
+    _expanded(browser, uri, "recsys", {
+        "Attributes": ["Dataset", "Models"],
+        "Metrics": scores,
         "Parameters": ["lr", "dropout", "hidden_dims", "l2", "weight_decay"],
         "Tags": ["optuna.state"]})
     _settle()
     browser.screenshot(out / "study_runs.png")
 
+    best = [k for k in parent.data.metrics if "best" in k and "ndcg_at_100" in k]
     browser.open(f"{uri}/#/experiments/{experiment_id}/runs/{parent.info.run_id}")
-    browser.wait_text("best_valid_ndcg_at_100", "About this run")
+    browser.wait_text(*best[:1], "About this run")
     # Filtered to the study's outcome: its best score and the best trial's params.
-    browser.type("input[placeholder='Search metrics']", "best_")
+    browser.type("input[placeholder='Search metrics']", "best")
     browser.type("input[placeholder='Search parameters']", "best.")
     browser.run("document.querySelector('input[placeholder=\"Search metrics\"]')"
                 ".scrollIntoView({block: 'center'})")
@@ -358,23 +375,23 @@ def screenshot_study(browser: Browser, uri: str, out: Path) -> None:
 
 def screenshot_comparison(browser: Browser, uri: str, out: Path) -> None:
     experiment_id, parent, models = _expanded(browser, uri, "recsys-compare", {
-        "Attributes": ["Dataset", "Source", "Models"],
-        "Metrics": ["test_ndcg_at_100", "test_recall_at_20", "test_coverage_at_20",
-                    "fit_seconds"],
-        "Tags": ["recsys.model", "recsys.best_model"]})
+        "Attributes": ["Dataset", "Models"],
+        "Metrics": ["test/ndcg_at_100", "test/recall_at_20", "test/coverage_at_20",
+                    "time/fit_seconds"],
+        "Tags": ["recsys.best_model"]})
     _settle()
     browser.screenshot(out / "compare_runs.png")
 
     browser.run("document.querySelector('input[name=runs-view-mode][value=CHART]').click()")
     browser.wait("return !!document.querySelector(\"input[placeholder*='Search metric charts']\")",
                  what="the chart view")
-    browser.type("input[placeholder*='Search metric charts']", "^test_")
+    browser.type("input[placeholder*='Search metric charts']", "^test/")
     _settle(4)
     browser.screenshot(out / "compare_charts.png")
 
     ids = json.dumps([m.info.run_id for m in models])
     browser.open(f"{uri}/#/compare-runs?runs={ids}&experiments={json.dumps([experiment_id])}")
-    browser.wait_text("test_ndcg_at_100", "Run details")
+    browser.wait_text("test/ndcg_at_100", "Run details")
     _collapse(browser, "Visualizations", "Parameters")
     _settle()
     browser.screenshot(out / "compare_view.png")
@@ -384,8 +401,9 @@ def screenshot_comparison(browser: Browser, uri: str, out: Path) -> None:
     browser.wait("return !!document.querySelector(\"input[placeholder='Search metric charts']\")",
                  what="the run's charts")
     _settle()
-    browser.type("input[placeholder='Search metric charts']", "^(valid_ndcg_at_100|loss|nll)$")
-    browser.wait_text("valid_ndcg_at_100")
+    browser.type("input[placeholder='Search metric charts']",
+                 "^(valid/ndcg_at_100|train/multdae/loss|train/multdae/nll)$")
+    browser.wait_text("valid/ndcg_at_100")
     _settle(4)
     browser.screenshot(out / "learning_curve.png")
 
@@ -396,6 +414,36 @@ def screenshot_comparison(browser: Browser, uri: str, out: Path) -> None:
                  what="comparison.png in the artifact viewer")
     _settle()
     browser.screenshot(out / "compare_parent.png")
+
+    open_models(browser, uri, experiment_id, [m.data.tags["recsys.model"] for m in models])
+    _settle()
+    browser.screenshot(out / "compare_models.png")
+
+
+# MLflow 3.17's Models tab of an experiment: each logged model's name links to its page.
+MODEL_NAMES_JS = """
+return [...document.querySelectorAll('a[href*="/models/m-"]')].map(a => a.textContent.trim())
+    .filter(t => t);
+"""
+
+
+def open_models(browser: Browser, base: str, experiment_id: str, names: list[str]) -> list[str]:
+    """Open an experiment's Models tab and wait until a logged model of each of ``names`` is
+    listed; returns the model names the page shows."""
+    browser.open(f"{base}/#/experiments/{experiment_id}/models")
+    return browser.wait(MODEL_NAMES_JS.replace("return ", "const shown = ", 1)
+                        + " return arguments[0].every(n => shown.includes(n)) ? shown : null;",
+                        names, what=f"logged models {names} in the Models tab")
+
+
+def model_datasets(browser: Browser) -> list[str]:
+    """The dataset names the Models tab shows beside the logged models (each as ``NAME
+    (#DIGEST)``: the dataset their metrics were computed on), once their metrics have loaded."""
+    return browser.wait("""
+        const names = [...document.querySelectorAll('a')].map(a => a.textContent.trim())
+            .filter(t => / \\(#[0-9a-f]+\\)$/.test(t))
+            .map(t => t.replace(/ \\(#[0-9a-f]+\\)$/, ''));
+        return names.length ? [...new Set(names)] : null;""", what="the models' datasets")
 
 
 def missing_browser() -> str | None:

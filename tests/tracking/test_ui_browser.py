@@ -1,6 +1,8 @@
 """The MLflow UI in a real browser (Debian's headless chromium through chromedriver): a study
 logged by `recsys train --tune` is listed as one parent run whose trials appear only once it is
-expanded, nested under it. Skips, saying why, where chromium or chromedriver is absent."""
+expanded, nested under it; a training run is listed under its name (MODEL · DATASET/SPLIT) with its
+dataset, and its logged model under the model's name in the Models tab. Skips, saying why, where
+chromium or chromedriver is absent."""
 
 from __future__ import annotations
 
@@ -25,8 +27,9 @@ if _missing:
 
 def test_the_runs_table_nests_a_studys_trials_under_its_parent(mlflow_server, mls_data,
                                                               tmp_path):
-    out = tmp_path / "ui-study"  # the parent run is named after its run directory
+    out = tmp_path / "study"
     assert main(["train", "multdae", "--data", str(mls_data), "--out", str(out), "--tune",
+                 "--run-name", "ui-study",
                  "--trials", "2", "--set", "epochs=2", "--set", "device=cpu", "--quiet",
                  "--tracking-uri", mlflow_server, "--experiment", "it-ui-study"]) == 0
     from mlflow import MlflowClient
@@ -50,3 +53,22 @@ def test_the_runs_table_nests_a_studys_trials_under_its_parent(mlflow_server, ml
     # Expanded, the trials sit right below the parent, their names indented under its name.
     assert sorted(r for r, _ in trial_rows) == [parent_row + 1, parent_row + 2]
     assert all(x > parent_x for _, x in trial_rows)
+
+
+def test_the_ui_shows_runs_datasets_and_models_by_name(mlflow_server, mls_data, tmp_path):
+    """What a person reads in the UI to tell runs apart: the runs table lists the run as
+    MODEL · DATASET/SPLIT, and the Models tab lists its logged model under the model's name
+    beside the test dataset (named after the data, its split and its implicit preparation) and
+    that source run."""
+    assert main(["train", "pop", "--data", str(mls_data), "--out", str(tmp_path / "pop"),
+                 "--quiet", "--tracking-uri", mlflow_server, "--experiment", "it-ui-names"]) == 0
+    from mlflow import MlflowClient
+
+    experiment = MlflowClient(mlflow_server).get_experiment_by_name("it-ui-names")
+    run = "pop · ml-latest-small/random"
+    with ui.Browser() as browser:
+        ui.prepare_page(browser, mlflow_server)
+        ui.open_runs(browser, mlflow_server, experiment.experiment_id, run)
+        assert ui.open_models(browser, mlflow_server, experiment.experiment_id, ["pop"]) == ["pop"]
+        assert ui.model_datasets(browser) == ["ml-latest-small/random/implicit>=4"]
+        browser.wait_text(run)  # the model's source run, by name
