@@ -4,24 +4,26 @@ and Scherp ("Multi-modal Adversarial Autoencoders for Recommendations of Citatio
 Labels", UMAP 2018).
 
 Mult-VAE with its KL term replaced by a discriminator. A user's 0/1 history x is L2-normalised,
-dropped out and encoded by a tanh MLP into a code z = E(x) (deterministic, default I-600-50); a
-tanh MLP decodes z to logits over the catalogue (50-600-I), scored by the multinomial likelihood
-of Mult-VAE, so that the two models differ only in how q(z) is kept near a prior p(z):
+dropped out and encoded by a tanh MLP with a linear last layer into a code z = E(x)
+(deterministic, default I-600-50); a tanh MLP decodes z to logits over the catalogue
+(50-600-I), scored by the multinomial likelihood of Mult-VAE, so that the two models differ
+only in how q(z) is kept near a prior p(z):
 
 - Mult-VAE: the per-user KL(q(z|x) || N(0, I)), which needs a closed form or an estimate of
   both densities;
 - AAE: the *aggregate* posterior q(z) = E_x[q(z|x)] is matched to p(z) adversarially (the
-  paper's eq. 1 and section 2): a discriminator D tells prior samples from codes, and the encoder
+  paper's section 2): a discriminator D tells prior samples from codes, and the encoder
   is trained to fool it. Only samples of p(z) are needed, so the prior need not be Gaussian:
-  ``prior: mixture`` is an equal-weight mixture of ``prior_components`` Gaussians (the paper's
-  figure 2 uses a 2-D mixture of 10), whose means lie at distance ``prior_radius`` from the
-  origin in fixed random directions, each with standard deviation ``prior_std``.
+  ``prior: mixture`` is an equal-weight mixture of ``prior_components`` Gaussians (the paper
+  compares AAE and VAE on a 2-D mixture of 10), whose means lie at distance ``prior_radius``
+  from the origin in fixed random directions, each with standard deviation ``prior_std``.
 
 Each engine step runs the paper's two phases on one batch, with three optimisers:
 
 1. reconstruction: E and the decoder minimise the multinomial negative log-likelihood;
 2. regularisation, (a) discriminator: D minimises binary cross-entropy on prior samples (label 1)
-   and the codes of phase 1 (label 0, detached: D's phase never reaches the encoder);
+   and the codes of phase 1, computed before its update (label 0, detached: D's phase never
+   reaches the encoder, and one encoder pass is saved);
    (b) generator: E minimises the non-saturating ``-log D(E(x))`` (E's own optimiser, whose
    learning rate ``g_lr`` sets how hard the prior is enforced: a loss weight would be undone by
    Adam's normalisation).
