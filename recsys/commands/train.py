@@ -23,7 +23,8 @@ Once validation has done its job (tuning, early stopping), the final model is re
 train + valid with the chosen settings (neural models: for the best epoch), unless --no-refit.
 When the data has a test part, the trained model is evaluated on it and metrics.json written.
 
-Neural models (not RecVAE/CFGAN) also train data-parallel, one process per GPU, under torchrun:
+Neural models (not RecVAE, CFGAN or AAE) also train data-parallel, one process per GPU, under
+torchrun:
 
     torchrun --nproc_per_node=4 -m recsys.cli train multvae --data DIR --out RUN_DIR
 

@@ -52,9 +52,13 @@ class FinalFit:
     seconds: float  # all fitting: the fit on train and the refit
     refit: dict[str, Any] | None = None  # {"epochs", "seconds", "parts"}; None when not done
     skipped: str | None = None  # why there was no refit
+    # A neural fit on train: the epochs run, the best epoch restored and its validation value,
+    # whether it stopped early or ran out of epochs still improving (`training_record`).
+    training: dict[str, Any] | None = None
 
     def record(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"fit_seconds": self.seconds, "refit": self.refit}
+        out: dict[str, Any] = {"fit_seconds": self.seconds, "refit": self.refit,
+                               "training": self.training}
         if self.skipped is not None:
             out["refit_skipped"] = self.skipped
         return out
@@ -99,6 +103,7 @@ def fit_final(model: Recommender, dataset: Dataset, valid: EvalSplit | None,
     started = time.perf_counter()
     if neural or skipped is not None:
         model.fit(dataset.train, valid, ctx)
+    training = training_record(model) if neural else None
     record = None
     if skipped is None:
         tick = time.perf_counter()
@@ -108,7 +113,21 @@ def fit_final(model: Recommender, dataset: Dataset, valid: EvalSplit | None,
                   "parts": refit_parts(dataset)}
         if epochs is not None:  # not "refit_seconds": that is each refit epoch's own time
             ctx.callbacks.on_fit_end({f"{REFIT_PREFIX}epochs": epochs})
-    return FinalFit(time.perf_counter() - started, record, skipped)
+    return FinalFit(time.perf_counter() - started, record, skipped, training)
+
+
+def training_record(model: Any) -> dict[str, Any] | None:
+    """What the fit on train did, for run.json (None when the model has no train result)."""
+    from recsys.training.trainer import still_improving
+
+    result = getattr(model, "train_result_", None)
+    if result is None:
+        return None
+    return {"epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
+            "metric": result.metric, "best_value": result.best_value,
+            "stopped_early": result.stopped_early,
+            "still_improving": still_improving(
+                result, int(getattr(model.config, "epochs", result.epochs_run)))}
 
 
 def _refit_other(model: Recommender, dataset: Dataset, ctx: FitContext) -> None:
