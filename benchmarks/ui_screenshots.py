@@ -351,10 +351,11 @@ def _final_metrics(runs: list[Any], needle: str) -> list[str]:
 
 def screenshot_study(browser: Browser, uri: str, out: Path) -> None:
     experiment_id, parent, trials = _runs(uri, "recsys")
+    # The scores: each trial's, the study's best, the test; not the curves' last points.
     scores = [k for k in _final_metrics([parent, *trials], "ndcg_at_100")
-              if not k.startswith(("train/", "refit/"))]
+              if not k.startswith(("train/", "valid/", "refit/", "tune/"))]
     _expanded(browser, uri, "recsys", {
-        "Attributes": ["Dataset", "Models"],
+        "Attributes": ["Dataset", "Source", "Models"],  # shown by default: ticked, hidden
         "Metrics": scores,
         "Parameters": ["lr", "dropout", "hidden_dims", "l2", "weight_decay"],
         "Tags": ["optuna.state"]})
@@ -374,11 +375,12 @@ def screenshot_study(browser: Browser, uri: str, out: Path) -> None:
 
 
 def screenshot_comparison(browser: Browser, uri: str, out: Path) -> None:
+    # The Models column stays (shown by default: ticking hides): each run's logged model, named
+    # after the model; the dataset names are in the Models tab (compare_models.png).
     experiment_id, parent, models = _expanded(browser, uri, "recsys-compare", {
-        "Attributes": ["Dataset", "Models"],
+        "Attributes": ["Source", "Dataset"],
         "Metrics": ["test/ndcg_at_100", "test/recall_at_20", "test/coverage_at_20",
-                    "time/fit_seconds"],
-        "Tags": ["recsys.best_model"]})
+                    "time/fit_seconds"]})
     _settle()
     browser.screenshot(out / "compare_runs.png")
 
@@ -416,6 +418,7 @@ def screenshot_comparison(browser: Browser, uri: str, out: Path) -> None:
     browser.screenshot(out / "compare_parent.png")
 
     open_models(browser, uri, experiment_id, [m.data.tags["recsys.model"] for m in models])
+    model_datasets(browser)  # their metrics, per dataset, are to the right of the window
     _settle()
     browser.screenshot(out / "compare_models.png")
 
