@@ -423,7 +423,7 @@ class MlflowTracker(Tracker):
                          ColSpec(_id_type(data_dir / "items.parquet", "item"), "item"),
                          ColSpec("float", "rating"),
                          ColSpec("long", "timestamp", required=False)])
-        counts = (meta.get("parts") or {})
+        counts = meta.get("parts") or {}
 
         def log() -> None:
             inputs, named = [], {}
