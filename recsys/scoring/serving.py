@@ -30,7 +30,8 @@ served as other lists. Packages written before digests were recorded load with a
   ``recsys recommend --histories``).
 
 and returns the long table ``user, item, rank, score, cold`` (external ids, rank from 1, seen
-items masked; ``cold`` flags users with no history at all, who get the popularity list), the same
+items masked; ``cold`` flags users with no history at all, who get the popularity list, scored
+by each item's share of the training interactions), the same
 lists and columns as `recsys recommend` writes. Rows keep the order of the input users. Params:
 ``k`` (list length, default 10) and ``layout`` (``long``, or ``lists``: one row per input user
 with ``items`` and ``scores`` as lists, for engines such as Spark whose UDFs return one value per
@@ -109,8 +110,11 @@ class TopKPredictor:
         self.popularity = np.asarray(popularity, dtype=np.float32)
         self.batch_size = batch_size
         self.device = as_device(device)
-        # The cold users' scores, on the device the masks and scores are on (once, not per chunk).
-        self._popularity = torch.from_numpy(self.popularity).to(self.device or "cpu")
+        # The cold users' scores, on the device the masks and scores are on (once, not per chunk):
+        # each item's share of the training interactions, a number in [0, 1] that no one reads
+        # as a model score (raw counts such as 196 sat beside model scores of ~4).
+        share = self.popularity / max(float(self.popularity.sum()), 1.0)
+        self._popularity = torch.from_numpy(share).to(self.device or "cpu")
         # Items never recommended (``recsys recommend --allow/--deny``): a bool mask on the device.
         self.banned = banned
         place_model(model, self.device)
