@@ -41,6 +41,7 @@ from recsys.models.tuning import (
 )
 from recsys.tracking.base import Tracker
 from recsys.tracking.callbacks import TrackerCallbacks
+from recsys.tracking.records import metric_name
 
 RANGE_KEYS = frozenset({"low", "high", "log", "step"})
 # Defaults of the median pruner: trials compared only once a few have completed, and not before
@@ -232,9 +233,9 @@ def study(model: Recommender, train: Interactions, valid: EvalSplit,
             score, seconds = scored.score, scored.seconds
             per_user[trial.number] = scored.per_user
             trial.set_user_attr("fit_seconds", seconds)
-            # Its own key: valid_METRIC is the per-epoch curve (its last epoch need not be the
+            # Its own key: valid/METRIC is the per-epoch curve (its last epoch need not be the
             # best, whose weights the trial keeps).
-            tracker.log_metrics({f"trial_valid_{metric}": score})
+            tracker.log_metrics({metric_name("trial", f"valid_{metric}"): score})
             status = "FINISHED"
         except optuna.TrialPruned:
             status = "KILLED"

@@ -19,6 +19,7 @@ from recsys.data.interactions import Dataset, EvalSplit
 from recsys.models.base import FitContext, Recommender
 from recsys.models.tuning import DEFAULT_RULE, TuneResult
 from recsys.tracking.base import Tracker, flatten
+from recsys.tracking.records import metric_name
 from recsys.tracking.setup import TrackingOptions, make_tracker
 
 EVAL_BATCH_SIZE = 2048
@@ -97,18 +98,19 @@ def record_search(tracker: Tracker, result: TuneResult, model: Recommender,
     """The search in the tracker (candidate table, per-candidate validation curve, best params
     and score, the study's figures) and RUN_DIR/tuned.yaml."""
     metric = result.metric
-    for step, value in enumerate(result.table[metric].tolist()):
-        tracker.log_metrics({f"tune/valid_{metric}": value}, step=step)
+    # Candidates from step 1: MLflow copies a run's step-0 metrics onto the model it logs later.
+    for step, value in enumerate(result.table[metric].tolist(), 1):
+        tracker.log_metrics({metric_name("tune", f"valid_{metric}"): value}, step=step)
     tracker.log_table(result.table, "tuning.json")
     tracker.log_params(flatten({f"best.{k}": v for k, v in result.best_params.items()}))
-    tracker.log_metrics({f"best_valid_{metric}": result.best_score})
+    tracker.log_metrics({metric_name("best", f"valid_{metric}"): result.best_score})
     selection = result.selection or {}
     tracker.set_tags({"recsys.tune.rule": str(selection.get("rule", "best")),
                       "recsys.tune.kept_default": str(bool(selection.get("kept_default")))})
     if "gain" in selection:
         # The search's best against the defaults on the validation users (the rule's inputs).
-        tracker.log_metrics({f"tune/gain_over_default_{metric}": selection["gain"],
-                             f"tune/gain_se_{metric}": selection["se"]})
+        tracker.log_metrics({metric_name("tune", f"gain_over_default_{metric}"): selection["gain"],
+                             metric_name("tune", f"gain_se_{metric}"): selection["se"]})
     if run_dir is not None:
         path = Path(run_dir) / "tuned.yaml"
         write_tuned(path, model)

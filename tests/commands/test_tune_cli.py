@@ -119,12 +119,12 @@ def test_the_study_is_tracked_as_nested_runs_and_tuned_yaml_round_trips(data, tm
         assert child.info.status == "FINISHED"
         number = int(child.data.tags["optuna.trial"])
         assert float(child.data.params["lr"]) == pytest.approx(tuned["candidates"][number]["lr"])
-        assert child.data.metrics["trial_valid_ndcg_at_100"] == pytest.approx(
+        assert child.data.metrics["trial/valid_ndcg_at_100"] == pytest.approx(
             tuned["candidates"][number]["ndcg@100"])
         curve = client.get_metric_history(child.info.run_id, "valid/ndcg_at_100")
         assert sorted(m.step for m in curve if m.step > 0) == [1, 2, 3]
     assert float(parent.data.params["best.lr"]) == pytest.approx(tuned["params"]["lr"])
-    assert parent.data.metrics["best_valid_ndcg_at_100"] == pytest.approx(tuned["score"])
+    assert parent.data.metrics["best/valid_ndcg_at_100"] == pytest.approx(tuned["score"])
     assert float(parent.data.params["lr"]) == pytest.approx(tuned["params"]["lr"])
 
     # tuned.yaml is the whole chosen config, usable as --config.

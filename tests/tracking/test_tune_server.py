@@ -31,7 +31,7 @@ def test_a_study_is_a_parent_run_with_its_trials_nested(mlflow_server, mls_data,
     assert parent.info.run_id == record["mlflow"]["run_id"]
     trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert sorted(r.info.run_name for r in trials) == ["trial-0", "trial-1", "trial-2"]
-    scores = {float(r.data.params["lambda_"]): r.data.metrics["trial_valid_ndcg_at_100"]
+    scores = {float(r.data.params["lambda_"]): r.data.metrics["trial/valid_ndcg_at_100"]
               for r in trials}
     assert {r.data.tags["optuna.state"] for r in trials} == {"COMPLETE"}
     # A new study starts from the model's defaults.
