@@ -19,9 +19,10 @@ run.json's study record, and the chosen config is RUN/tuned.yaml.
         [--reuse-defaults] [--out benchmarks/out/tune]
     python benchmarks/bench_tune.py --table-only    # the table again, from results.json
 
---reuse-defaults keeps the default-config rows (and, with --no-recbole, RecBole's figures) that
-results.json already holds for a dataset instead of fitting them again: they do not depend on
-the search (a changed training path needs a fresh run). Each tuned row records how the kept
+--reuse-defaults keeps the default-config rows (and, with --no-recbole, RecBole's figures; and
+the reference EASE row when it was chosen under the selection rule) that results.json already
+holds for a dataset instead of fitting them again: they do not depend on the studies (a changed
+training path needs a fresh run). Each tuned row records how the kept
 config was chosen (`selection`: the one-SE rule's gain over the defaults and its standard error).
 
 Results: benchmarks/out/tune/results.json (one entry per dataset, rewritten after each row, and
@@ -146,7 +147,13 @@ def run_dataset(name: str, args: argparse.Namespace, entry: dict[str, Any], save
                if r.get("config") == "default" and "error" not in r} if args.reuse_defaults else {}
     if args.reuse_defaults and args.no_recbole:
         entry["recbole"].update(before.get("recbole", {}))
-    rows.append(train_row("ease", prep, folder / "runs" / "ease-tuned", log, 0))
+    # The reference EASE row too, when it was made under the selection rule (its `selection`).
+    reference = next((r for r in before.get("rows", []) if r["model"] == "ease"
+                      and r.get("selection") and "error" not in r), None)
+    if args.reuse_defaults and reference is not None:
+        rows.append({**reference, "reused": True})
+    else:
+        rows.append(train_row("ease", prep, folder / "runs" / "ease-tuned", log, 0))
     save()
     for model in args.models.split(","):
         if model in earlier:
