@@ -58,6 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="users per scoring batch (default: 2048)")
     p.add_argument("--resume", action="store_true",
                    help="keep the chunks an interrupted run with the same inputs committed")
+    p.add_argument("--with-titles", action="store_true",
+                   help="add a title column (the item titles of a MovieLens dataset)")
     p.add_argument("--allow", default=None, metavar="FILE", help="only recommend these item ids")
     p.add_argument("--deny", default=None, metavar="FILE", help="never recommend these item ids")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
@@ -119,6 +121,7 @@ SPARK_UNSUPPORTED = {
     "allow": "filter the lists after scoring, or use the local engine",
     "deny": "filter the lists after scoring, or use the local engine",
     "resume": "Spark reruns failed tasks itself",
+    "with_titles": "join the titles to the lists afterwards, or use the local engine",
 }
 
 
@@ -141,10 +144,11 @@ def _recommend(args: argparse.Namespace) -> int:
     from recsys.scoring.export import ChunkedWriter
     from recsys.scoring.serving import TopKPredictor, item_popularity
     from recsys.scoring.topk import item_mask
-    from recsys.workflows.recommend import UserRows, score_to_file
+    from recsys.workflows.recommend import UserRows, item_titles, score_to_file
 
     run_info = read_run(args.run_dir)
     data = Dataset.load(args.data)
+    titles = item_titles(data) if args.with_titles else None
     n_items = len(data.items)
     if args.k > n_items:
         raise RecsysError(f"--k {args.k} is larger than the catalogue ({n_items} items)")
@@ -189,11 +193,11 @@ def _recommend(args: argparse.Namespace) -> int:
                    "users": users_spec, "history": args.history, "k": args.k,
                    "chunk_size": args.chunk_size,
                    "allow": _digest(args.allow), "deny": _digest(args.deny),
-                   "device": device.type}
+                   "device": device.type, "titles": args.with_titles}
     writer = ChunkedWriter(args.out, fingerprint, resume=args.resume)
     quiet = bool(getattr(args, "quiet", False))
     scored = score_to_file(predictor, users, writer, k=args.k, chunk_size=args.chunk_size,
-                           quiet=quiet)
+                           quiet=quiet, titles=titles)
     if not quiet:
         # scored.rows: every row of the finished file, a resumed run's earlier chunks included.
         print(f"wrote {args.out}: {scored.users} users ({scored.cold} cold in this run), "

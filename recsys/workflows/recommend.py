@@ -15,8 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
 import scipy.sparse as sp
 
+from recsys.data.interactions import Dataset
 from recsys.data.io import WriteError, write_advice
 from recsys.errors import RecsysError
 from recsys.scoring.export import ChunkedWriter, lists_schema
@@ -58,16 +61,33 @@ class Scored:
     seconds: float
 
 
+def item_titles(dataset: Dataset) -> np.ndarray:
+    """Each item's title (internal order), from the prepared data's item list; an item the list
+    lacks gets None. No list (data not from MovieLens): one line."""
+    info = dataset.item_info
+    if info is None or "title" not in info.columns:
+        raise RecsysError("--with-titles: this prepared data has no item titles (they come from "
+                          "a MovieLens movie list); drop --with-titles")
+    by_id = pd.Series(info["title"].to_numpy(), index=info["item"].to_numpy())
+    by_id = by_id[~by_id.index.duplicated()]
+    return by_id.reindex(dataset.items.ids).astype(object).where(
+        lambda t: t.notna(), None).to_numpy()
+
+
 def score_to_file(predictor: TopKPredictor, users: UserRows, writer: ChunkedWriter, *, k: int,
-                  chunk_size: int, quiet: bool = True, desc: str = "recommend") -> Scored:
+                  chunk_size: int, quiet: bool = True, desc: str = "recommend",
+                  titles: np.ndarray | None = None) -> Scored:
     """Score ``users`` chunk by chunk into ``writer`` (chunks it already holds are skipped) and
     assemble the file. A write failure removes the partial output (it would only fill a full
-    disk further); an interruption keeps it for ``resume``."""
+    disk further); an interruption keeps it for ``resume``. ``titles`` (`item_titles`): a
+    ``title`` column after the others."""
     from tqdm import tqdm  # plain: tqdm.auto warns in notebooks without ipywidgets
 
     if k < 1 or chunk_size < 1:
         raise RecsysError("k and the chunk size must be at least 1")
     schema = lists_schema(users.ids, predictor.items.ids)
+    if titles is not None:
+        schema = schema.append(pa.field("title", pa.string()))
     n = len(users.ids)
     start = time.perf_counter()
     cold = 0
@@ -78,9 +98,12 @@ def score_to_file(predictor: TopKPredictor, users: UserRows, writer: ChunkedWrit
             for c in range(-(-n // chunk_size)):
                 lo, hi = c * chunk_size, min(n, (c + 1) * chunk_size)
                 if not writer.committed(c):
-                    table, _, chunk_cold = predictor.lists(
+                    table, items, chunk_cold = predictor.lists(
                         users.ids[lo:hi], users.internal[lo:hi],
                         users.history[users.rows[lo:hi]], k)
+                    if titles is not None:  # rows in the table's order: row-major, kept items
+                        table = table.append_column(
+                            "title", pa.array(titles[items[items >= 0]], type=pa.string()))
                     writer.write(c, table.cast(schema))
                     cold += int(chunk_cold.sum())
                 bar.update(hi - lo)

@@ -275,3 +275,32 @@ def test_not_a_run_and_bad_out_suffix(setup, capsys):
     assert _recommend(tmp, "o.json") == 2
     assert "use a .csv or .parquet" in capsys.readouterr().err
     assert not (tmp / "o.csv").exists() and not (tmp / "o.json").exists()
+
+
+def test_with_titles_adds_each_items_title_and_needs_an_item_list(tmp_path, monkeypatch):
+    monkeypatch.setitem(registry.MODELS, "dot", "evaluation.doubles:DotModel")
+    data = make_dataset(n_users=12, n_items=9)
+    ids = list(data.items.ids)
+    # Titles for all items but the last (it gets none), in another order than the vocabulary.
+    data.item_info = pd.DataFrame({"item": ids[:-1][::-1],
+                                   "title": [f"Movie {i}" for i in ids[:-1][::-1]]})
+    data.save(tmp_path / "data")
+    save_run(tmp_path / "run", DotModel(seed=1).fit(data.train),
+             data_record(tmp_path / "data", data))
+    assert _recommend(tmp_path, "t.parquet", "--with-titles", k=9) == 0
+    out = _read(tmp_path / "t.parquet")
+    assert list(out.columns) == ["user", "item", "rank", "score", "cold", "title"]
+    titled = out[out["item"] != str(ids[-1])]
+    assert (titled["title"] == "Movie " + titled["item"]).all()
+    assert out.loc[out["item"] == str(ids[-1]), "title"].isna().all()
+    # The same lists as without titles.
+    assert _recommend(tmp_path, "plain.parquet", k=9) == 0
+    pd.testing.assert_frame_equal(out.drop(columns="title"), _read(tmp_path / "plain.parquet"))
+
+
+def test_with_titles_without_an_item_list_is_one_line(setup, capsys):
+    tmp, _, _ = setup
+    assert _recommend(tmp, "t.csv", "--with-titles") == 2
+    err = capsys.readouterr().err
+    assert "--with-titles: this prepared data has no item titles" in err and err.count("\n") == 1
+    assert not (tmp / "t.csv").exists()
