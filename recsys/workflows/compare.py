@@ -69,6 +69,9 @@ class CompareConfig(StrictConfig):
     metrics: list[str] = Field(default_factory=lambda: list(COMPARE_DEFAULT))
     primary: str = "ndcg@100"
     tune_metric: str | None = None  # validation metric for tuning (default: primary)
+    # How every model's search keeps its candidate (`recsys.models.tuning.select`; the same rule
+    # for all, as --tune-rule).
+    tune_rule: Literal["one-se", "best"] = "one-se"
     test: str = "wilcoxon"
     alpha: float = Field(0.05, gt=0, lt=1)
     bootstrap: int = Field(1000, ge=100)
@@ -283,8 +286,9 @@ def search_of(m: ModelSpec, spec: CompareConfig) -> Search:
     if isinstance(m.tune, StudySpec):
         space = load_yaml(m.tune.search_space) if m.tune.search_space else None
         return Search("study", metric, space=space, trials=m.tune.trials,
-                      timeout=m.tune.timeout, seed=spec.seed)
-    return Search("grid", metric, grid=None if m.tune == "default" else dict(m.tune))
+                      timeout=m.tune.timeout, seed=spec.seed, rule=spec.tune_rule)
+    return Search("grid", metric, grid=None if m.tune == "default" else dict(m.tune),
+                  rule=spec.tune_rule)
 
 
 def prepared(spec: CompareConfig) -> Path:

@@ -153,3 +153,18 @@ models:
         metrics = pd.read_json(run / "metrics.json", typ="series")
         row = table[(table["model"] == label) & (table["metric"] == "ndcg@10")]
         assert row["mean"].item() == pytest.approx(metrics["ndcg@10"])
+
+
+def test_every_search_of_a_comparison_keeps_its_candidate_by_the_specs_rule():
+    from recsys.config import validate_config
+    from recsys.workflows.compare import search_of
+
+    models = [{"model": "ease", "tune": "default"}, {"model": "multdae", "tune": {"trials": 3}}]
+    spec = CompareConfig(data="d", metrics=["ndcg@10"], primary="ndcg@10", models=models)
+    assert [search_of(m, spec).rule for m in spec.models] == ["one-se", "one-se"]
+    best = CompareConfig(data="d", metrics=["ndcg@10"], primary="ndcg@10", models=models,
+                         tune_rule="best")
+    assert [(search_of(m, best).mode, search_of(m, best).rule) for m in best.models] == [
+        ("grid", "best"), ("study", "best")]
+    with pytest.raises(RecsysError, match="tune_rule"):
+        validate_config(CompareConfig, {"data": "d", "models": models, "tune_rule": "one_se"})
