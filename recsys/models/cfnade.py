@@ -42,7 +42,7 @@ conditioning set, which the model learns too (the split ``d = 0``).
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Literal, Self
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -54,17 +54,16 @@ from torch import nn
 from recsys.config import TrainConfig
 from recsys.data.interactions import Interactions
 from recsys.errors import RecsysError
-from recsys.models.autorec import GLOBAL_MEAN, ITEM_MEAN, USER_MEAN
 from recsys.models.base import FitContext, csr_to_dense
-from recsys.models.neural import NEURAL_SPACE, Batch, NeuralRecommender
-from recsys.models.nn import ACTIVATIONS, Activation, WeightsCache, check_history
+from recsys.models.explicit import ExplicitRecommender, register_rating_means
+from recsys.models.neural import NEURAL_SPACE, Batch
+from recsys.models.nn import ACTIVATIONS, Activation, check_history
 
 # More distinct rating values than this is not a rating scale (e.g. averaged or continuous
 # scores): each value would be a softmax class with its own weights.
 MAX_LEVELS = 20
 DEFAULT_LEVELS = 5  # the network's level count before the data is seen (MovieLens' 1-5 stars)
 _PAIR_CHUNK = 4096  # (row, column) pairs decoded at once: a chunk x levels x hidden buffer
-_ROW_CHUNK = 2048  # rows encoded at once when the codes of every row are computed
 _DECODE_BUDGET = 1 << 24  # rows x columns x levels of scores built at once when scoring
 
 
@@ -164,11 +163,7 @@ class CFNADENet(nn.Module):
         self.b = nn.Parameter(torch.zeros(n_columns, n_levels))
         self.activation = ACTIVATIONS[activation]()
         self.register_buffer("levels", torch.arange(1, n_levels + 1, dtype=torch.float32))
-        self.register_buffer("global_mean", torch.tensor(3.0))
-        self.register_buffer("user_mean", torch.zeros(n_users))
-        self.register_buffer("item_mean", torch.zeros(n_items))
-        self.register_buffer("user_count", torch.zeros(n_users))
-        self.register_buffer("item_count", torch.zeros(n_items))
+        register_rating_means(self, n_users, n_items)
 
     def level_index(self, ratings: torch.Tensor) -> torch.Tensor:
         """0-based level of each rating (the nearest level; unobserved 0s map to level 0)."""
@@ -211,7 +206,7 @@ class CFNADENet(nn.Module):
         return torch.softmax(scores.float(), dim=-1) @ self.levels
 
 
-class CFNADE(NeuralRecommender):
+class CFNADE(ExplicitRecommender):
     """I-CF-NADE / U-CF-NADE rating prediction (explicit feedback)."""
 
     name: ClassVar[str] = "cfnade"
@@ -224,53 +219,27 @@ class CFNADE(NeuralRecommender):
         "hidden": {"low": 100, "high": 1000, "step": 100},
     }
     family: ClassVar[str] = "autoencoder"
-    explicit: ClassVar[bool] = True
+    title: ClassVar[str] = "CF-NADE"
+    verb: ClassVar[str] = "models"
+    zero_reason: ClassVar[str] = "a 0 in a rating row means 'not rated'"
+    flat_when: ClassVar[Literal["scale", "ratings"]] = "ratings"  # each value is a level
+    row_chunk: ClassVar[int] = 2048
 
     network: CFNADENet
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         self.n_levels = DEFAULT_LEVELS
-        self.ratings: sp.csr_matrix | None = None  # users x items training ratings
-        self._codes: WeightsCache[torch.Tensor] = WeightsCache()
-
-    @property
-    def item_based(self) -> bool:
-        return self.config.based == "item"
 
     # -- the engine's contract -----------------------------------------------------------------
 
-    def build(self, n_users: int, n_items: int) -> None:
+    def network_for(self, n_columns: int, n_users: int, n_items: int) -> CFNADENet:
         cfg = self.config
-        self.network = CFNADENet(n_users if self.item_based else n_items, self.n_levels,
-                                 cfg.hidden, cfg.activation, n_users, n_items)
-        self._codes.clear()
+        return CFNADENet(n_columns, self.n_levels, cfg.hidden, cfg.activation, n_users, n_items)
 
     def setup(self, train: Interactions, ctx: FitContext) -> None:
-        meta = ctx.data_meta
-        matrix = train.matrix.tocsr().astype(np.float32)
-        if meta.get("implicit"):
-            raise RecsysError("cfnade models explicit ratings, but the prepared data is implicit "
-                              "(no rating column); prepare ratings with a rating column, or use "
-                              "an implicit model (multvae, ease, als)")
-        if matrix.nnz == 0:
-            raise RecsysError("cfnade: the training data has no ratings")
+        matrix, _, _ = self.checked_ratings(train, ctx.data_meta)
         levels = np.unique(matrix.data)
-        scale = meta.get("rating_scale")
-        lo, hi = (float(scale[0]), float(scale[1])) if scale else (levels[0], levels[-1])
-        if len(levels) < 2:
-            raise RecsysError(f"cfnade: every training rating is {levels[0]:g}: this looks like "
-                              "implicit feedback; CF-NADE needs graded explicit ratings")
-        if lo <= 0:
-            raise RecsysError(f"cfnade: the rating scale [{lo:g}, {hi:g}] reaches 0 or below, but "
-                              "a 0 in a rating row means 'not rated'; shift the ratings to be "
-                              "positive")
-        outside = (matrix.data < lo) | (matrix.data > hi)
-        if outside.any():
-            raise RecsysError(f"cfnade: {int(outside.sum())} training ratings lie outside the "
-                              f"declared rating scale [{lo:g}, {hi:g}] (e.g. "
-                              f"{matrix.data[outside][0]:g}); fix the ratings or the dataset's "
-                              "rating_scale")
         if len(levels) > MAX_LEVELS:
             raise RecsysError(f"cfnade: the training ratings take {len(levels)} distinct values "
                               f"(at most {MAX_LEVELS}): CF-NADE models each rating level as a "
@@ -278,26 +247,8 @@ class CFNADE(NeuralRecommender):
         if len(levels) != self.n_levels:
             self.n_levels = len(levels)
             self.build(train.n_users, train.n_items)
-        net = self.network
-        users_n = np.diff(matrix.indptr).astype(np.float64)
-        items_n = np.bincount(matrix.indices, minlength=matrix.shape[1]).astype(np.float64)
-        user_sum = np.asarray(matrix.sum(axis=1), dtype=np.float64).ravel()
-        item_sum = np.asarray(matrix.sum(axis=0), dtype=np.float64).ravel()
-        global_mean = float(matrix.data.mean())
-        with np.errstate(invalid="ignore", divide="ignore"):
-            user_mean = np.where(users_n > 0, user_sum / users_n, global_mean)
-            item_mean = np.where(items_n > 0, item_sum / items_n, global_mean)
-        net.levels.copy_(torch.from_numpy(levels.astype(np.float32)))
-        net.global_mean.fill_(global_mean)
-        net.user_mean.copy_(torch.from_numpy(user_mean))
-        net.item_mean.copy_(torch.from_numpy(item_mean))
-        net.user_count.copy_(torch.from_numpy(users_n))
-        net.item_count.copy_(torch.from_numpy(items_n))
-        self.ratings = matrix
-        self._codes.clear()
-
-    def training_matrix(self, train: Interactions) -> sp.csr_matrix:
-        return train.matrix.T.tocsr() if self.item_based else train.matrix
+        self.network.levels.copy_(torch.from_numpy(levels.astype(np.float32)))
+        self.keep_ratings(matrix)
 
     def training_step(self, batch: Batch, step: int) -> dict[str, Any]:
         net = self.network
@@ -327,31 +278,8 @@ class CFNADE(NeuralRecommender):
 
     # -- prediction ----------------------------------------------------------------------------
 
-    def to(self, device: torch.device | str) -> Self:
-        super().to(device)
-        self._codes.clear()
-        return self
-
-    def _input_rows(self) -> sp.csr_matrix:
-        if self.ratings is None:
-            raise RecsysError("cfnade: the model has not been fitted")
-        return self.ratings.T.tocsr() if self.item_based else self.ratings
-
-    def _all_codes(self) -> torch.Tensor:
-        """Hidden codes of every training row given all of its training ratings, cached until
-        the weights change (`WeightsCache`)."""
-
-        def encode_all() -> torch.Tensor:
-            rows = self._input_rows()
-            net = self.network
-            chunks = []
-            with torch.no_grad():
-                for s in range(0, rows.shape[0], _ROW_CHUNK):
-                    dense = csr_to_dense(rows[s:s + _ROW_CHUNK], self.device)
-                    chunks.append(net.encode(net.level_index(dense), dense > 0))
-            return torch.cat(chunks).float()
-
-        return self._codes.get(self.network, self.device, encode_all)
+    def encode_rows(self, dense: torch.Tensor) -> torch.Tensor:
+        return self.network.encode(self.network.level_index(dense), dense > 0)
 
     def _item_based_scores(self, users: torch.Tensor) -> torch.Tensor:
         """I-CF-NADE: expected ratings of every item by ``users`` (valid ids), in user chunks
@@ -364,43 +292,12 @@ class CFNADE(NeuralRecommender):
         return (torch.cat(parts) if parts
                 else torch.zeros(0, codes.shape[0], device=codes.device))
 
-    def predict_with_fallback(self, users: np.ndarray, items: np.ndarray
-                              ) -> tuple[np.ndarray, np.ndarray]:
-        """Predicted ratings of (user, item) pairs (internal ids, -1 = unknown) and, per pair,
-        the fallback used: '' (the model), 'item_mean', 'user_mean' or 'global_mean'."""
-        users = np.asarray(users, dtype=np.int64)
-        items = np.asarray(items, dtype=np.int64)
-        if users.shape != items.shape:
-            raise ValueError("users and items must have the same length")
-        net = self.network
-        user_known = (users >= 0) & (users < self.n_users)
-        item_known = (items >= 0) & (items < self.n_items)
-        user_ok = user_known & (net.user_count.cpu().numpy()[np.where(user_known, users, 0)] > 0)
-        item_ok = item_known & (net.item_count.cpu().numpy()[np.where(item_known, items, 0)] > 0)
+    def covered(self, user_ok: np.ndarray, item_ok: np.ndarray) -> np.ndarray:
         # The output units of a column without training ratings were never trained; a row
         # without them (or unknown to the model) is predicted from the empty conditioning set.
-        rows, cols = (items, users) if self.item_based else (users, items)
-        rows_known = item_known if self.item_based else user_known
-        model_ok = user_ok if self.item_based else item_ok
+        return user_ok if self.item_based else item_ok
 
-        out = np.full(len(users), float(net.global_mean), dtype=np.float64)
-        reason = np.full(len(users), GLOBAL_MEAN, dtype=object)
-        only_item = item_ok & ~model_ok
-        out[only_item] = net.item_mean.cpu().numpy()[items[only_item]]
-        reason[only_item] = ITEM_MEAN
-        only_user = user_ok & ~model_ok
-        out[only_user] = net.user_mean.cpu().numpy()[users[only_user]]
-        reason[only_user] = USER_MEAN
-        reason[model_ok] = ""
-        if model_ok.any():
-            out[model_ok] = self._predict_pairs(np.where(rows_known, rows, -1)[model_ok],
-                                                cols[model_ok])
-        return out, reason
-
-    def predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        return self.predict_with_fallback(users, items)[0]
-
-    def _predict_pairs(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    def predict_pairs(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """Expected ratings of (row, column) pairs; row -1: a row unknown to the model, coded
         from the empty conditioning set."""
         self.network.eval()
@@ -419,10 +316,7 @@ class CFNADE(NeuralRecommender):
         """Predicted ratings of every item for each user (for top-K); fallbacks as in predict."""
         self.network.eval()
         net = self.network
-        users = np.asarray(users, dtype=np.int64)
-        known = (users >= 0) & (users < self.n_users)
-        safe = torch.as_tensor(np.where(known, users, 0), device=self.device)
-        known_t = torch.as_tensor(known, device=self.device)
+        safe, known_t = self.users_on_device(users)
         item_ok = net.item_count > 0
         user_mean = torch.where(known_t & (net.user_count[safe] > 0), net.user_mean[safe],
                                 net.global_mean)
@@ -437,25 +331,9 @@ class CFNADE(NeuralRecommender):
                 scores = torch.where(item_ok[None, :], scores, user_mean[:, None])
             return scores.float()
 
-    # -- persistence: the training ratings travel with the weights -----------------------------
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        state = dict(self.network.state_dict())
-        if self.ratings is not None:
-            m = self.ratings
-            state["ratings.indptr"] = torch.from_numpy(m.indptr.astype(np.int64))
-            state["ratings.indices"] = torch.from_numpy(m.indices.astype(np.int64))
-            state["ratings.data"] = torch.from_numpy(m.data.astype(np.float32))
-        return state
+    # -- persistence ---------------------------------------------------------------------------
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        state = dict(state)
-        parts = [state.pop(f"ratings.{k}", None) for k in ("indptr", "indices", "data")]
         if "levels" in state:  # the network's shape depends on the data's level count
             self.n_levels = int(state["levels"].numel())
         super().load_state_dict(state)
-        self._codes.clear()
-        if all(p is not None for p in parts):
-            indptr, indices, data = (p.numpy() for p in parts)
-            self.ratings = sp.csr_matrix((data, indices, indptr),
-                                         shape=(self.n_users, self.n_items))
