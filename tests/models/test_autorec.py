@@ -12,17 +12,17 @@ import scipy.sparse as sp
 import torch
 
 from recsys.cli import main
-from recsys.data.interactions import Dataset, EvalSplit, Interactions, Vocabulary
+from recsys.data.interactions import Dataset, EvalSplit
 from recsys.errors import RecsysError
 from recsys.models.autorec import AutoRec
 from recsys.models.base import FitContext, Recommender
 from recsys.models.neural import Batch
 
 from .contract import RecommenderContract
+from .explicit_data import META, ROWS, UNUSABLE, ratings, save_rating_dataset
 
 SMALL = {"hidden": 16, "epochs": 150, "lr": 0.02, "l2_lambda": 1.0, "device": "cpu",
          "patience": None, "checkpoint_every": 1000}
-META = {"implicit": False, "rating_scale": [1.0, 5.0]}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -41,19 +41,7 @@ class TestUAutoRec(RecommenderContract):
     params = {**SMALL, "based": "user"}
 
 
-# -- data with cold users and items ---------------------------------------------------------------
-
-def ratings(rows: list[tuple[int, int, float]], n_users: int = 5, n_items: int = 4
-            ) -> Interactions:
-    users, items = Vocabulary(np.arange(n_users) + 10), Vocabulary(np.arange(n_items) + 100)
-    frame = pd.DataFrame(rows, columns=["user", "item", "rating"])
-    return Interactions.from_frame(frame, users, items)
-
-
-# user 4 and item 3 have no training ratings
-ROWS = [(0, 0, 5.0), (0, 1, 3.0), (1, 0, 4.0), (1, 2, 2.0), (2, 1, 1.0), (2, 2, 4.0),
-        (3, 0, 3.0), (3, 1, 4.0)]
-
+# -- data with cold users and items (`explicit_data.ROWS`) ---------------------------------------
 
 def fitted(based: str = "item", **overrides) -> AutoRec:
     torch.manual_seed(0)
@@ -162,12 +150,7 @@ def test_unknown_activation_is_one_line():
     assert "\n" not in str(err.value) and "sigmoid" in str(err.value)
 
 
-@pytest.mark.parametrize("rows, meta, message", [
-    (ROWS, {"implicit": True}, "implicit"),
-    ([(0, 0, 1.0), (1, 1, 1.0)], {}, "implicit feedback"),
-    ([(0, 0, 6.0), (1, 1, 3.0)], META, "outside the declared rating scale"),
-    ([(0, 0, 0.0), (1, 1, 3.0)], {"rating_scale": [0.0, 5.0]}, "0 or below"),
-])
+@pytest.mark.parametrize("rows, meta, message", UNUSABLE)
 def test_data_autorec_cannot_learn_from_is_one_line(rows, meta, message):
     with pytest.raises(RecsysError, match=message) as err:
         AutoRec(**SMALL).fit(ratings(rows), None, FitContext(data_meta=meta))
@@ -180,24 +163,7 @@ def test_data_autorec_cannot_learn_from_is_one_line(rows, meta, message):
 def run_dir(tmp_path_factory):
     """A prepared explicit dataset and an AutoRec run trained on it through `recsys train`."""
     root = tmp_path_factory.mktemp("autorec")
-    rng = np.random.default_rng(0)
-    n_users, n_items = 60, 40
-    users, items = Vocabulary(np.arange(n_users) + 1), Vocabulary([f"m{i}" for i in range(n_items)])
-    taste = rng.normal(size=(n_users, 2)) @ rng.normal(size=(2, n_items))
-    dense = np.clip(np.round(3 + taste), 1, 5)
-    observed = rng.random((n_users, n_items)) < 0.5
-    observed[:, 39] = False  # item m39 has no ratings at all
-    label = rng.random((n_users, n_items))
-
-    def part(mask):
-        r, c = np.nonzero(mask)
-        frame = pd.DataFrame({"user": r, "item": c, "rating": dense[r, c]})
-        return Interactions.from_frame(frame, users, items)
-
-    parts = {"train": part(observed & (label < 0.7)),
-             "valid": part(observed & (label >= 0.7) & (label < 0.85)),
-             "test": part(observed & (label >= 0.85))}
-    Dataset(parts, dict(META)).save(root / "data")
+    save_rating_dataset(root / "data")
     out = root / "run"
     code = main(["train", "autorec", "--data", str(root / "data"), "--out", str(out),
                  "--set", "epochs=300", "--set", "hidden=16", "--set", "l2_lambda=1",

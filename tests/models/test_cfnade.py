@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from recsys.data.interactions import EvalSplit, Interactions, Vocabulary
+from recsys.data.interactions import EvalSplit
 from recsys.errors import RecsysError
 from recsys.models.base import FitContext, Recommender
 from recsys.models.cfnade import (
@@ -25,10 +25,10 @@ from recsys.models.cfnade import (
 from recsys.models.neural import Batch
 
 from .contract import RecommenderContract
+from .explicit_data import META, ROWS, UNUSABLE, ratings, save_rating_dataset
 
 SMALL = {"hidden": 16, "epochs": 150, "batch_size": 64, "lr": 0.01, "device": "cpu",
          "patience": None, "checkpoint_every": 1000}
-META = {"implicit": False, "rating_scale": [1.0, 5.0]}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -44,18 +44,6 @@ class TestICFNADE(RecommenderContract):
 class TestUCFNADE(RecommenderContract):
     model_name = "cfnade"
     params = {**SMALL, "based": "user"}
-
-
-def ratings(rows: list[tuple[int, int, float]], n_users: int = 5, n_items: int = 4
-            ) -> Interactions:
-    users, items = Vocabulary(np.arange(n_users) + 10), Vocabulary(np.arange(n_items) + 100)
-    frame = pd.DataFrame(rows, columns=["user", "item", "rating"])
-    return Interactions.from_frame(frame, users, items)
-
-
-# user 4 and item 3 have no training ratings
-ROWS = [(0, 0, 5.0), (0, 1, 3.0), (1, 0, 4.0), (1, 2, 2.0), (2, 1, 1.0), (2, 2, 4.0),
-        (3, 0, 3.0), (3, 1, 4.0)]
 
 
 def fitted(based: str = "item", rows=ROWS, meta=META, **overrides) -> CFNADE:
@@ -277,12 +265,7 @@ def test_training_lowers_the_rating_error_below_the_global_mean():
 
 # -- bad input ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("rows, meta, message", [
-    (ROWS, {"implicit": True}, "implicit"),
-    ([(0, 0, 1.0), (1, 1, 1.0)], {}, "implicit feedback"),
-    ([(0, 0, 6.0), (1, 1, 3.0)], META, "outside the declared rating scale"),
-    ([(0, 0, 0.0), (1, 1, 3.0)], {"rating_scale": [0.0, 5.0]}, "0 or below"),
-])
+@pytest.mark.parametrize("rows, meta, message", UNUSABLE)
 def test_data_cfnade_cannot_learn_from_is_one_line(rows, meta, message):
     with pytest.raises(RecsysError, match=message) as err:
         CFNADE(**SMALL).fit(ratings(rows), None, FitContext(data_meta=meta))
@@ -315,24 +298,8 @@ def test_train_evaluate_recommend_and_predict_through_the_cli(tmp_path, capsys):
     from recsys.data.interactions import Dataset
     from recsys.rundir import load_run
 
-    rng = np.random.default_rng(0)
-    n_users, n_items = 60, 40
-    users, items = Vocabulary(np.arange(n_users) + 1), Vocabulary([f"m{i}" for i in range(n_items)])
-    taste = rng.normal(size=(n_users, 2)) @ rng.normal(size=(2, n_items))
-    dense = np.clip(np.round(3 + taste), 1, 5)
-    observed = rng.random((n_users, n_items)) < 0.5
-    observed[:, 39] = False  # item m39 has no ratings at all
-    label = rng.random((n_users, n_items))
-
-    def part(mask):
-        r, c = np.nonzero(mask)
-        return Interactions.from_frame(pd.DataFrame({"user": r, "item": c,
-                                                     "rating": dense[r, c]}), users, items)
-
     data = tmp_path / "data"
-    Dataset({"train": part(observed & (label < 0.7)),
-             "valid": part(observed & (label >= 0.7) & (label < 0.85)),
-             "test": part(observed & (label >= 0.85))}, dict(META)).save(data)
+    save_rating_dataset(data)
     run = tmp_path / "run"
     assert main(["train", "cfnade", "--data", str(data), "--out", str(run), "--set",
                  "epochs=40", "--set", "hidden=16", "--set", "lr=0.01", "--device", "cpu",
