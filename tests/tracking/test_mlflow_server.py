@@ -261,6 +261,20 @@ def test_ui_serves_the_store_and_prints_its_url(tmp_path):
     assert Path(tmp_path / "ui.db").exists()
 
 
+def _post(port: int, body: bytes, content_type: str = "application/json") -> tuple[int, dict]:
+    """POST to a scoring server's /invocations: the status and the JSON answer."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                     method="POST", headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as refused:
+        return refused.code, json.loads(refused.read())
+
+
 def test_models_serve_answers_top_k_over_rest(mlflow_server, mls_data, trained):
     """`mlflow models serve` on the registered alias (loopback, --env-manager local)."""
     import subprocess
@@ -289,8 +303,26 @@ def test_models_serve_answers_top_k_over_rest(mlflow_server, mls_data, trained):
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=60) as r:
             served = pd.DataFrame(json.loads(r.read())["predictions"])
+        # CSV cannot carry the signature's list column: MLflow's parser refuses it (400; that
+        # answer, MLflow's own, carries its stack_trace field). And the one-row-per-user layout.
+        csv = ("user\n" + "\n".join(map(str, users)) + "\n").encode()
+        csv_code, csv_answer = _post(port, csv, "text/csv")
+        lists_code, lists_answer = _post(port, json.dumps(
+            {"dataframe_records": [{"user": u, "items": []} for u in users],
+             "params": {"k": 3, "layout": "lists"}}).encode())
+        # A request the model refuses: 400, its one-line message, no stack trace.
+        bad_code, error = _post(port, json.dumps(
+            {"dataframe_records": [{"user": users[0], "items": []}],
+             "params": {"k": 5, "layout": "wide"}}).encode())
     finally:
         stop(proc)
+    assert bad_code == 400 and "layout" in error["message"], error
+    assert "stack_trace" not in error and "Traceback" not in error["message"]
+    assert csv_code == 400 and "Failed to parse input" in csv_answer["message"], csv_answer
+    assert lists_code == 200, lists_answer
+    lists = pd.DataFrame(lists_answer["predictions"])
+    assert list(lists.columns) == ["user", "items", "scores", "cold"]
+    assert [len(row) for row in lists["items"]] == [3, 3, 3]
     assert list(served.columns) == ["user", "item", "rank", "score", "cold"]
     assert served.groupby("user")["rank"].apply(list).tolist() == [[1, 2, 3, 4, 5]] * 3
     assert not {1, 260, 1196} & set(served.loc[served["user"] == 10**9, "item"])
