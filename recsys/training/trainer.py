@@ -672,14 +672,14 @@ class Trainer:
 
         left = (self.epochs - self.epoch) * float(np.mean(epoch_seconds[-5:]))
         what = "refit epoch" if self.refit else "epoch"
-        parts = [f"{what} {self.epoch}/{self.epochs}", f"loss {record['loss']:.4g}"]
+        parts = [f"{what} {self.epoch}/{self.epochs}", f"loss {_number(record['loss'])}"]
         key = f"valid_{self.metric}"
         if key in record:
             best = "" if self.best_epoch != self.epoch else " *"
             parts.append(f"valid {self.metric} {record[key]:.4f}{best}")
-        parts.append(f"{record['seconds']:.1f}s")
+        parts.append(f"{record['seconds']:.1f} s")
         if self.epoch < self.epochs and not self.stopped_early:
-            parts.append(f"~{_duration(left)} left")
+            parts.append(f"at most ~{_duration(left)} left")
         elif self.stopped_early:
             parts.append(f"early stop (best epoch {self.best_epoch})")
         tqdm.write("  ".join(parts))
@@ -702,13 +702,22 @@ def still_improving(result: TrainResult, epochs: int) -> bool:
             and result.epochs_run >= epochs and result.best_epoch == result.epochs_run)
 
 
+def _number(value: float) -> str:
+    """A loss in one format: about four significant digits with a fixed number of decimals per
+    magnitude (0.6931, 12.50, 503.3, 559.0), whole thousands separated (93,314), no exponent."""
+    size = abs(value)
+    decimals = 0 if size >= 1000 else 1 if size >= 100 else 2 if size >= 10 else 4
+    return f"{value:,.{decimals}f}"
+
+
 def _duration(seconds: float) -> str:
+    """Seconds as the other durations of the CLI read: 20 s, 3 min 05 s, 2 h 07 min."""
     seconds = int(round(seconds))
     if seconds < 60:
-        return f"{seconds}s"
+        return f"{seconds} s"
     if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds // 60 % 60:02d} min"
 
 
 def fit(model: NeuralRecommender, train: Interactions, valid: EvalSplit | None = None,

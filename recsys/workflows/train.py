@@ -56,7 +56,7 @@ def train_run(model: Recommender, dataset: Dataset, data_dir: str | Path, run_di
     final = fit_final(model, dataset, valid, ctx, refit=refit)
     if not is_main:
         return RunOutcome(run_dir, final.seconds, None, None, final)
-    log(f"fitted {model.name} in {final.seconds:.2f} s")
+    log(f"fitted {model.name} in {final.seconds:.1f} s")
     save_run(run_dir, model, {**data_record(data_dir, dataset), **(record or {}),
                               **final.record()})
     evaluation = None

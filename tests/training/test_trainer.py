@@ -283,3 +283,11 @@ def test_cuda_training_with_bf16_autocast_and_device_batches(tmp_path):
     assert result.epochs_run == 3 and all(np.isfinite(r["loss"]) for r in model.history_)
     payload = load_checkpoint(latest_checkpoint(tmp_path / "checkpoints"))
     assert all(v.device.type == "cpu" for v in payload["network"].values())
+
+
+def test_progress_numbers_read_in_one_format():
+    from recsys.training.trainer import _duration, _number
+
+    assert [_number(v) for v in (0.693147, 12.5, 503.33, 559.0, 1087.2, 93314.2)] == [
+        "0.6931", "12.50", "503.3", "559.0", "1,087", "93,314"]
+    assert [_duration(v) for v in (2.4, 65, 7300)] == ["2 s", "1 min 05 s", "2 h 01 min"]
