@@ -166,14 +166,15 @@ def test_tracker_gets_params_once_and_one_record_per_epoch():
     assert len(tracker.params) == 1 and tracker.params[0]["lr"] == BASE["lr"]
     assert [step for _, step in tracker.metrics] == [1, 2, 3]
     first, second, third = (m for m, _ in tracker.metrics)
-    assert {"loss", "half", "lr", "seconds"} <= first.keys()
-    assert "epoch" not in first  # the step is the epoch: no straight-line "epoch" chart
-    assert "valid_loss" not in first and "valid_loss" in second and "valid_loss" in third
-    assert first["half"] == pytest.approx(first["loss"] / 2, rel=1e-5)
+    # Tracked names (`recsys.tracking.records.epoch_metrics`): the model's loss parts under its
+    # name, the engine's figures under train/, validation under valid/.
+    assert {"train/toy/loss", "train/toy/half", "train/lr", "train/seconds"} <= first.keys()
+    assert not any("epoch" in k for k in first)  # the step is the epoch: no "epoch" chart
+    assert "valid/loss" not in first and "valid/loss" in second and "valid/loss" in third
+    assert first["train/toy/half"] == pytest.approx(first["train/toy/loss"] / 2, rel=1e-5)
     # the step schedule halves the lr every 2 epochs
-    assert [m["lr"] for m, _ in tracker.metrics] == pytest.approx([0.05, 0.05, 0.025])
-    assert [{k: v for k, v in m.items() if k != "epoch"} for m in model.history_] == \
-        [m for m, _ in tracker.metrics]
+    assert [m["train/lr"] for m, _ in tracker.metrics] == pytest.approx([0.05, 0.05, 0.025])
+    assert [m["loss"] for m in model.history_] == [m["train/toy/loss"] for m, _ in tracker.metrics]
 
 
 def test_manual_optimisation_checkpoints_every_optimiser_and_resumes(tmp_path):
