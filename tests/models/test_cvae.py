@@ -71,14 +71,19 @@ def test_the_condition_enters_the_encoder_and_the_decoder(model, board):
         assert torch.equal(net.condition(torch.tensor([-1, 0]))[0], torch.zeros(d))
 
 
-def test_the_loss_is_multvaes_elbo_with_the_annealed_beta(board):
+def built(board, rows: int, **params) -> tuple[CVAE, torch.Tensor, torch.Tensor]:
+    """A seeded CVAE built on the checkerboard's features, and the first ``rows`` histories."""
     torch.manual_seed(0)
-    m = CVAE(**SMALL, anneal_cap=0.3)
+    m = CVAE(**SMALL, **params)
     m.user_features_ = torch.from_numpy(board.features.user.values)
     m.build(board.train.n_users, board.train.n_items)
     m.steps_per_epoch_ = 1
-    x = torch.from_numpy(board.history[:4].toarray().astype(np.float32))
-    users = torch.arange(4)
+    x = torch.from_numpy(board.history[:rows].toarray().astype(np.float32))
+    return m, x, torch.arange(rows)
+
+
+def test_the_loss_is_multvaes_elbo_with_the_annealed_beta(board):
+    m, x, users = built(board, 4, anneal_cap=0.3)
     torch.manual_seed(1)
     out = m.training_step(Batch(x, users), step=5)
     torch.manual_seed(1)
@@ -93,13 +98,7 @@ def test_the_loss_is_multvaes_elbo_with_the_annealed_beta(board):
 
 
 def test_cold_rate_blanks_whole_training_histories_but_reconstructs_them(board):
-    torch.manual_seed(0)
-    m = CVAE(**SMALL, cold_rate=0.5)
-    m.user_features_ = torch.from_numpy(board.features.user.values)
-    m.build(board.train.n_users, board.train.n_items)
-    m.steps_per_epoch_ = 1
-    x = torch.from_numpy(board.history[:6].toarray().astype(np.float32))
-    users = torch.arange(6)
+    m, x, users = built(board, 6, cold_rate=0.5)
     torch.manual_seed(1)
     out = m.training_step(Batch(x, users), step=0)
     torch.manual_seed(1)
