@@ -203,8 +203,8 @@ def test_ddp_multvae_matches_one_process_within_the_noise_and_logs_once(movielen
     # One MLflow run (rank 0's), each epoch's metrics logged once, and its model logged.
     with sqlite3.connect(db) as con:
         runs = con.execute("select run_uuid, status from runs").fetchall()
-        steps = con.execute("select step from metrics where key = 'loss' order by step"
-                            ).fetchall()
+        steps = con.execute("select step from metrics where key = 'train/multvae/loss' "
+                            "order by step").fetchall()
     assert len(runs) == 1 and runs[0][1] == "FINISHED"
     assert [s for (s,) in steps] == [1, 2, 3, 4, 5]
     record = json.loads((ddp / "run.json").read_text())
