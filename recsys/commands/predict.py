@@ -51,13 +51,13 @@ def _header(path: Path) -> str:
 
 def read_pairs(path: str | Path) -> pd.DataFrame:
     """The ``user`` and ``item`` columns of a CSV, as strings (ids are mapped later)."""
-    from recsys.data.readers import check_readable
+    from recsys.data.readers import check_readable, is_parquet
 
     path = Path(path)
     if not path.exists():
         raise RecsysError(f"--pairs {path}: no such file")
     check_readable(path)  # a directory, no permission
-    if path.suffix.lower() in (".parquet", ".pq"):
+    if is_parquet(path):
         return _checked(_read_parquet(path), path, first_row=1)
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
@@ -119,6 +119,7 @@ def _checked(frame: pd.DataFrame, path: Path, first_row: int) -> pd.DataFrame:
 def run(args: argparse.Namespace) -> int:
     from recsys.data.interactions import Dataset
     from recsys.data.io import atomic_path, check_replaceable_file, has_columns
+    from recsys.data.readers import is_parquet
     from recsys.models.base import resolve_device
     from recsys.rundir import check_run_data, load_run, read_run
     info = read_run(args.run_dir)  # not a run: one line, before anything slow
@@ -126,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     # An existing --out is replaced only when it is a prediction file recsys wrote.
     check_replaceable_file(out, what="prediction file", ours=has_columns(*OUTPUT_COLUMNS))
     # Parquet by its suffix; any other name is CSV, as it always was.
-    fmt = "parquet" if out.suffix.lower() in (".parquet", ".pq") else "csv"
+    fmt = "parquet" if is_parquet(out) else "csv"
     pairs = read_pairs(args.pairs)
     model, info = load_run(args.run_dir)
     if not getattr(model, "explicit", False):

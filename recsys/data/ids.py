@@ -38,13 +38,13 @@ def _check_fields(frame: pd.DataFrame, path: Path) -> None:
 def read_id_file(path: str | Path, column: str, allow_empty: bool = False) -> np.ndarray:
     """Ids from a CSV with a ``column`` header, a plain file with one id per line, or a Parquet
     file with a ``column`` column."""
-    from recsys.data.readers import check_readable
+    from recsys.data.readers import check_readable, is_parquet
 
     path = Path(path)
     if not path.exists():
         raise RecsysError(f"{path}: no such file")
     check_readable(path)
-    if path.suffix.lower() in (".parquet", ".pq"):
+    if is_parquet(path):
         return _read_parquet_ids(path, column, allow_empty)
     try:
         with open(path, encoding="utf-8") as f:

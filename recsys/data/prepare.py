@@ -17,7 +17,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recsys.data import split as S
-from recsys.data.features import Features, encode_features, read_feature_file
+from recsys.data.features import SIDES, Features, encode_features, read_feature_file
 from recsys.data.interactions import Dataset, Interactions, Vocabulary
 from recsys.data.preprocess import Encoded, PreprocessOptions, preprocess, preprocess_log
 from recsys.data.readers import RatingLog, join_ids, read_rating_log
@@ -103,7 +103,7 @@ def with_features(ds: Dataset, sources: dict[str, FeatureSource]) -> Dataset:
     if not sources:
         return ds
     tables, records = {}, {}
-    for side in ("user", "item"):
+    for side in SIDES:
         if side in sources:
             src = sources[side]
             encoded = encode_features(src.frame, ds.users if side == "user" else ds.items,
@@ -406,7 +406,7 @@ def summary(ds: Dataset) -> str:
         lines.append(f"  {name:<14} {part.nnz:>11,} interactions  "
                      f"{len(part.active_users()):>9,} users")
     lines.append(f"  valid: {_valid_origin(ds)}")
-    for side in ("user", "item"):
+    for side in SIDES:
         table = ds.features.side(side)
         if table is not None:
             lines.append(f"  {side} features: {table.dim:,} columns from "

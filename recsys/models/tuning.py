@@ -27,7 +27,7 @@ from sklearn.model_selection import ParameterGrid
 from recsys.config import validate_config
 from recsys.data.interactions import EvalSplit, Interactions
 from recsys.errors import RecsysError, closest
-from recsys.evaluation.metrics import lower_is_better
+from recsys.evaluation.metrics import RATING_METRICS, lower_is_better
 from recsys.models.base import FitContext, Recommender
 
 DEFAULT_METRIC = "ndcg@100"
@@ -172,14 +172,32 @@ def fit_candidate(model: Recommender, params: Mapping[str, Any], train: Interact
     result = evaluate(candidate, valid, [metric], batch_size=batch_size, device=device)
     # Rating metrics (rmse) are global over ratings, not a mean over users: no per-user vector.
     per_user = (result.per_user[metric].to_numpy(np.float64)
-                if metric in result.per_user.columns and metric not in ("rmse", "mae") else None)
+                if metric in result.per_user.columns and metric not in RATING_METRICS else None)
     return Scored(float(result.summary[metric]), seconds, per_user)
+
+
+def candidate_context(ctx: FitContext | None, callbacks: Any = None) -> FitContext:
+    """The context of one candidate's fit: quiet, the run's data metadata and features, no run
+    folder; ``callbacks`` (a study's trial) or none."""
+    base = ctx or FitContext()
+    out = FitContext(quiet=True, data_meta=dict(base.data_meta), features=base.features)
+    if callbacks is not None:
+        out.callbacks = callbacks
+    return out
 
 
 def defaults_of(model: Recommender, keys: Iterable[str]) -> dict[str, Any]:
     """The model's current (default or --config) values of the searched keys."""
     base = model.get_params()
     return {k: base[k] for k in keys}
+
+
+def check_rule(rule: str) -> str:
+    """``rule`` when it is one of `RULES`; else one line with the closest."""
+    if rule not in RULES:
+        raise RecsysError(f"unknown selection rule '{rule}'{closest(rule, RULES)}; expected one "
+                          f"of {', '.join(RULES)}")
+    return rule
 
 
 def select(best: int, default: int | None, per_user: Mapping[int, np.ndarray | None],
@@ -190,9 +208,7 @@ def select(best: int, default: int | None, per_user: Mapping[int, np.ndarray | N
     missing: a stored study's trials of an earlier session). Returns (row, selection record)."""
     from recsys.evaluation.stats import paired_gain
 
-    if rule not in RULES:
-        raise RecsysError(f"unknown selection rule '{rule}'{closest(rule, RULES)}; expected one "
-                          f"of {', '.join(RULES)}")
+    check_rule(rule)
     record: dict[str, Any] = {"rule": rule, "best_row": best, "default_row": default}
     if rule == "best" or default is None or default == best:
         return best, record
@@ -228,9 +244,8 @@ def tune(model: Recommender, train: Interactions, valid: EvalSplit,
                               "the --config file's 'tune:' section, e.g. tune: {lr: [0.001, 0.01]}")
     grid = check_grid(model, grid)
     check_valid_part(valid)
-    candidate_ctx = FitContext(quiet=True, data_meta=dict(ctx.data_meta) if ctx else {},
-                               features=ctx.features if ctx else FitContext().features)
-    select(0, None, {}, False, rule)  # an unknown rule fails before any fit
+    candidate_ctx = candidate_context(ctx)
+    check_rule(rule)  # before any fit
     rows: list[dict[str, Any]] = []
     candidates = list(ParameterGrid(grid))
     defaults = defaults_of(model, grid)

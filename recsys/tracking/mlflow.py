@@ -77,6 +77,7 @@ from recsys.tracking.packaging import (
 from recsys.tracking.records import (
     DATA_CONTEXTS,
     data_label,
+    data_name,
     metric_key,
     metric_name,
     read_data_meta,
@@ -482,10 +483,8 @@ class MlflowTracker(Tracker):
             return None
         self.model_uri = uri
         if register:
-            data = read_data_meta(Path(data_dir))
-            description, tags = version_notes(
-                name or MODEL_ARTIFACT, data_label(data, Path(data_dir).name) if data else None,
-                metrics or {}, metric, run_id=self.run_id)
+            description, tags = version_notes(name or MODEL_ARTIFACT, data_name(data_dir),
+                                              metrics or {}, metric, run_id=self.run_id)
             self._call(f"registered model {register}", self.register, register, alias,
                        description=description, tags=tags)
         return uri

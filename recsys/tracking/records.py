@@ -118,6 +118,12 @@ def data_label(meta: dict[str, Any], default: str = "data") -> str:
     return f"{split_label(meta, default)}/{kind}"
 
 
+def data_name(data_dir: str | Path) -> str | None:
+    """`data_label` of the prepared data in ``data_dir`` (None when its metadata is unreadable)."""
+    meta = read_data_meta(data_dir)
+    return data_label(meta, Path(data_dir).name) if meta is not None else None
+
+
 def default_run_name(model: str, data_dir: str | Path) -> str:
     """A training run's name unless --run-name gives one: ``MODEL · DATASET/SPLIT``."""
     meta = read_data_meta(data_dir)
@@ -146,9 +152,8 @@ def log_training_start(tracker: Tracker, *, model: Recommender, data_dir: str | 
         return
     tracker.log_params({"model": model.name, **model.get_params(), **(params or {}),
                         "data": str(Path(data_dir).resolve())})
-    meta = read_data_meta(data_dir)
-    if meta is not None:
-        label = data_label(meta, Path(data_dir).name)
+    label = data_name(data_dir)
+    if label is not None:
         # The run's description in the UI, and a tag to filter runs by data.
         tracker.set_tags({"recsys.data": label, "mlflow.note.content": (
             f"{model.name} ({model.family}) trained on {label}, prepared in "

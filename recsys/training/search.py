@@ -33,6 +33,8 @@ from recsys.models.tuning import (
     DEFAULT_METRIC,
     DEFAULT_RULE,
     TuneResult,
+    candidate_context,
+    check_rule,
     check_valid_part,
     default_space,
     defaults_of,
@@ -135,14 +137,19 @@ def check_space(model: Recommender, space: Any, where: str = "search space"
     return out
 
 
+def _scalar(choices: list[Any]) -> bool:
+    """Whether Optuna can hold ``choices`` as they are (its categorical choices must be scalars;
+    lists such as hidden_dims go by their text)."""
+    return all(v is None or isinstance(v, (bool, int, float, str)) for v in choices)
+
+
 def suggest(trial: optuna.Trial, space: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """One point of ``space`` (normalised by `check_space`), as the trial's suggestions."""
     params: dict[str, Any] = {}
     for key, spec in space.items():
         if "choices" in spec:
-            # Optuna's categorical choices must be scalars: lists (hidden_dims) go by index.
             choices = spec["choices"]
-            if all(v is None or isinstance(v, (bool, int, float, str)) for v in choices):
+            if _scalar(choices):
                 params[key] = trial.suggest_categorical(key, choices)
             else:
                 shown = [str(v) for v in choices]
@@ -189,7 +196,7 @@ def study(model: Recommender, train: Interactions, valid: EvalSplit,
     if trials is not None and trials < 1:
         raise RecsysError(f"--trials must be at least 1 (got {trials})")
     check_valid_part(valid)
-    select(0, None, {}, False, rule)  # an unknown rule fails before any trial
+    check_rule(rule)  # before any trial
     lower = lower_is_better(metric)
     # Failed trials are reported through ``log`` in one line each, not Optuna's tracebacks.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -207,7 +214,6 @@ def study(model: Recommender, train: Interactions, valid: EvalSplit,
     if stored is not None:
         # The trials an interrupted session left RUNNING: failed now, not counted as running.
         optuna.storages.fail_stale_trials(the_study)
-    data_meta = dict(ctx.data_meta) if ctx else {}
     defaults = defaults_of(model, space)
     if not the_study.trials and _holds(space, defaults):
         the_study.enqueue_trial(_as_suggested(space, defaults))
@@ -226,10 +232,8 @@ def study(model: Recommender, train: Interactions, valid: EvalSplit,
         try:
             scored = fit_candidate(
                 model, params, train, valid,
-                FitContext(quiet=True, data_meta=data_meta,
-                           features=ctx.features if ctx else FitContext().features,
-                           callbacks=TrialCallbacks(tracker, trial, metric)),
-                metric, batch_size=batch_size, device=device)
+                candidate_context(ctx, TrialCallbacks(tracker, trial, metric)), metric,
+                batch_size=batch_size, device=device)
             score, seconds = scored.score, scored.seconds
             per_user[trial.number] = scored.per_user
             trial.set_user_attr("fit_seconds", seconds)
@@ -286,9 +290,7 @@ def _as_suggested(space: Mapping[str, Mapping[str, Any]], values: Mapping[str, A
     out = {}
     for key, value in values.items():
         choices = space[key].get("choices")
-        scalar = choices is None or all(
-            v is None or isinstance(v, (bool, int, float, str)) for v in choices)
-        out[key] = value if scalar else str(value)
+        out[key] = value if choices is None or _scalar(choices) else str(value)
     return out
 
 

@@ -270,12 +270,9 @@ def run_model(m: ModelSpec, spec: CompareConfig, dataset: Any, data_dir: Path,
 def compare_run_name(spec: CompareConfig) -> str:
     """The parent run's name: the spec's ``name``, else ``compare · DATASET/SPLIT`` (the data's
     metadata, when it is prepared already; else ``compare``)."""
-    from recsys.tracking.records import read_data_meta, split_label
+    from recsys.tracking.records import default_run_name
 
-    if spec.name:
-        return spec.name
-    meta = read_data_meta(spec.data)
-    return f"compare · {split_label(meta, Path(spec.data).name)}" if meta else "compare"
+    return spec.name or default_run_name("compare", spec.data)
 
 
 def search_of(m: ModelSpec, spec: CompareConfig) -> Search:
@@ -409,7 +406,7 @@ def register_best(result: CompareResult, tracking: TrackingOptions,
     """Register the best model's logged pyfunc under ``tracking.register_name`` with its alias,
     described by the data (``data_dir``) and its test metrics."""
     from recsys.tracking.mlflow import register_model, version_notes
-    from recsys.tracking.records import data_label, read_data_meta
+    from recsys.tracking.records import data_name
 
     best = result.outcome(result.best)
     if best.model_uri is None:
@@ -417,9 +414,8 @@ def register_best(result: CompareResult, tracking: TrackingOptions,
               "registered", file=sys.stderr)
         return None
     assert tracking.register_name is not None
-    meta = read_data_meta(data_dir) if data_dir is not None else None
     description, tags = version_notes(
-        best.model, data_label(meta, data_dir.name) if meta and data_dir else None,
+        best.model, data_name(data_dir) if data_dir is not None else None,
         best.summary, result.primary, run_id=best.run_id)
     tags["recsys.compare.label"] = best.label
     version = register_model(best.model_uri, tracking.register_name, tracking.alias,

@@ -125,6 +125,7 @@ def spark_recommend(run_dir: str | Path, data_dir: str | Path, out: str, *, k: i
     written as a Parquet dataset at ``out``. Returns the written rows, users and cold users."""
     from recsys.data.ids import coerce_ids, read_id_file
     from recsys.data.interactions import Dataset
+    from recsys.data.readers import is_parquet
     from recsys.rundir import check_run_data, load_run
     from recsys.scoring import spark
     from recsys.tracking.packaging import fetched_model, lists_udf, save_pyfunc_model
@@ -141,7 +142,7 @@ def spark_recommend(run_dir: str | Path, data_dir: str | Path, out: str, *, k: i
     check_run_data(run_dir, info, model, data, data_dir, force=force)
     del model
     parquet_users = users is not None and (
-        Path(users).suffix.lower() in (".parquet", ".pq") or Path(users).is_dir()
+        is_parquet(users) or Path(users).is_dir()
         or not spark.is_local_path(users))
     local_users = None
     if users is None:
