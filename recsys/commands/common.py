@@ -80,6 +80,15 @@ def resolve_data(args: argparse.Namespace) -> str:
     return str(args.data)
 
 
+def ui_page(base: str, route: str = "experiments") -> str:
+    """The address of a page of the MLflow UI served at ``base``, in its model-training view.
+
+    MLflow 3's UI opens experiments in its GenAI view (traces, token usage) unless the address
+    (or the user's last choice, kept in the browser) asks for the model-training one; the
+    experiment's `mlflow.experimentKind` tag is read only by UIs without that switch."""
+    return f"{base.rstrip('/')}/#/{route}?workflowType=machine_learning"
+
+
 def run_location(tracker: Tracker, alias: str | None = None) -> str | None:
     """One line saying where a tracked run went: its MLflow run id, the page of it in the UI
     (the server's own, or what `recsys ui` serves for a local store) and the registered version.
@@ -88,11 +97,7 @@ def run_location(tracker: Tracker, alias: str | None = None) -> str | None:
         return None
     uri = tracker.tracking_uri or ""
     base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
-    # MLflow 3.17's UI opens an experiment in its GenAI view unless the address (or the user's
-    # last choice, kept in the browser) asks for the model-training one; the experiment's
-    # `mlflow.experimentKind` tag is read only by UIs without that switch.
-    page = (f"{base}/#/experiments/{tracker.experiment_id}/runs/{tracker.run_id}"
-            "?workflowType=machine_learning")
+    page = ui_page(base, f"experiments/{tracker.experiment_id}/runs/{tracker.run_id}")
     line = f"MLflow run {tracker.run_id} ({tracker.experiment_name}): {page}"
     if not uri.startswith(("http://", "https://")):
         line += " once `recsys ui` serves the store"

@@ -24,6 +24,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from recsys.commands.common import ui_page
 from recsys.errors import RecsysError
 from recsys.tracking.setup import resolve_tracking_uri
 
@@ -179,7 +180,8 @@ def run(args: argparse.Namespace) -> int:
         raise RecsysError(f"--port {args.port}: use a port between 1 and 65535")
     check_store(uri)
     if uri.startswith(("http://", "https://")):
-        print(f"{uri} is a tracking server; it serves the MLflow UI itself: open {uri}")
+        print(f"{uri} is a tracking server; it serves the MLflow UI itself: open "
+              f"{ui_page(uri)}")
         return 0
     if not _port_free(args.host, args.port):
         raise RecsysError(f"port {args.port} on {args.host} is in use; pick another with --port")
@@ -207,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
             raise RecsysError(f"the MLflow UI did not start on {url}"
                               + (f" (mlflow exited with {code})" if code is not None else "")
                               + "; see the messages above")
-        print(f"MLflow UI: {url}  (backend {uri}; Ctrl-C to stop)", flush=True)
+        print(f"MLflow UI: {ui_page(url)}  (backend {uri}; Ctrl-C to stop)", flush=True)
         return proc.wait()
     except KeyboardInterrupt:
         return 0

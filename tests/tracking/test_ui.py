@@ -41,7 +41,9 @@ def answering_server():
 def test_a_tracking_server_already_serves_its_ui(capsys, monkeypatch, answering_server):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", answering_server)
     assert main(["ui"]) == 0
-    assert f"open {answering_server}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    # The address opens the experiments in the model-training view, not MLflow 3's GenAI view.
+    assert f"open {answering_server}/#/experiments?workflowType=machine_learning" in out
 
 
 def test_a_tracking_server_that_does_not_answer_is_one_line(capsys):

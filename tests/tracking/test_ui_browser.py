@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from recsys.cli import main
+from recsys.commands.common import ui_page
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -72,3 +73,19 @@ def test_the_ui_shows_runs_datasets_and_models_by_name(mlflow_server, mls_data, 
         assert ui.open_models(browser, mlflow_server, experiment.experiment_id, ["pop"]) == ["pop"]
         assert ui.model_datasets(browser) == ["ml-latest-small/random/implicit>=4"]
         browser.wait_text(run)  # the model's source run, by name
+
+
+def test_the_address_recsys_prints_opens_the_model_training_view(mlflow_server):
+    """A fresh browser profile (no choice remembered) opens what `recsys ui` / `recsys train`
+    print in MLflow 3's model-training view: its sidebar lists the Model registry, which the
+    GenAI view that a bare address opens leaves out."""
+    registry = """return [...document.querySelectorAll('a')]
+        .some(a => a.textContent.trim() === 'Model registry');"""
+    with ui.Browser() as browser:
+        browser.open(f"{mlflow_server}/#/experiments")
+        browser.wait_text("Experiments")
+        ui._settle()
+        bare = browser.run(registry)
+        browser.open(ui_page(mlflow_server))
+        browser.wait(registry, what="the Model registry link of the model-training view")
+    assert not bare  # the check tells the two views apart
