@@ -440,7 +440,10 @@ def world_before(world: World) -> dict[str, str]:
 
 @pytest.mark.parametrize("build, expected", CASES)
 def test_bad_input_is_one_line_exit_2_and_leaves_nothing(build, expected, tmp_path, world,
-                                                         world_before, capsys):
+                                                         world_before, capsys, monkeypatch):
+    # A new user's shell: no tracking URI left behind by a test that talked to a server (MLflow's
+    # set_tracking_uri exports it for the whole process), which would send `ui` to that server.
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     ctx = Ctx(tmp_path / "case", world)
     ctx.tmp.mkdir()
     argv = build(ctx)
