@@ -4,6 +4,7 @@
     recsys prepare --input ratings.csv --columns user=uid,item=iid --split loo --out DIR
     recsys prepare --train-file TRAIN.csv --test-file TEST.csv [--valid-file VALID.csv] --out DIR
     recsys prepare ml-100k --split none --out DIR   # production: everything trains (+ validation)
+    recsys prepare ml-100k --split cold-items --cold-item-fraction 0.1 --out DIR  # item cold start
 
 Without --valid-file, --valid-fraction of each user's training interactions (seeded by --seed)
 becomes the validation part. A flag that does not apply to the source or the --split chosen is
@@ -45,7 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("split")
     g.add_argument("--split", choices=SPLITS, metavar="SPLIT",
                    help=f"protocol: {', '.join(SPLITS)} (default {d.split}); none: everything "
-                        "trains, no test part (production); not with --train-file")
+                        "trains, no test part (production); cold-items: a share of the items "
+                        "held out entirely, test only (needs item features); not with "
+                        "--train-file")
     g.add_argument("--test-fraction", type=float,
                    help="per-user (or global) test fraction; strong: scored share of held-out "
                         f"users' items (default {d.test_fraction})")
@@ -59,6 +62,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="strong: validation users = test users = N (default 10%% of users)")
     g.add_argument("--loo-order", choices=("last", "random"),
                    help=f"loo: hold out the latest or a random interaction (default {d.loo_order})")
+    g.add_argument("--cold-item-fraction", type=float, metavar="F",
+                   help="cold-items: share of the items held out of train and valid, every "
+                        f"interaction with them test (default {d.cold_item_fraction})")
     f = p.add_argument_group("preprocessing")
     f.add_argument("--implicit-threshold", type=float, metavar="T",
                    help="ratings >= T become positives (1.0), others are removed; "
@@ -193,7 +199,7 @@ def _carves(g: Given) -> bool:
 
 def _draws(g: Given) -> bool:
     """Something is drawn at random, so --seed matters."""
-    return g.split in ("random", "strong") or _carves(g) \
+    return g.split in ("random", "strong", "cold-items") or _carves(g) \
         or (g.split == "loo" and g.options.loo_order == "random")
 
 
@@ -224,8 +230,9 @@ APPLIES: dict[str, Applies] = {
     "out": Applies(),
     "split": Applies(sources=("dataset", "input"), note="bring-your-own files are their own split"),
     "test_fraction": Applies(splits=_HOLDOUT,
-                             note="loo holds out one interaction, the ml-100k folds and your "
-                                  "own files bring their test part, none has none"),
+                             note="loo holds out one interaction, cold-items whole items "
+                                  "(--cold-item-fraction), the ml-100k folds and your own files "
+                                  "bring their test part, none has none"),
     "valid_fraction": Applies(splits=_NOT_STRONG,
                               note="strong's validation users are set by --heldout-users",
                               when=lambda g: not (g.args.valid_file
@@ -236,6 +243,7 @@ APPLIES: dict[str, Applies] = {
                            "splits, loo --loo-order last and no validation carve use no seed)"),
     "heldout_users": Applies(splits=("strong",)),
     "loo_order": Applies(splits=("loo",)),
+    "cold_item_fraction": Applies(splits=("cold-items",)),
     "implicit_threshold": Applies(),
     "min_user_interactions": Applies(),
     "min_item_interactions": Applies(),

@@ -38,6 +38,7 @@ class PrepareOptions:
     kcore: bool = False
     heldout_users: int | None = None
     loo_order: str = "last"
+    cold_item_fraction: float = 0.1
     extra: dict[str, Any] = field(default_factory=dict)
 
     def preprocess_options(self) -> PreprocessOptions:
@@ -46,6 +47,10 @@ class PrepareOptions:
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if k != "extra"}
+        if self.split != "cold-items":
+            # Recorded only where it shaped the data, so that every other split's metadata (and
+            # the digest runs keep of it) is what it was before the cold-items split existed.
+            del out["cold_item_fraction"]
         out.update(self.extra)
         return out
 
@@ -97,6 +102,15 @@ def movielens_features(spec: Any, folder: Path, item_info: pd.DataFrame | None
     return out
 
 
+def check_cold_items_features(options: PrepareOptions, sources: dict[str, FeatureSource],
+                               where: str) -> None:
+    """The cold-items split holds items out of training entirely: without item features nothing
+    could rank them, so such data is refused before the ratings are read."""
+    if options.split == "cold-items" and "item" not in sources:
+        raise RecsysError(f"--split cold-items: {where} has no item features, and the held-out "
+                          "items can only be ranked from them; give --item-features FILE")
+
+
 def with_features(ds: Dataset, sources: dict[str, FeatureSource]) -> Dataset:
     """``ds`` with the features of ``sources`` encoded over its vocabularies, recorded in its
     metadata (columns, encoding, counts, digest) and their notes added to its notes."""
@@ -130,6 +144,7 @@ def prepare_movielens(name: str, options: PrepareOptions, *, path: str | None = 
                                      progress=progress)
     item_info = movielens.read_item_info(spec, folder)
     sources = {**movielens_features(spec, folder, item_info), **given}
+    check_cold_items_features(options, sources, name)
     source: dict[str, Any] = {"dataset": name, "source_dir": str(folder)}
     if options.split.startswith("ml100k-"):
         if name != "ml-100k":
@@ -154,6 +169,7 @@ def prepare_file(path: str | os.PathLike[str], options: PrepareOptions, *, sep: 
     if options.split.startswith("ml100k-"):
         raise RecsysError(f"--split {options.split} needs the ml-100k dataset, not --input")
     sources = read_feature_files(features)
+    check_cold_items_features(options, sources, str(path))
     log = read_rating_log(path, sep=sep, columns=columns)
     return with_features(prepare_log(log, options, source={"dataset": Path(path).name},
                                      name=Path(path).name, consume=True), sources)
@@ -207,10 +223,10 @@ def prepare_log(log: RatingLog, options: PrepareOptions, *, source: dict[str, An
         report["rows_in"] = log.rows_read - log.missing_dropped
     if options.split == "none":
         options = dataclasses.replace(options, test_fraction=0.0)  # recorded: no test part
-    labels, split_info = _split(data, options)
+    labels, split_info, cold_items = _split(data, options)
     meta = _base_meta(name, source, {"ratings": log}, options, report)
     return _build(data, labels, split_info, meta, item_info,
-                  need_eval=options.split != "none")
+                  need_eval=options.split != "none", cold_items=cold_items)
 
 
 def _from_parts(logs: dict[str, RatingLog], options: PrepareOptions, source: dict[str, Any],
@@ -261,8 +277,11 @@ def _shares_ids(values: np.ndarray, train: np.ndarray) -> bool:
     return bool(pd.Index(values).isin(pd.Index(train)).any())
 
 
-def _split(data: Encoded, o: PrepareOptions) -> tuple[np.ndarray, dict[str, Any]]:
+def _split(data: Encoded, o: PrepareOptions
+           ) -> tuple[np.ndarray, dict[str, Any], np.ndarray | None]:
+    """Labels, the split's record and (cold-items only) the held-out items' mask."""
     info: dict[str, Any] = {}
+    cold_items = None
     if o.split == "random":
         labels = S.split_random(data.user, data.n_users, o.test_fraction, o.valid_fraction,
                                 o.seed)
@@ -277,6 +296,10 @@ def _split(data: Encoded, o: PrepareOptions) -> tuple[np.ndarray, dict[str, Any]
     elif o.split == "strong":
         labels, info = S.split_strong(data.user, data.item, data.n_users, data.n_items,
                                       o.heldout_users, o.test_fraction, o.seed)
+    elif o.split == "cold-items":
+        labels, info, cold_items = S.split_cold_items(data.user, data.item, data.n_users,
+                                                      data.n_items, o.cold_item_fraction,
+                                                      o.valid_fraction, o.seed)
     elif o.split == "none":
         labels = S.carve_valid(np.full(len(data.user), S.TRAIN, np.int8), data.user,
                                data.n_users, o.valid_fraction, o.seed)
@@ -285,7 +308,7 @@ def _split(data: Encoded, o: PrepareOptions) -> tuple[np.ndarray, dict[str, Any]
 
         raise RecsysError(f"unknown split '{o.split}'{closest(o.split, S.SPLITS)}; choose from "
                           f"{', '.join(S.SPLITS)}")
-    return labels, info
+    return labels, info, cold_items
 
 
 def _base_meta(name: str, source: dict[str, Any], logs: dict[str, RatingLog],
@@ -301,7 +324,7 @@ def _base_meta(name: str, source: dict[str, Any], logs: dict[str, RatingLog],
         "preprocessing": options.preprocess_options().to_dict(),
         "split": {k: v for k, v in options.to_dict().items()
                   if k in ("split", "test_fraction", "valid_fraction", "seed", "heldout_users",
-                           "loo_order")},
+                           "loo_order", "cold_item_fraction")},
         "options": options.to_dict(),
         "implicit": options.implicit_threshold is not None,
         "preprocess_report": report,
@@ -311,10 +334,13 @@ def _base_meta(name: str, source: dict[str, Any], logs: dict[str, RatingLog],
 
 def _build(data: Encoded, labels: np.ndarray, split_info: dict[str, Any], meta: dict[str, Any],
            item_info: pd.DataFrame | None, given_sources: dict[str, str] | None = None,
-           need_eval: bool = True) -> Dataset:
+           need_eval: bool = True, cold_items: np.ndarray | None = None) -> Dataset:
     """The parts of ``data`` by ``labels``. ``need_eval``: refuse a split that leaves nothing
-    to evaluate (off for `--split none`, which is meant to train on everything)."""
-    labels, dropped = S.drop_unseen(labels, data.user, data.item, data.n_users, data.n_items)
+    to evaluate (off for `--split none`, which is meant to train on everything).
+    ``cold_items``: items kept in the catalogue with no train or valid interaction (the
+    cold-items split's held-out items)."""
+    labels, dropped = S.drop_unseen(labels, data.user, data.item, data.n_users, data.n_items,
+                                    cold_items)
     # Strong generalisation drops held-out users' unseen items before their fold-in split.
     for part, n in split_info.get("unseen_item_interactions_dropped", {}).items():
         dropped["unseen_items"][part] += n
@@ -338,11 +364,14 @@ def _build(data: Encoded, labels: np.ndarray, split_info: dict[str, Any], meta: 
     rating_scale = [float(data.rating.min()), float(data.rating.max())]
     raw_scale = meta["preprocess_report"].get("rating_scale")
     # Vocabularies: users with anything left; items that occur in train or valid (the
-    # catalogue: the final model is refitted on both, see `S.drop_unseen`).
+    # catalogue: the final model is refitted on both, see `S.drop_unseen`), and the cold-items
+    # split's held-out items.
     keep = labels >= S.TRAIN
     used_users = np.bincount(data.user[keep], minlength=data.n_users) > 0
     fit_rows = keep & (labels <= S.VALID)
     used_items = np.bincount(data.item[fit_rows], minlength=data.n_items) > 0
+    if cold_items is not None:
+        used_items |= cold_items
     remap_u = (np.cumsum(used_users) - 1).astype(np.int32)
     remap_i = (np.cumsum(used_items) - 1).astype(np.int32)
     users = Vocabulary(data.user_ids[used_users])
@@ -411,6 +440,9 @@ def summary(ds: Dataset) -> str:
         if table is not None:
             lines.append(f"  {side} features: {table.dim:,} columns from "
                          f"{Path(m['features'][side]['source']).name}")
+    if m["split"].get("split") == "cold-items":
+        lines.append(f"  cold items: {m['split_info']['cold_items']:,} held out of train and "
+                     "valid, in the test part only")
     d = m["dropped"]
     unseen = sum(d["unseen_items"].values())
     no_hist = sum(v["interactions"] for v in d["no_history"].values())

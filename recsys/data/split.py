@@ -7,7 +7,9 @@ group computed from one sort (a random key, or time), never a loop over users. R
 only on the data and the seed.
 
 `drop_unseen` then removes, from the test parts, items that never occur before them (in train or
-valid) and target interactions of users with no history to score from, and counts both.
+valid) and target interactions of users with no history to score from, and counts both. The one
+exception is the cold-items split (`split_cold_items`), whose held-out items are meant to be
+unseen: they stay in the catalogue and in the test part, to be ranked from their features.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ PART_LABELS = {"train": TRAIN, "valid_history": VALID_HISTORY, "valid": VALID,
 
 ML100K_FOLDS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
 # "none" is production preparation: everything trains (with an optional validation carve).
-SPLITS = ("random", "temporal-global", "temporal-user", "loo", "strong",
+SPLITS = ("random", "temporal-global", "temporal-user", "loo", "strong", "cold-items",
           *(f"ml100k-{f}" for f in ML100K_FOLDS), "none")
 
 # Liang et al. (2018) only split held-out users with at least this many interactions into
@@ -257,6 +259,35 @@ def split_strong(user: np.ndarray, item: np.ndarray, n_users: int, n_items: int,
     return labels, info
 
 
+def split_cold_items(user: np.ndarray, item: np.ndarray, n_users: int, n_items: int,
+                     cold_item_fraction: float = 0.1, valid_fraction: float = 0.0, seed: int = 0
+                     ) -> tuple[np.ndarray, dict[str, Any], np.ndarray]:
+    """Item cold start (the protocol of DropoutNet, Volkovs et al. 2017, and CLCRec, Wei et al.
+    2021): round(f * n_items) items drawn by ``seed`` are held out entirely; every interaction
+    with them is test, none is train or valid. Validation is `carve_valid`'s per-user share of
+    the remaining (warm) training interactions, so early stopping and tuning look at the model's
+    ordinary accuracy and the refit on train + valid leaves the held-out items cold.
+
+    Returns the labels, the split's record and the held-out items (a boolean mask over items),
+    which stay in the catalogue although nothing before the test part names them.
+    """
+    _check_fraction("cold-item-fraction", cold_item_fraction, allow_zero=False)
+    n_cold = int(_round_half_up(np.asarray(cold_item_fraction * n_items)))
+    if n_cold < 1 or n_cold >= n_items:
+        raise RecsysError(f"--cold-item-fraction {cold_item_fraction}: holds out {n_cold} of "
+                          f"{n_items} items; need at least one held out and one left to train on")
+    rng = np.random.default_rng(seed)
+    cold = np.zeros(n_items, dtype=bool)
+    cold[rng.permutation(n_items)[:n_cold]] = True
+    labels = np.where(cold[item], TEST, TRAIN).astype(np.int8)
+    if not (labels == TRAIN).any():
+        raise RecsysError("--split cold-items: the held-out items hold every interaction; lower "
+                          "--cold-item-fraction")
+    labels = carve_valid(labels, user, n_users, valid_fraction, seed)
+    info = {"cold_items": n_cold, "cold_item_interactions": int((labels == TEST).sum())}
+    return labels, info, cold
+
+
 def _require_time(timestamp: np.ndarray | None, what: str) -> None:
     if timestamp is None:
         raise RecsysError(f"--split {what} needs timestamps, and the data has none; add a "
@@ -264,7 +295,8 @@ def _require_time(timestamp: np.ndarray | None, what: str) -> None:
 
 
 def drop_unseen(labels: np.ndarray, user: np.ndarray, item: np.ndarray, n_users: int,
-                n_items: int) -> tuple[np.ndarray, dict[str, Any]]:
+                n_items: int, cold_items: np.ndarray | None = None
+                ) -> tuple[np.ndarray, dict[str, Any]]:
     """Remove what cannot be evaluated, counting it.
 
     - test interactions (test_history, test) whose item never occurs before the test part, in
@@ -274,6 +306,9 @@ def drop_unseen(labels: np.ndarray, user: np.ndarray, item: np.ndarray, n_users:
       part against a model fitted on the whole training file. Validation targets whose item
       occurs only in valid stay: they are misses for every candidate alike;
     - target interactions (valid, test) of users with no history before that part.
+
+    ``cold_items`` (a boolean mask over items, the cold-items split's held-out items) count as
+    seen: they are in the catalogue by design, to be ranked from their features.
     """
     labels = labels.copy()
     counts: dict[str, Any] = {"unseen_items": {}, "no_history": {}}
@@ -288,6 +323,8 @@ def drop_unseen(labels: np.ndarray, user: np.ndarray, item: np.ndarray, n_users:
     # Valid first: the catalogue is what train and the *kept* valid rows hold.
     drop_without_history("valid", VALID)
     seen = np.bincount(item[(labels >= TRAIN) & (labels <= VALID)], minlength=n_items) > 0
+    if cold_items is not None:
+        seen |= cold_items
     unseen = ~seen[item] & (labels > VALID)
     for name, code in PART_LABELS.items():
         if code != TRAIN:

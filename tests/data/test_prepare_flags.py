@@ -186,6 +186,11 @@ CASES: dict[str, Case] = {
     "loo_order": Case(lambda w: ["--loo-order", "random"], SPLITTABLE,
                       lambda o, w, p, s: _differs(o.data, p(s, "--split", "loo").data, "test"),
                       context=("--split", "loo")),
+    "cold_item_fraction": Case(lambda w: ["--cold-item-fraction", "0.3"], SPLITTABLE,
+                               lambda o, w, p, s: o.data.meta["split_info"]["cold_items"]
+                               == round(0.3 * len(o.data.items)),
+                               context=("--split", "cold-items", "--item-features",
+                                        "{item_features}")),
     "implicit_threshold": Case(lambda w: ["--implicit-threshold", "4"], ALL,
                                lambda o, w, p, s: o.data.implicit
                                and set(o.data.train.matrix.data) == {1.0}),
@@ -251,7 +256,8 @@ def test_flag_is_used_or_refused(world, prep, dest, source):
     argv = case.argv(world)
     if source in case.accepted:
         base = world.base(source)
-        extra = [] if argv and argv[0] in base else [*case.context, *argv]
+        context = [c.format(item_features=world.item_features) for c in case.context]
+        extra = [] if argv and argv[0] in base else [*context, *argv]
         o = prep(source, *extra)
         assert o.code == 0, o.err
         assert case.used(o, world, prep, source), f"{argv} had no effect with {source}"
