@@ -6,8 +6,17 @@ lists can be scored against the test part by any outside tool; ``all`` adds the 
 for production, after the test period). Each chunk is committed as it finishes (see
 recsys.scoring.export), so ``--resume`` continues an interrupted run. Output columns: user, item
 (external ids), rank (1 is best), score, cold (True where the user had no history and got the
-most popular items). ``--quiet``: no progress bar and no summary line; notes about dropped or
-ignored input still go to stderr.
+most popular items; with ``--user-features``, a model that reads user features, such as cvae,
+scores them from their features instead: see below). ``--quiet``: no progress bar and no summary
+line; notes about dropped or ignored input still go to stderr.
+
+``--user-features F.csv`` (with or without ``--histories H.csv``): the users of F and H are new
+users; those of F bring features (the columns of the file the prepared data's user features
+were made from, encoded with the data's stored encoding: a category it never had and a missing
+number add nothing). A user of F without rows in H has no history (cold=true) and is scored
+from their features by a model that reads them (`Recommender.scores_user_features`), or gets
+the popularity list from any other model; a user in both is scored from history and features.
+A summary line says how many cold users were scored from features and how many got popularity.
 
 ``--engine spark`` scores the same lists with Spark instead (local[*], or the cluster of a
 spark-submit): RUN_DIR and the prepared data become an MLflow pyfunc model applied with
@@ -21,14 +30,19 @@ import argparse
 import hashlib
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from recsys.commands.common import add_data_arg, add_force_arg, resolve_data
 from recsys.data.ids import coerce_ids, note, read_histories, read_id_file, read_items
-from recsys.data.interactions import HISTORIES, Dataset
+from recsys.data.interactions import HISTORIES, PLAIN_INTEGER, Dataset
 from recsys.errors import RecsysError
+
+if TYPE_CHECKING:
+    from recsys.models.base import Recommender
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,6 +54,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="'all' (default) or a file of user ids (a `user` column, or one per line)")
     p.add_argument("--histories", default=None, metavar="FILE.csv",
                    help="user,item rows of new users' histories (external item ids): fold-in")
+    p.add_argument("--user-features", default=None, metavar="FILE",
+                   help="new users' features (CSV or Parquet: a user column and the feature "
+                        "columns the data was prepared with): users without rows in "
+                        "--histories are scored from them (cold) by a model that reads user "
+                        "features, e.g. cvae; other models give them popularity")
     p.add_argument("--history", choices=HISTORIES, default=None,
                    help="what a known user is scored from and never recommended again: "
                         "before-test (default) = what `recsys evaluate` scores the test part "
@@ -91,9 +110,10 @@ def run(args: argparse.Namespace) -> int:
     from recsys.scoring.export import COLUMNS, output_format
 
     resolve_data(args)
-    if args.histories and args.history is not None:
+    new_users = _new_users_flag(args)
+    if new_users and args.history is not None:
         raise RecsysError("--history chooses the stored history of the data's users; "
-                          "--histories scores the users of that file from it alone: drop one")
+                          f"{new_users} scores the users of that file from it alone: drop one")
     args.history = args.history or HISTORIES[0]
     if getattr(args, "engine", "local") == "spark":
         return _spark(args)
@@ -106,8 +126,8 @@ def run(args: argparse.Namespace) -> int:
     output_format(args.out)
     # An existing --out is replaced only when it is a list file recsys wrote.
     check_replaceable_file(args.out, what="list file", ours=has_columns(*COLUMNS))
-    if args.histories and args.users != "all":
-        raise RecsysError("--histories scores the users in that file; drop --users")
+    if new_users and args.users != "all":
+        raise RecsysError(f"{new_users} scores the users in that file; drop --users")
     # One `recommend` at a time writes --out and its hidden partial folder: two would mix
     # their chunks.
     with output_lock(args.out, "recommend"):
@@ -118,11 +138,19 @@ def run(args: argparse.Namespace) -> int:
 # Local-engine options that the Spark engine does not offer, and why.
 SPARK_UNSUPPORTED = {
     "histories": "score new users' histories with the local engine",
+    "user_features": "score new users from their features with the local engine",
     "allow": "filter the lists after scoring, or use the local engine",
     "deny": "filter the lists after scoring, or use the local engine",
     "resume": "Spark reruns failed tasks itself",
     "with_titles": "join the titles to the lists afterwards, or use the local engine",
 }
+
+
+def _new_users_flag(args: argparse.Namespace) -> str | None:
+    """The flag(s) naming new users to score (--histories, --user-features), or None."""
+    flags = [f for f, v in (("--histories", args.histories),
+                            ("--user-features", getattr(args, "user_features", None))) if v]
+    return " with ".join(flags) or None
 
 
 def _spark(args: argparse.Namespace) -> int:
@@ -142,7 +170,12 @@ def _recommend(args: argparse.Namespace) -> int:
     from recsys.models.base import resolve_device
     from recsys.rundir import check_run_data, load_run, read_run
     from recsys.scoring.export import ChunkedWriter
-    from recsys.scoring.serving import TopKPredictor, item_popularity
+    from recsys.scoring.serving import (
+        TopKPredictor,
+        item_popularity,
+        read_user_features,
+        user_feature_encoding,
+    )
     from recsys.scoring.topk import item_mask
     from recsys.workflows.recommend import UserRows, item_titles, score_to_file
 
@@ -154,8 +187,12 @@ def _recommend(args: argparse.Namespace) -> int:
         raise RecsysError(f"--k {args.k} is larger than the catalogue ({n_items} items)")
     allow = read_items(args.allow, data.items, "--allow", need_one=True) if args.allow else None
     deny = read_items(args.deny, data.items, "--deny") if args.deny else None
-    if args.histories:
-        new_ids, new_history = read_histories(args.histories, data.items)
+    new_users = _new_users_flag(args)
+    featured = None
+    if args.user_features:
+        featured = read_user_features(args.user_features, user_feature_encoding(data))
+    if new_users:
+        new_ids, new_history = _new_users(args, data, featured)
         users_spec = _digest(args.histories)
     elif args.users == "all":
         users_spec = "all"
@@ -173,15 +210,21 @@ def _recommend(args: argparse.Namespace) -> int:
     model, _ = load_run(args.run_dir)
     # --histories scores only the file's users: the data's users and their history are unused.
     check_run_data(args.run_dir, run_info, model, data, args.data, force=args.force,
-                   users=not args.histories)
+                   users=not new_users)
     device = resolve_device(args.device)
     # A transductive model (item-based CFGAN) observes every known interaction here, as
     # `recsys evaluate` declares it: the lists it is scored by are these.
     predictor = TopKPredictor(model, data.users, data.items, data.known_history(args.history),
                               item_popularity(data.train.matrix), device=device,
                               batch_size=args.batch_size, history_kind=args.history,
-                              banned=item_mask(n_items, allow, deny, device))
-    if args.histories:
+                              banned=item_mask(n_items, allow, deny, device),
+                              user_encoding=user_feature_encoding(data))
+    if featured is not None:
+        # The features by the ids the lists name (read as text, an id may be written 7 there).
+        at = pd.Index(_as_text(new_ids)).get_indexer(featured[0])
+        predictor.give_features(new_ids[at], featured[1])
+        _note_cold(args.user_features, model, new_ids, new_history, featured[0])
+    if new_users:
         users = UserRows.new(new_ids, new_history)
     else:
         users = UserRows.known(predictor, data.users.ids if args.users == "all" else
@@ -193,6 +236,7 @@ def _recommend(args: argparse.Namespace) -> int:
                    "users": users_spec, "history": args.history, "k": args.k,
                    "chunk_size": args.chunk_size,
                    "allow": _digest(args.allow), "deny": _digest(args.deny),
+                   "user_features": _digest(args.user_features),
                    "device": device.type, "titles": args.with_titles}
     writer = ChunkedWriter(args.out, fingerprint, resume=args.resume)
     quiet = bool(getattr(args, "quiet", False))
@@ -204,3 +248,47 @@ def _recommend(args: argparse.Namespace) -> int:
               f"{scored.rows} rows in {scored.seconds:.1f} s "
               f"({scored.users / max(scored.seconds, 1e-9):,.0f} users/s)", file=sys.stderr)
     return 0
+
+
+def _new_users(args: argparse.Namespace, data: Dataset,
+               featured: tuple[np.ndarray, np.ndarray] | None
+               ) -> tuple[np.ndarray, sp.csr_matrix]:
+    """The new users' ids (as the lists will name them) and history rows: those of
+    --histories, then the users of --user-features without a history there (an empty row)."""
+    if args.histories:
+        ids, history = read_histories(args.histories, data.items)
+    else:
+        ids, history = np.empty(0, dtype=object), sp.csr_matrix((0, len(data.items)),
+                                                               dtype=np.float32)
+    if featured is None:
+        return ids, history
+    text = _as_text(ids)
+    extra = featured[0][~np.isin(featured[0], text)]
+    if not len(extra):
+        return ids, history
+    # Named as written, integers where every id is one written plainly (as read_histories does).
+    every = np.concatenate([text, extra])
+    if pd.Series(every, dtype=object).str.fullmatch(PLAIN_INTEGER).all():
+        every = every.astype(np.int64)
+    empty = sp.csr_matrix((len(extra), len(data.items)), dtype=np.float32)
+    return every, sp.vstack([history, empty]).tocsr()
+
+
+def _as_text(ids: np.ndarray) -> np.ndarray:
+    return pd.Series(ids, dtype=object).astype(str).to_numpy(dtype=object)
+
+
+def _note_cold(path: str, model: Recommender, ids: np.ndarray, history: sp.csr_matrix,
+               featured_ids: np.ndarray) -> None:
+    """One line on how the new users without history are scored (the cold column flags them
+    all): from their features by a model that reads them, else with popularity."""
+    cold = np.diff(history.indptr) == 0
+    with_features = cold & np.isin(_as_text(ids), featured_ids)
+    if model.scores_user_features:
+        note(f"--user-features {path}: {int(cold.sum())} users without history (cold=true): "
+             f"{int(with_features.sum())} scored from their features by {model.name}, "
+             f"{int((cold & ~with_features).sum())} without features given popularity")
+    else:
+        note(f"--user-features {path}: model '{model.name}' does not read user features; its "
+             f"{int(cold.sum())} users without history get the popularity list (cold=true) and "
+             "the features of the others are not used")

@@ -58,6 +58,9 @@ class Recommender:
     # study's {key: {low, high[, log][, step]} | {choices: [...]}} (`recsys.training.search`).
     tune_grid: ClassVar[dict[str, list[Any]] | None] = None
     search_space: ClassVar[dict[str, dict[str, Any]]] = {}
+    # Reads user features at scoring time (`score_features`): a user who arrives with features
+    # and no history is then scored by the model instead of getting the popularity list.
+    scores_user_features: ClassVar[bool] = False
 
     def __init__(self, **params: Any) -> None:
         self.config = validate_config(self.Config, params, where=f"{self.name} config")
@@ -94,6 +97,14 @@ class Recommender:
 
     def score(self, users: np.ndarray, history: sp.csr_matrix) -> torch.Tensor:
         raise NotImplementedError
+
+    def score_features(self, users: np.ndarray, history: sp.csr_matrix,
+                       features: np.ndarray) -> torch.Tensor:
+        """``score`` with each user's feature vector given: ``features`` (len(users), d),
+        encoded as the training data's user features (`recsys.data.features.apply_encoding`),
+        replaces what the model knows of a user's features (a new user's, or a known user's
+        fresher ones). A model without ``scores_user_features`` reads none of them."""
+        return self.score(users, history)
 
     def predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         raise RecsysError(f"model '{self.name}' does not predict ratings; "

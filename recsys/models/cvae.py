@@ -30,6 +30,8 @@ from __future__ import annotations
 
 from typing import Any, Self
 
+import numpy as np
+import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -37,7 +39,7 @@ from torch import nn
 
 from recsys.data.interactions import EvalSplit, Interactions
 from recsys.errors import RecsysError
-from recsys.models.base import FitContext
+from recsys.models.base import FitContext, csr_to_dense
 from recsys.models.multvae import MultVAE, MultVAEConfig, kl_beta, kl_standard_normal
 from recsys.models.neural import Batch
 from recsys.models.nn import (
@@ -84,8 +86,10 @@ class CVAENetwork(nn.Module):
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
         return self.decoder(torch.cat([z, c], dim=-1)), kl_standard_normal(mu, logvar)
 
-    def scores(self, x: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
-        c = self.condition(users)
+    def scores(self, x: torch.Tensor, users: torch.Tensor,
+               c: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits from the posterior mean; ``c`` given: that condition instead of the users'."""
+        c = self.condition(users) if c is None else c
         mu, _ = self.encode(x, c)
         return self.decoder(torch.cat([mu, c], dim=-1))
 
@@ -105,6 +109,7 @@ class CVAE(MultVAE):
     Config = CVAEConfig
     config: CVAEConfig
     cuda_graph_safe = False  # the condition is gathered by the batch's user ids
+    scores_user_features = True
     tune_grid = MultVAE.tune_grid
     search_space = MultVAE.search_space
 
@@ -146,6 +151,21 @@ class CVAE(MultVAE):
     def forward_scores(self, history: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
         check_history(self.name, history, self.n_items)
         return self.network.scores(binarize(history), users)
+
+    def score_features(self, users: np.ndarray, history: sp.csr_matrix,
+                       features: np.ndarray) -> torch.Tensor:
+        d = getattr(self.network, CONDITION).shape[1]
+        if features.ndim != 2 or features.shape != (len(users), d):
+            raise RecsysError(f"cvae: user features of shape {tuple(features.shape)} for "
+                              f"{len(users)} users; the model was trained on {d} feature "
+                              "columns")
+        self.network.eval()
+        with torch.no_grad():
+            dense = csr_to_dense(history, self.device)
+            check_history(self.name, dense, self.n_items)
+            c = torch.as_tensor(np.asarray(features, dtype=np.float32), device=self.device)
+            ids = torch.as_tensor(np.asarray(users, dtype=np.int64), device=self.device)
+            return self.network.scores(binarize(dense), ids, c).float()
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         table = state.get(CONDITION)

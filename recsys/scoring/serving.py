@@ -29,9 +29,19 @@ served as other lists. Packages written before digests were recorded load with a
   trained on explicit ratings; without it every listed item counts as 1 (as in
   ``recsys recommend --histories``).
 
+- user feature columns (optional; only for a model trained on user features, such as cvae):
+  the columns of the feature file the prepared data's user features were made from (ml-100k:
+  ``age``, ``gender``, ``occupation``), numbers or text as in that file (``Action|Comedy`` for a
+  multi-valued one). A row with any of them set is scored from those features (encoded with the
+  data's stored encoding, ``user_features`` in ``serving.json``: a category the data never had
+  and an absent column add nothing, a missing number is the mean) together with its history;
+  a row with none set is scored as without the columns. A model that reads no user features
+  ignores them.
+
 and returns the long table ``user, item, rank, score, cold`` (external ids, rank from 1, seen
-items masked; ``cold`` flags users with no history at all, who get the popularity list, scored
-by each item's share of the training interactions), the same
+items masked; ``cold`` flags users with no history at all: they get the popularity list, scored
+by each item's share of the training interactions, unless the model scores them from the user
+features the row brings), the same
 lists and columns as `recsys recommend` writes. Rows keep the order of the input users. Params:
 ``k`` (list length, default 10) and ``layout`` (``long``, or ``lists``: one row per input user
 with ``items`` and ``scores`` as lists, for engines such as Spark whose UDFs return one value per
@@ -51,6 +61,7 @@ import pyarrow as pa
 import scipy.sparse as sp
 import torch
 
+from recsys.data.features import apply_encoding
 from recsys.data.interactions import Dataset, Vocabulary
 from recsys.data.io import read_json, sha256_file, write_json
 from recsys.errors import RecsysError
@@ -64,12 +75,67 @@ SERVING_FILE = "serving.json"
 SERVING_DATA = ("users.parquet", "items.parquet", HISTORY_FILE, POPULARITY_FILE)
 DEFAULT_K = 10
 OUTPUT_COLUMNS = ("user", "item", "rank", "score", "cold")
+USER_ENCODING = "user_features"  # serving.json: how the data's user features were encoded
 LAYOUTS = ("long", "lists")
 
 
 def item_popularity(train: sp.csr_matrix) -> np.ndarray:
     """Training interactions per item: the scores of a cold user's list (as `recsys recommend`)."""
     return np.diff(train.tocsc().indptr).astype(np.float32)
+
+
+def user_feature_encoding(dataset: Dataset) -> list[dict[str, Any]] | None:
+    """How ``dataset``'s user features were encoded (`recsys.data.features.encode_features`'
+    record, per source column), or None when it has none."""
+    recorded = (dataset.meta.get("features") or {}).get("user") or {}
+    encoding = recorded.get("encoding") if dataset.features.user is not None else None
+    return list(encoding) if encoding is not None else None
+
+
+def encode_user_features(frame: pd.DataFrame, encoding: list[dict[str, Any]], where: str, *,
+                         first_row: int = 0) -> np.ndarray:
+    """``frame``'s rows (one user each) encoded as the prepared data's user features were
+    (`apply_encoding`): a category the data never had sets nothing (a zero vector for that
+    column), an empty cell is the mean of a number; text where the data had numbers is refused
+    in one line naming ``where``, the column and the row (``first_row``: the first one's
+    number)."""
+    for spec in encoding:
+        name = spec["column"]
+        if spec["kind"] != "numeric" or name not in frame.columns:
+            continue
+        raw = frame[name].reset_index(drop=True)
+        text = raw.astype(str).str.strip()
+        given = raw.notna().to_numpy() & (text != "").to_numpy()
+        bad = np.flatnonzero(given & pd.to_numeric(text, errors="coerce").isna().to_numpy())
+        if len(bad):
+            raise RecsysError(f"{where}: column '{name}', row {int(bad[0]) + first_row}: "
+                              f"'{raw.iloc[bad[0]]}' is not a number (the data's '{name}' "
+                              "feature is numeric)")
+    return apply_encoding(frame, encoding, source=where)
+
+
+def read_user_features(path: str | Path, encoding: list[dict[str, Any]] | None
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """A user feature file (`recsys.data.features.read_feature_file`: CSV or Parquet, the id
+    column first or named ``user``) as (its ids as text, the rows encoded by ``encoding``)."""
+    from recsys.data.features import read_feature_file
+
+    where = f"--user-features {path}"
+    if encoding is None:
+        raise RecsysError(f"{where}: the prepared data has no user features, so there is no "
+                          "encoding to read new users' features with (prepare it with "
+                          "--user-features FILE)")
+    frame = read_feature_file(path, "user")
+    ids = frame.iloc[:, 0].astype(str).str.strip()
+    blank = np.flatnonzero(frame.iloc[:, 0].isna().to_numpy() | (ids == "").to_numpy())
+    if len(blank):
+        raise RecsysError(f"{where}: row {int(blank[0]) + 2} has no user id")
+    repeated = np.flatnonzero(ids.duplicated().to_numpy())
+    if len(repeated):
+        raise RecsysError(f"{where}: user {ids.iloc[repeated[0]]} appears on more than one row "
+                          f"(row {int(repeated[0]) + 2}); give one row per user")
+    # Rows are numbered as an editor shows a CSV: the header is row 1.
+    return ids.to_numpy(dtype=object), encode_user_features(frame, encoding, where, first_row=2)
 
 
 def write_serving_data(dataset: Dataset, directory: str | Path, *,
@@ -87,6 +153,7 @@ def write_serving_data(dataset: Dataset, directory: str | Path, *,
     np.save(directory / POPULARITY_FILE, item_popularity(dataset.train.matrix))
     write_json(directory / SERVING_FILE, {"implicit": dataset.implicit,
                                           "parts": sorted(dataset.parts), "history": history,
+                                          USER_ENCODING: user_feature_encoding(dataset),
                                           "sha256": {name: sha256_file(directory / name)
                                                      for name in SERVING_DATA}})
     return directory
@@ -99,7 +166,8 @@ class TopKPredictor:
                  history: sp.csr_matrix, popularity: np.ndarray, *,
                  device: str | torch.device | None = None,
                  batch_size: int = DEFAULT_BATCH_SIZE, history_kind: str | None = None,
-                 banned: torch.Tensor | None = None) -> None:
+                 banned: torch.Tensor | None = None,
+                 user_encoding: list[dict[str, Any]] | None = None) -> None:
         if history.shape != (len(users), len(items)):
             raise RecsysError(f"history shape {history.shape} does not match the vocabularies "
                               f"({len(users)} users, {len(items)} items)")
@@ -117,6 +185,11 @@ class TopKPredictor:
         self._popularity = torch.from_numpy(share).to(self.device or "cpu")
         # Items never recommended (``recsys recommend --allow/--deny``): a bool mask on the device.
         self.banned = banned
+        # How the data's user features were encoded (`user_feature_encoding`), to encode the
+        # features a request brings; and features given by external id (`recsys recommend
+        # --user-features`), read by `lists` for the users it scores.
+        self.user_encoding = user_encoding
+        self.given_features: tuple[Vocabulary, np.ndarray] | None = None
         place_model(model, self.device)
         # A transductive model (item-based CFGAN) conditions on every known interaction, as
         # `recsys evaluate` and `recsys recommend` declare it: the same lists.
@@ -130,7 +203,8 @@ class TopKPredictor:
         users scored from ``dataset.known_history(history)`` (as `recsys recommend
         --history`)."""
         return cls(model, dataset.users, dataset.items, dataset.known_history(history),
-                   item_popularity(dataset.train.matrix), device=device, history_kind=history)
+                   item_popularity(dataset.train.matrix), device=device, history_kind=history,
+                   user_encoding=user_feature_encoding(dataset))
 
     @classmethod
     def load(cls, model_dir: str | Path, data_dir: str | Path, *,
@@ -158,7 +232,8 @@ class TopKPredictor:
                                     shape=tuple(z["shape"]))
         popularity = np.load(io.BytesIO(raw[POPULARITY_FILE]), allow_pickle=False)
         return cls(model, users, items, history, popularity, device=device,
-                   history_kind=packaged_history(data_dir))
+                   history_kind=packaged_history(data_dir),
+                   user_encoding=read_serving_meta(data_dir).get(USER_ENCODING))
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -190,6 +265,21 @@ class TopKPredictor:
         overlap = stored.multiply(extra > 0)
         return users, (stored - overlap + extra).tocsr()
 
+    def input_features(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray] | None:
+        """(encoded features, given) of the input rows that set any user feature column (see
+        the module docstring); None when the input has no such column or the data no user
+        features."""
+        if not self.user_encoding:
+            return None
+        names = [spec["column"] for spec in self.user_encoding]
+        present = [c for c in names if c in frame.columns]
+        if not present:
+            return None
+        given = frame[present].notna().any(axis=1).to_numpy()
+        # An absent column is a missing value for every row: no category, the mean number.
+        columns = frame[present].reindex(columns=names).reset_index(drop=True)
+        return encode_user_features(columns, self.user_encoding, "input"), given
+
     def _given_rows(self, frame: pd.DataFrame, given: np.ndarray) -> sp.csr_matrix:
         """CSR rows built from the input's ``items`` (and ``ratings``) lists."""
         rows = np.flatnonzero(given)
@@ -218,15 +308,29 @@ class TopKPredictor:
         return sp.csr_matrix((values[last], (row_ids[last], cols[last])),
                              shape=(len(frame), len(self.items)), dtype=np.float32)
 
-    def lists(self, user_ids: np.ndarray, users: np.ndarray, rows: sp.csr_matrix, k: int
+    def give_features(self, ids: np.ndarray, values: np.ndarray) -> None:
+        """Users' encoded features by external id (`read_user_features`): `lists` scores the
+        users among ``ids`` from them, as `recsys recommend --user-features` asks."""
+        self.given_features = (Vocabulary(ids), np.asarray(values, dtype=np.float32))
+
+    def lists(self, user_ids: np.ndarray, users: np.ndarray, rows: sp.csr_matrix, k: int, *,
+              features: tuple[np.ndarray, np.ndarray] | None = None,
               ) -> tuple[pa.Table, np.ndarray, np.ndarray]:
         """Top-``k`` of one chunk as the long Arrow table, with the chunk's ``(b, k)`` internal
         item ids and cold flags. ``user_ids``: external ids as written in the output;
-        ``users``: internal ids (-1: unknown, popularity list unless ``rows`` holds a history);
-        ``rows``: the history each user is scored from and whose items are masked."""
+        ``users``: internal ids (-1: unknown, popularity list unless ``rows`` holds a history
+        or the user brings features the model reads); ``rows``: the history each user is scored
+        from and whose items are masked; ``features``: (values (b, d), given (b,) bool) of the
+        chunk's users, else those `give_features` stored for them."""
+        if features is None and self.given_features is not None:
+            known, table = self.given_features
+            at = known.index(user_ids)
+            features = (table[np.maximum(at, 0)], at >= 0)
+        values, given = features if features is not None else (None, None)
         items, scores, cold = topk_chunk(self.model, users, rows, k, device=self.device,
                                          banned=self.banned, cold_scores=self._popularity,
-                                         batch_size=self.batch_size)
+                                         batch_size=self.batch_size, features=values,
+                                         featured=given)
         return lists_table(user_ids, items, scores, cold, self.items.ids), items, cold
 
     def predict(self, frame: pd.DataFrame, k: int = DEFAULT_K, layout: str = "long"
@@ -245,7 +349,8 @@ class TopKPredictor:
         if layout not in LAYOUTS:
             raise RecsysError(f"layout '{layout}': use one of {', '.join(LAYOUTS)}")
         users, rows = self.input_history(frame)
-        table, items, cold = self.lists(frame["user"].to_numpy(), users, rows, k)
+        table, items, cold = self.lists(frame["user"].to_numpy(), users, rows, k,
+                                        features=self.input_features(frame))
         if layout == "long":
             return table.to_pandas()
         # Regroup the long table by input row with offsets: no Python loop over users.

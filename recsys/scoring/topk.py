@@ -168,9 +168,14 @@ def masked_topk(scores: torch.Tensor, seen: sp.csr_matrix | None, k: int,
 
 
 def score_batch(model: object, users: np.ndarray, history: sp.csr_matrix,
-                device: torch.device | None = None) -> torch.Tensor:
-    """``model.score`` as a float32 tensor (on ``device`` when given), shape-checked."""
-    scores = model.score(users, history)  # type: ignore[attr-defined]
+                device: torch.device | None = None,
+                features: np.ndarray | None = None) -> torch.Tensor:
+    """``model.score`` (``model.score_features`` with ``features``) as a float32 tensor (on
+    ``device`` when given), shape-checked."""
+    if features is None:
+        scores = model.score(users, history)  # type: ignore[attr-defined]
+    else:
+        scores = model.score_features(users, history, features)  # type: ignore[attr-defined]
     scores = torch.as_tensor(scores)
     if device is not None and scores.device != device:
         scores = scores.to(device)
@@ -180,16 +185,28 @@ def score_batch(model: object, users: np.ndarray, history: sp.csr_matrix,
     return scores.float()
 
 
+def from_features(model: object, featured: np.ndarray | None, n: int) -> np.ndarray:
+    """Which of a chunk's ``n`` users the model scores from the features they bring (a bool
+    each): none unless the model reads user features (`Recommender.scores_user_features`)."""
+    if featured is None or not (isinstance(model, Recommender) and model.scores_user_features):
+        return np.zeros(n, dtype=bool)
+    return np.asarray(featured, dtype=bool)
+
+
 def topk_chunk(model: object, users: np.ndarray, history_rows: sp.csr_matrix, k: int, *,
                device: torch.device | None = None, banned: torch.Tensor | None = None,
                cold_scores: torch.Tensor | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+               features: np.ndarray | None = None, featured: np.ndarray | None = None,
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Top-K for the users of one chunk: ``(items (b,k) int64, scores (b,k) float32, cold (b,))``.
+    """Top-K for the users of one chunk: ``items (b,k) int64, scores (b,k) float32, cold (b,)``.
 
     ``history_rows`` holds the chunk's histories (rows aligned with ``users``). With
-    ``cold_scores`` (e.g. item popularity), users whose history is empty get those scores instead
-    of the model's and are flagged in ``cold``. Missing entries (fewer eligible items than k) are
-    item -1 with score -inf.
+    ``cold_scores`` (e.g. item popularity), users whose history is empty are flagged in ``cold``
+    and get those scores instead of the model's, unless the model scores them from their
+    features: ``features`` (b, d) holds the encoded user features of the users ``featured``
+    (bool, b) marks, read by a model that `scores_user_features` (through ``score_features``,
+    history and features together) and ignored by the others. Missing entries (fewer eligible
+    items than k) are item -1 with score -inf.
     """
     history_rows = history_rows.tocsr()
     n = len(users)
@@ -200,18 +217,24 @@ def topk_chunk(model: object, users: np.ndarray, history_rows: sp.csr_matrix, k:
     cold = np.zeros(n, dtype=bool)
     if cold_scores is not None:
         cold = np.diff(history_rows.indptr) == 0
-    warm = np.flatnonzero(~cold)
-    for start in range(0, len(warm), batch_size):
-        sel = warm[start:start + batch_size]
-        rows = history_rows[sel]
-        scores = score_batch(model, users[sel], rows, device)
-        top_v, top_i = masked_topk(scores, rows, width, banned)
-        items[sel], values[sel] = top_i.cpu().numpy(), top_v.cpu().numpy()
-    if cold.any():
+    by_features = from_features(model, featured, n)
+    popular = cold & ~by_features
+    # Two groups, each batched: users scored from their history alone, and users scored from
+    # history and features (a model's score and score_features are separate calls).
+    for group, given in ((np.flatnonzero(~popular & ~by_features), None),
+                         (np.flatnonzero(by_features), features)):
+        for start in range(0, len(group), batch_size):
+            sel = group[start:start + batch_size]
+            rows = history_rows[sel]
+            scores = score_batch(model, users[sel], rows, device,
+                                 None if given is None else given[sel])
+            top_v, top_i = masked_topk(scores, rows, width, banned)
+            items[sel], values[sel] = top_i.cpu().numpy(), top_v.cpu().numpy()
+    if popular.any():
         assert cold_scores is not None
         pop = cold_scores.reshape(1, -1).float().clone()
         top_v, top_i = masked_topk(pop, None, width, banned)
-        items[cold], values[cold] = top_i.cpu().numpy(), top_v.cpu().numpy()
+        items[popular], values[popular] = top_i.cpu().numpy(), top_v.cpu().numpy()
     items[~np.isfinite(values)] = -1
     return items, values, cold
 

@@ -24,7 +24,7 @@ from mlflow.models import Model, ModelSignature
 from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
 
 from recsys.errors import RecsysError
-from recsys.scoring.serving import DEFAULT_K, write_serving_data
+from recsys.scoring.serving import DEFAULT_K, user_feature_encoding, write_serving_data
 from recsys.tracking.setup import resolve_tracking_uri
 
 if TYPE_CHECKING:
@@ -89,12 +89,18 @@ def short_error(exc: BaseException) -> str:
 # -- the package ------------------------------------------------------------------------------
 
 
-def model_signature(integer_users: bool = True, integer_items: bool = True) -> ModelSignature:
+def model_signature(integer_users: bool = True, integer_items: bool = True,
+                    user_encoding: list[dict[str, Any]] | None = None) -> ModelSignature:
+    """The pyfunc's signature; ``user_encoding`` (`user_feature_encoding`): the data's user
+    feature columns join the input as optional columns (numbers as double, categories as
+    text), so that a request may bring a new user's features (recsys.scoring.serving)."""
     user_t = "long" if integer_users else "string"
     item_t = "long" if integer_items else "string"
+    features = [ColSpec("double" if spec["kind"] == "numeric" else "string", spec["column"],
+                        required=False) for spec in user_encoding or []]
     inputs = Schema([ColSpec(user_t, "user"),
                      ColSpec(Array(item_t), "items", required=False),
-                     ColSpec(Array("double"), "ratings", required=False)])
+                     ColSpec(Array("double"), "ratings", required=False), *features])
     outputs = Schema([ColSpec(user_t, "user"), ColSpec(item_t, "item"), ColSpec("integer", "rank"),
                       ColSpec("float", "score"), ColSpec("boolean", "cold")])
     return ModelSignature(inputs=inputs, outputs=outputs,
@@ -131,7 +137,8 @@ def pyfunc_parts(run_dir: str | Path, dataset: Dataset, *,
         data_art = write_serving_data(dataset, Path(tmp) / "data", history=history)
         yield {"python_model": str(PYFUNC_MODEL_CODE),  # from code: never pickled
                "artifacts": {"model": str(model_dir), "data": str(data_art)},
-               "signature": model_signature(dataset.users.is_integer, dataset.items.is_integer),
+               "signature": model_signature(dataset.users.is_integer, dataset.items.is_integer,
+                                            user_feature_encoding(dataset)),
                "pip_requirements": requirements()}
 
 
