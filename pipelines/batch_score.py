@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from steps import Steps, run_main, scoring_parser  # noqa: E402
+from steps import Steps, run_main, score_metrics, scoring_parser  # noqa: E402
 
 from recsys.commands.common import add_tracking_args, tracking_options  # noqa: E402
 from recsys.errors import RecsysError  # noqa: E402
@@ -91,8 +91,8 @@ def run(args: argparse.Namespace) -> int:
             scored = score_to_file(predictor, UserRows.known(predictor, users), writer,
                                    k=args.k, chunk_size=args.chunk_size)
             seconds = scored.seconds
-            tracker.log_metrics({"users_per_second": len(users) / max(seconds, 1e-9),
-                                 "rows": scored.rows, "cold_users": scored.cold})
+            tracker.log_metrics(score_metrics(users=len(users), seconds=seconds,
+                                              rows=scored.rows, cold=scored.cold))
 
         with steps("write parquet", tracker):
             tracker.set_tags({"recsys.output": str(Path(args.out).resolve())})

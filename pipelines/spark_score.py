@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from steps import Steps, run_main, scoring_parser  # noqa: E402
+from steps import Steps, run_main, score_metrics, scoring_parser  # noqa: E402
 
 from recsys.commands.common import add_tracking_args, tracking_options  # noqa: E402
 from recsys.errors import RecsysError  # noqa: E402
@@ -105,8 +105,8 @@ def run(args: argparse.Namespace) -> int:
 
         with steps("summarise", tracker):
             summary = summarise(spark, out)
-            tracker.log_metrics({"rows": summary["rows"], "users": summary["users"],
-                                 "cold_users": summary["cold"]})
+            tracker.log_metrics(score_metrics(users=summary["users"], rows=summary["rows"],
+                                              cold=summary["cold"]))
             tracker.set_tags({"recsys.output": out})
         print(f"wrote {out}: {summary['users']} users ({summary['cold']} cold), top-{args.k}, "
               f"{summary['rows']} rows", file=sys.stderr)

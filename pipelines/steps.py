@@ -16,6 +16,7 @@ from contextlib import contextmanager
 
 from recsys.errors import RecsysError
 from recsys.tracking.base import Tracker
+from recsys.tracking.records import metric_name
 
 
 def scoring_parser(doc: str, model_help: str, out_metavar: str, out_help: str
@@ -40,6 +41,17 @@ def run_main(run: Callable[[argparse.Namespace], int], args: argparse.Namespace)
         return exc.exit_code
 
 
+def score_metrics(*, users: int, rows: int, cold: int, seconds: float | None = None
+                  ) -> dict[str, float]:
+    """A scoring pipeline's figures under their tracked names (``score/users``, ``score/rows``,
+    ``score/cold_users`` and, when timed, ``score/users_per_second``): one chart section of the
+    run, apart from the steps' times under ``time/step/``."""
+    figures = {"users": users, "rows": rows, "cold_users": cold}
+    if seconds is not None:
+        figures["users_per_second"] = users / max(seconds, 1e-9)
+    return {metric_name("score", key): float(value) for key, value in figures.items()}
+
+
 class Steps:
     def __init__(self, total: int, title: str) -> None:
         self.total = total
@@ -58,6 +70,6 @@ class Steps:
             tracker.set_tags({f"pipeline.step.{key}": "failed"})
             raise
         seconds = time.perf_counter() - started
-        tracker.log_metrics({f"step_seconds/{key}": seconds})
+        tracker.log_metrics({metric_name("time", f"step/{key}"): seconds})
         tracker.set_tags({f"pipeline.step.{key}": "done"})
         print(f"      {name}: done in {seconds:.1f} s", file=sys.stderr, flush=True)

@@ -36,7 +36,8 @@ MAX_JSON_TABLE_ROWS = 100_000
 # The first part of a tracked metric's name. The MLflow UI makes one chart section per prefix
 # before the first "/", so the stage is that prefix: a run's training curves, validation curves
 # and test figures each get their own section, and the runs table's columns sort by stage.
-METRIC_STAGES = ("train", "valid", "test", "refit", "tune", "trial", "best", "time")
+# "score" is a batch-scoring pipeline's throughput and counts.
+METRIC_STAGES = ("train", "valid", "test", "refit", "tune", "trial", "best", "time", "score")
 # What the training engine adds to a model's step outputs in each epoch's record (and what a
 # refit reports at its end): the same quantity for every model, so kept at the stage's level;
 # everything else a step returns is the model's own (loss parts, beta, G/D losses).

@@ -14,6 +14,7 @@ import pytest
 from mlflow import MlflowClient
 
 from recsys.cli import main as recsys_main
+from recsys.tracking.records import METRIC_STAGES
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.realdata]
 
@@ -73,7 +74,9 @@ models:
                      "pipeline.step.train_evaluate_pop": "done",
                      "pipeline.step.train_evaluate_itemknn": "done",
                      "pipeline.step.compare": "done", "pipeline.step.register": "done"}
-    assert parent.data.metrics["step_seconds/compare"] > 0
+    # Each step's time under time/step/, one chart section beside the runs' own stages.
+    assert parent.data.metrics["time/step/compare"] > 0
+    assert all(k.split("/", 1)[0] in METRIC_STAGES for k in parent.data.metrics)
     best = parent.data.tags["recsys.best_model"]
     champion = client.get_model_version_by_alias("pl-best", "champion")
     assert champion.run_id == parent.data.tags["recsys.best_run_id"]
@@ -90,7 +93,10 @@ models:
     assert batch.data.params["users"] == str(expected["user"].nunique())
     # the registered model carries the history its known users are scored from (the default's)
     assert batch.data.params["history"] == "before-test"
-    assert batch.data.metrics["users_per_second"] > 0
+    assert batch.data.metrics["score/users_per_second"] > 0
+    assert batch.data.metrics["score/users"] == expected["user"].nunique()
+    assert batch.data.metrics["score/rows"] == len(expected)
+    assert batch.data.metrics["score/cold_users"] == expected.groupby("user")["cold"].first().sum()
     assert batch.data.tags["pipeline.step.write_parquet"] == "done"
 
 

@@ -156,7 +156,7 @@ def test_pipeline_scores_every_user_with_the_logged_model(spark, trained, capsys
 
     client = MlflowClient(db)
     [job] = client.search_runs([client.get_experiment_by_name("spark-tests-batch").experiment_id])
-    assert job.data.metrics["users"] == len(Dataset.load(data).users)
+    assert job.data.metrics["score/users"] == len(Dataset.load(data).users)
     assert job.data.tags["pipeline.step.score_and_write"] == "done"
 
 
