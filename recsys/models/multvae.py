@@ -14,6 +14,16 @@ Optional (``flow_layers > 0``): a richer posterior, RealNVP-style affine couplin
 to the Gaussian sample. The KL term is then the single-sample Monte-Carlo estimate
 ``log q(z_K|x) - log N(z_K; 0, I)`` and scoring passes mu through the flow.
 
+Optional (``item_features = True``): item cold start on the decoder side. The output layer's item
+vectors and biases are built from the item's feature vector f_i (`recsys.data.features`) as well as
+a free embedding: logit_i = h . (m_i w_i + A f_i) + m_i b_i + a . f_i, with h the decoder's last
+hidden layer, (w_i, b_i) the free part and m_i = 1 for an item with training interactions, 0 for
+one without. Such an item (a new one, or the cold-items split's held-out items) gets its score
+from its features alone, and stays out of the training softmax: having no interaction is not
+evidence against it, only the absence of any. The feature matrix and the trained-items mask are
+network buffers, so that a saved model, the pyfunc model and a resumed run carry them. Off by
+default, which builds exactly the network (and weights) of the plain model.
+
 The layers, initialisation, likelihood and input checks it shares with Mult-DAE, CDAE and
 RecVAE live in `recsys.models.nn` (`mlp`, `init_like_multvae`, `multinomial_nll`, ...); this file
 is only Mult-VAE (its KL weight `kl_beta` and flow included).
@@ -21,8 +31,9 @@ is only Mult-VAE (its KL weight `kl_beta` and flow included).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
 
+import numpy as np
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
@@ -30,7 +41,8 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from recsys.config import TrainConfig
-from recsys.data.interactions import Interactions
+from recsys.data.interactions import EvalSplit, Interactions
+from recsys.errors import RecsysError
 from recsys.models.base import FitContext
 from recsys.models.neural import NEURAL_SPACE, Batch, NeuralRecommender
 from recsys.models.nn import (
@@ -92,17 +104,60 @@ class AffineCoupling(nn.Module):
         return kept + (1 - self.mask) * (z * torch.exp(s) + t), s.sum(dim=-1)
 
 
+# -- item vectors from features ----------------------------------------------------------------
+
+ITEM_FEATURES = "item_output.item_features"  # state_dict keys of the option's buffers
+TRAINED_ITEMS = "item_output.trained_items"
+
+
+class FeatureItemOutput(nn.Module):
+    """The output layer with item vectors built from item features as well as a free embedding:
+    ``logits = m * (h W^T + b) + (h A + a) F^T`` for decoder states h (batch x d), the free
+    part (W, b) = ``free``, the feature map (A, a) = ``from_features`` and the item feature
+    matrix F (items x features); m (``trained_items``) is 1 for items with training
+    interactions and 0 for the others, whose scores come from F alone."""
+
+    def __init__(self, in_dim: int, item_features: torch.Tensor) -> None:
+        super().__init__()
+        n_items, n_features = item_features.shape
+        self.free = nn.Linear(in_dim, n_items)
+        # h A + a, then times F^T: (h . A f_i) + (a . f_i) without an items x d matrix.
+        self.from_features = nn.Linear(in_dim, n_features)
+        self.register_buffer("item_features", item_features.to(torch.float32).clone())
+        # 1.0 / 0.0 per item (float, as DDP broadcasts buffers); every item counts as trained
+        # until setup() sees the training data.
+        self.register_buffer("trained_items", torch.ones(n_items))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        free = self.free(h) * self.trained_items.to(h.dtype)
+        return free + self.from_features(h) @ self.item_features.to(h.dtype).T
+
+    def training_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` with the items that have no training interaction taken out of the softmax
+        (a finite floor, not -inf: their zero counts times it stay 0, not NaN)."""
+        floor = torch.finfo(logits.dtype).min / 2
+        return logits.masked_fill(self.trained_items == 0, floor)
+
+
 # -- the network --------------------------------------------------------------------------------
 
 
 class MultVAENetwork(nn.Module):
     def __init__(self, n_items: int, hidden_dims: list[int], latent_dim: int, dropout: float,
-                 flow_layers: int = 0) -> None:
+                 flow_layers: int = 0, item_features: torch.Tensor | None = None) -> None:
         super().__init__()
         enc = [n_items, *hidden_dims]
         # The encoder's last layer outputs mean and log-variance side by side.
         self.encoder = mlp([*enc, 2 * latent_dim], last_activation=False)
-        self.decoder = mlp([latent_dim, *reversed(hidden_dims), n_items], last_activation=False)
+        self.item_output: FeatureItemOutput | None = None
+        if item_features is None:
+            self.decoder = mlp([latent_dim, *reversed(hidden_dims), n_items],
+                               last_activation=False)
+        else:
+            # The decoder's hidden layers as in the plain model, then the feature-aware output.
+            self.decoder = mlp([latent_dim, *reversed(hidden_dims)], last_activation=True)
+            out_dim = hidden_dims[0] if hidden_dims else latent_dim
+            self.item_output = FeatureItemOutput(out_dim, item_features)
         self.dropout = nn.Dropout(dropout)
         self.latent_dim = latent_dim
         init_like_multvae(self)
@@ -126,18 +181,22 @@ class MultVAENetwork(nn.Module):
         mu, logvar = self.encode(x)
         z0 = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
         if not self.flows:
-            return self.decoder(z0), kl_standard_normal(mu, logvar)
+            return self.decode(z0), kl_standard_normal(mu, logvar)
         z, log_det = self.flow(z0)
         log_q = log_normal_pdf(z0, mu, logvar).sum(-1) - log_det
         log_p = log_normal_pdf(z, torch.zeros_like(z), torch.zeros_like(z)).sum(-1)
-        return self.decoder(z), (log_q - log_p).mean()
+        return self.decode(z), (log_q - log_p).mean()
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.decoder(z)
+        return h if self.item_output is None else self.item_output(h)
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """Inference: decode the posterior mean (pushed through the flow, if any)."""
         mu, _ = self.encode(x)
         if self.flows:
             mu, _ = self.flow(mu)
-        return self.decoder(mu)
+        return self.decode(mu)
 
 
 def batches_per_epoch(model: NeuralRecommender, train: Interactions) -> int:
@@ -164,6 +223,10 @@ class MultVAEConfig(TrainConfig):
     epochs: int = Field(300, ge=1)
     batch_size: int = Field(128, ge=1)
     flow_layers: int = Field(0, ge=0)
+    # Item vectors of the output layer built from item features as well as a free embedding,
+    # so that items without training interactions are ranked from their features (needs data
+    # with item features: `prepare --item-features FILE`, or MovieLens' genres and year).
+    item_features: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -213,17 +276,45 @@ class MultVAE(NeuralRecommender):
         "anneal_epochs": {"low": 10.0, "high": 300.0, "log": True},
     }
 
+    item_features_: torch.Tensor | None = None  # with ``item_features``: from fit or the weights
+
+    def fit(self, train: Interactions, valid: EvalSplit | None = None,
+            ctx: FitContext | None = None) -> Self:
+        if self.config.item_features:
+            self.item_features_ = item_feature_matrix(self.name, ctx, train)
+        return super().fit(train, valid, ctx)
+
     def build(self, n_users: int, n_items: int) -> None:
         c = self.config
         check_dims(self.name, [*c.hidden_dims, c.latent_dim], n_items, "latent_dim")
         self.n_users, self.n_items = n_users, n_items
         self.network = MultVAENetwork(n_items, list(c.hidden_dims), c.latent_dim, c.dropout,
-                                      c.flow_layers)
+                                      c.flow_layers, self._item_features(n_items))
+
+    def _item_features(self, n_items: int) -> torch.Tensor | None:
+        if not self.config.item_features:
+            return None
+        if self.item_features_ is None:
+            raise RecsysError(f"{self.name}: item_features=true and no item features to build "
+                              "the network with (fit it on data with item features, or load a "
+                              "saved model)")
+        return self.item_features_
 
     def setup(self, train: Interactions, ctx: FitContext) -> None:
         # The epoch ramp becomes a step count once the data fixes the batches per epoch; a
         # resume or a refit recomputes it from its own training data.
         self.steps_per_epoch_ = batches_per_epoch(self, train)
+        if not self.config.item_features:
+            return
+        # A subclass with its own network (CVAE) has no feature-aware output layer: the option
+        # is refused there rather than ignored.
+        output = self.network.item_output if isinstance(self.network, MultVAENetwork) else None
+        if output is None:
+            raise RecsysError(f"{self.name}: item_features=true is not available for this "
+                              "model's network; drop it")
+        # Which items this fit has interactions for (a refit on train + valid may add some).
+        counts = np.bincount(self.training_matrix(train).indices, minlength=self.n_items)
+        output.trained_items.copy_(torch.from_numpy((counts > 0).astype(np.float32)))
 
     def training_matrix(self, train: Interactions) -> sp.csr_matrix:
         return train.binary()
@@ -232,6 +323,8 @@ class MultVAE(NeuralRecommender):
         c = self.config
         x = batch.rows
         logits, kl = self.network(x)
+        if self.network.item_output is not None:
+            logits = self.network.item_output.training_logits(logits)
         nll = multinomial_nll(logits, x)
         # The ramp's length is a Python float: a device-tensor step (a CUDA-graph replay) stays
         # on the device.
@@ -253,5 +346,26 @@ class MultVAE(NeuralRecommender):
         return self.network.scores(binarize(history))
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if self.config.item_features:
+            table = state.get(ITEM_FEATURES)
+            if table is None or table.ndim != 2 or table.shape[0] != self.n_items:
+                raise RecsysError(f"{self.name}: the saved weights hold no {self.n_items}-row "
+                                  f"'{ITEM_FEATURES}' matrix; the saved model is damaged")
+            self.item_features_ = table.to(torch.float32)
         with weights_must_match(self.name):
             super().load_state_dict(state)
+
+
+def item_feature_matrix(model: str, ctx: FitContext | None, train: Interactions
+                        ) -> torch.Tensor:
+    """The data's item features as a float32 tensor in catalogue order, for a model fitted with
+    ``item_features``; one line when the data has none or they do not match the catalogue."""
+    table = (ctx or FitContext()).features.item
+    if table is None:
+        raise RecsysError(f"{model}: item_features=true needs item features and the data has "
+                          "none; prepare it with --item-features FILE (MovieLens brings genres "
+                          "and year)")
+    if table.values.shape[0] != train.n_items:
+        raise RecsysError(f"{model}: {table.values.shape[0]:,} rows of item features for "
+                          f"{train.n_items:,} items; prepare the data again")
+    return torch.from_numpy(table.values.copy())
