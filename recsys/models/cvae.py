@@ -14,6 +14,10 @@ one-hot), the model is Mult-VAE's with c added to both ends:
 - prior N(0, I), independent of c (the paper's simplification p(z | x) = p(z), which it also
   evaluates), so the loss is exactly Mult-VAE's: multinomial NLL + beta * KL(q(z | x, c) || N(0, I))
   with the same annealed beta (`recsys.models.multvae.kl_beta`, `MultVAEConfig`'s schedule).
+- optional (``prior="conditional"``): Sohn et al.'s prior network p(z | c), a Gaussian whose mean
+  and log-variance an MLP reads from c; the KL is then to p(z | c), and a user who brings no
+  history is decoded from its mean E[z | c] (the posterior of an empty history has nothing to
+  add).
 
 Training samples z = mu + sigma * eps; scoring decodes [mu, c]. Optional (``cold_rate > 0``): each
 training row's history input is blanked with that probability (the loss still reconstructs the
@@ -21,14 +25,16 @@ whole row), so the network also learns to score from c alone, the case of a user
 features and no history (the input dropout of DropoutNet, Volkovs, Yu and Poutanen, NeurIPS
 2017); 0 keeps Mult-VAE's objective exactly. A user unknown to the model
 (id -1, a history folded in without features) is scored with c = 0, which is the mean of every
-numeric feature and no category. Fitting needs user features (`FitContext.features.user`); the
-matrix is kept in the network as a buffer, so a saved model, the pyfunc model and a resumed or
-distributed run carry it without the dataset.
+numeric feature and no category; ``score_features`` scores users from the feature rows it is
+given instead (a new user's, read by `recsys recommend --user-features` and the pyfunc model's
+feature columns through `Recommender.scores_user_features`). Fitting needs user features
+(`FitContext.features.user`); the matrix is kept in the network as a buffer, so a saved model,
+the pyfunc model and a resumed or distributed run carry it without the dataset.
 """
 
 from __future__ import annotations
 
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import numpy as np
 import scipy.sparse as sp
@@ -56,12 +62,16 @@ CONDITION = "user_features"  # the network buffer (and state_dict key) holding c
 
 class CVAENetwork(nn.Module):
     def __init__(self, n_items: int, user_features: torch.Tensor, hidden_dims: list[int],
-                 latent_dim: int, dropout: float) -> None:
+                 latent_dim: int, dropout: float, conditional_prior: bool = False) -> None:
         super().__init__()
         n_features = user_features.shape[1]
         self.encoder = mlp([n_items + n_features, *hidden_dims, 2 * latent_dim])
         self.decoder = mlp([latent_dim + n_features, *reversed(hidden_dims), n_items])
         self.dropout = nn.Dropout(dropout)
+        # Sohn et al.'s prior network p(z | c) (only when asked: the default network, its
+        # weights and their seeded draw stay Mult-VAE's plus the condition).
+        self.prior = (mlp([n_features, hidden_dims[-1] if hidden_dims else latent_dim,
+                           2 * latent_dim]) if conditional_prior else None)
         init_like_multvae(self)
         self.register_buffer(CONDITION, user_features.to(torch.float32).clone())
 
@@ -80,18 +90,36 @@ class CVAENetwork(nn.Module):
         return mu, logvar
 
     def forward(self, x: torch.Tensor, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training pass: (logits, KL to N(0, I)) with a reparameterised sample of z."""
+        """Training pass: (logits, KL to the prior) with a reparameterised sample of z."""
         c = self.condition(users)
         mu, logvar = self.encode(x, c)
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-        return self.decoder(torch.cat([z, c], dim=-1)), kl_standard_normal(mu, logvar)
+        if self.prior is None:
+            kl = kl_standard_normal(mu, logvar)
+        else:
+            kl = kl_gaussians(mu, logvar, *self.prior(c).chunk(2, dim=-1))
+        return self.decoder(torch.cat([z, c], dim=-1)), kl
 
     def scores(self, x: torch.Tensor, users: torch.Tensor,
                c: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits from the posterior mean; ``c`` given: that condition instead of the users'."""
+        """Logits from the posterior mean; ``c`` given: that condition instead of the users'.
+        With the prior network, a user without history is decoded from the prior's mean
+        E[z | c] (their posterior has nothing to add to it)."""
         c = self.condition(users) if c is None else c
         mu, _ = self.encode(x, c)
+        if self.prior is not None:
+            empty = (x.sum(dim=1, keepdim=True) == 0)
+            mu = torch.where(empty, self.prior(c).chunk(2, dim=-1)[0], mu)
         return self.decoder(torch.cat([mu, c], dim=-1))
+
+
+def kl_gaussians(mu: torch.Tensor, logvar: torch.Tensor, prior_mu: torch.Tensor,
+                 prior_logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(prior_mu, exp(prior_logvar))), diagonal, in closed form,
+    per-user sum averaged (as `kl_standard_normal`, which it equals for a N(0, I) prior)."""
+    ratio = (logvar - prior_logvar).exp()
+    gap = (mu - prior_mu).pow(2) / prior_logvar.exp()
+    return (0.5 * (ratio + gap - 1.0 - (logvar - prior_logvar))).sum(dim=-1).mean()
 
 
 class CVAEConfig(MultVAEConfig):
@@ -99,6 +127,9 @@ class CVAEConfig(MultVAEConfig):
     flow_layers: int = Field(0, ge=0, le=0)
     # Probability that a training row's history input is blanked (its condition kept).
     cold_rate: float = Field(0.0, ge=0.0, lt=1.0)
+    # standard: p(z) = N(0, I) (Mult-VAE's KL); conditional: a prior network p(z | c) (Sohn et
+    # al.'s full CVAE), whose mean scores a user who brings no history.
+    prior: Literal["standard", "conditional"] = "standard"
 
 
 class CVAE(MultVAE):
@@ -135,7 +166,7 @@ class CVAE(MultVAE):
         check_dims(self.name, [*c.hidden_dims, c.latent_dim], n_items, "latent_dim")
         self.n_users, self.n_items = n_users, n_items
         self.network = CVAENetwork(n_items, self.user_features_, list(c.hidden_dims),
-                                   c.latent_dim, c.dropout)
+                                   c.latent_dim, c.dropout, c.prior == "conditional")
 
     def training_step(self, batch: Batch, step: int) -> dict[str, Any]:
         x = batch.rows

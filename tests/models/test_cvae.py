@@ -235,3 +235,47 @@ def test_data_parallel_training_carries_the_features_to_every_rank(prepared, cap
     torch.testing.assert_close(saved[CONDITION],
                                torch.from_numpy(Dataset.load(data).features.user.values))
     assert json.loads((tmp_path / "ddp" / "metrics.json").read_text())["ndcg@100"] > 0
+
+
+# -- the prior network p(z | c) (prior: conditional) ---------------------------------------------
+
+
+def test_the_gaussian_kl_is_the_standard_one_for_a_standard_prior_and_zero_at_itself():
+    from recsys.models.cvae import kl_gaussians
+
+    torch.manual_seed(0)
+    mu, logvar = torch.randn(5, 3), torch.randn(5, 3)
+    zeros = torch.zeros(5, 3)
+    torch.testing.assert_close(kl_gaussians(mu, logvar, zeros, zeros),
+                               kl_standard_normal(mu, logvar))
+    assert kl_gaussians(mu, logvar, mu, logvar).item() == pytest.approx(0.0, abs=1e-6)
+    # shifting the prior's mean by d at unit variances costs d^2 / 2 per dimension
+    shifted = kl_gaussians(zeros, zeros, zeros + 2.0, zeros)
+    assert shifted.item() == pytest.approx(3 * 2.0, rel=1e-6)
+
+
+def test_the_default_network_has_no_prior_and_the_conditional_one_scores_cold_users_from_it(
+        board):
+    plain, _, _ = built(board, 2)
+    assert plain.network.prior is None
+    assert not any(k.startswith("prior") for k in plain.state_dict())
+    m, x, users = built(board, 4, prior="conditional")
+    net = m.network
+    net.eval()
+    with torch.no_grad():
+        c = net.condition(users)
+        blank = torch.zeros_like(x)
+        prior_mu = net.prior(c).chunk(2, dim=-1)[0]
+        # no history: decoded from E[z | c]; a history: from the posterior mean as before
+        torch.testing.assert_close(net.scores(blank, users),
+                                   net.decoder(torch.cat([prior_mu, c], -1)))
+        mu, _ = net.encode(x, c)
+        torch.testing.assert_close(net.scores(x, users), net.decoder(torch.cat([mu, c], -1)))
+        # the loss's KL is to p(z | c), not to N(0, I)
+    torch.manual_seed(1)
+    _, kl = net.train()(x, users)
+    torch.manual_seed(1)
+    mu, logvar = net.encode(x, net.condition(users))
+    from recsys.models.cvae import kl_gaussians
+
+    torch.testing.assert_close(kl, kl_gaussians(mu, logvar, *net.prior(c).chunk(2, dim=-1)))
