@@ -289,6 +289,8 @@ def _note_cold(path: str, model: Recommender, ids: np.ndarray, history: sp.csr_m
              f"{int(with_features.sum())} scored from their features by {model.name}, "
              f"{int((cold & ~with_features).sum())} without features given popularity")
     else:
+        warm = int((~cold).sum())
+        others = f"; the {warm} with a history are scored from it alone" if warm else ""
         note(f"--user-features {path}: model '{model.name}' does not read user features; its "
-             f"{int(cold.sum())} users without history get the popularity list (cold=true) and "
-             "the features of the others are not used")
+             f"{int(cold.sum())} users without history get the popularity list (cold=true)"
+             f"{others}")
