@@ -10,10 +10,10 @@ and writes only there (MLflow included).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,33 +25,13 @@ pytest.importorskip("ipykernel")
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS = REPO / "notebooks"
-NAMES = ["01_quickstart.ipynb", "02_strong_generalisation.ipynb", "03_mlflow_compare.ipynb"]
-CELL_TIMEOUT = 600  # seconds per cell: generous for a loaded CI machine; a hang still fails
-KERNEL = "recsys-notebook-test"
-
-
-def inject_parameters(nb: Any, params: dict[str, Any]) -> None:
-    """Insert an ``injected-parameters`` cell after the ``parameters`` cell (as papermill does)."""
-    tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
-    assert len(tagged) == 1, "a notebook needs exactly one cell tagged 'parameters'"
-    source = "\n".join(f"{name} = {value!r}" for name, value in params.items())
-    cell = nbformat.v4.new_code_cell(source)
-    cell.metadata["tags"] = ["injected-parameters"]
-    nb.cells.insert(tagged[0] + 1, cell)
-
-
-def kernel_manager(folder: Path) -> Any:
-    """A kernel manager whose only kernelspec starts ipykernel with this very interpreter."""
-    from jupyter_client.kernelspec import KernelSpecManager
-    from jupyter_client.manager import KernelManager
-
-    spec_dir = folder / "kernels" / KERNEL
-    spec_dir.mkdir(parents=True, exist_ok=True)
-    (spec_dir / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "recsys (test)", "language": "python"}))
-    specs = KernelSpecManager(kernel_dirs=[str(folder / "kernels")], ensure_native_kernel=False)
-    return KernelManager(kernel_name=KERNEL, kernel_spec_manager=specs)
+# The executor the committed notebooks are stored with (notebooks/execute.py): its kernel set-up
+# and parameter injection are the ones the tests run the notebooks with.
+_spec = importlib.util.spec_from_file_location("notebook_execute", NOTEBOOKS / "execute.py")
+nbexec = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(nbexec)
+inject_parameters = nbexec.inject_parameters
+NAMES = nbexec.notebook_names()  # every notebook under notebooks/
 
 
 def run_notebook(name: str, tmp_path: Path, params: dict[str, Any]) -> dict[str, Any]:
@@ -59,18 +39,14 @@ def run_notebook(name: str, tmp_path: Path, params: dict[str, Any]) -> dict[str,
     out = tmp_path / "out"
     before = set(os.listdir(NOTEBOOKS))
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
-    inject_parameters(nb, {"OUTPUT_DIR": str(out), **params})
-    client = nbclient.NotebookClient(
-        nb, timeout=CELL_TIMEOUT, kernel_name=KERNEL, km=kernel_manager(tmp_path / "jupyter"),
-        resources={"metadata": {"path": str(tmp_path)}})
     try:
-        client.execute()
+        nbexec.execute(nb, tmp_path, {"OUTPUT_DIR": str(out), **params})
     finally:
         # The executed copy (outputs and tracebacks) stays beside the results for debugging.
         nbformat.write(nb, tmp_path / name)
     # Everything went to OUTPUT_DIR: nothing beside it in the working directory (no ./mlruns,
     # no ./runs) and nothing new beside the notebooks.
-    assert set(os.listdir(tmp_path)) == {"out", "jupyter", name}
+    assert set(os.listdir(tmp_path)) == {"out", ".jupyter", name}
     assert set(os.listdir(NOTEBOOKS)) == before
     return json.loads((out / "results.json").read_text())
 
@@ -94,12 +70,20 @@ def notebook_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_notebook_is_stored_clean_and_parameterised(name: str) -> None:
+def test_notebook_is_stored_executed_and_parameterised(name: str) -> None:
+    """A reader on GitHub sees the outputs: the stored notebook is one whole run of its own
+    cells in order (`python notebooks/execute.py NAME`), none failed, its plots kept as images."""
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     nbformat.validate(nb)
     code = [c for c in nb.cells if c.cell_type == "code"]
-    assert all(not c.outputs and c.execution_count is None for c in code), (
-        f"{name}: clear the outputs before committing (the tests execute the notebook)")
+    assert [c.execution_count for c in code] == list(range(1, len(code) + 1)), (
+        f"{name}: store it executed, every cell in order: python notebooks/execute.py {name}")
+    outputs = [o for c in code for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"], f"{name}: a cell failed"
+    uses_plots = any("plt." in c.source or ".plot(" in c.source for c in code)
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert images or not uses_plots, f"{name}: its figures are not stored"
+    assert not [c for c in code if "injected-parameters" in c.metadata.get("tags", [])]
     tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1 and "OUTPUT_DIR" in tagged[0].source
     assert nb.metadata["kernelspec"]["name"] == "python3"
