@@ -19,12 +19,17 @@ its ``D`` ratings ``r`` over the columns ``m`` are taken in an ordering ``o``:
   the true level ``k`` is preferred over ``k - 1 > ... > 1`` and over ``k + 1 > ... > K``,
   ``prod_{j=k..1} e^{s^j} / sum_{t<=j} e^{s^t} * prod_{j=k..K} e^{s^j} / sum_{t>=j} e^{s^t}``
   (`ordinal_nll`); ``lambda`` is ``ordinal_weight``.
-- Training (the orderless trick of Uria, Murray & Larochelle, ICML 2014, which the paper follows
-  for its deep variant): per row of a batch, a random ordering and a split ``d`` uniform in
-  ``0..D-1``; the first ``d`` ratings are the conditioning part and the other ``D - d`` are
-  predicted from them at once, their cost rescaled by ``D / (D - d)``: an unbiased estimate of
-  the cost summed over a row in a random ordering (`split_ratings`, `orderless_cost`). All rows
-  of a batch at once: dense level-index and mask tensors, no loop over rows.
+- Training (``training: ordering``, the default, as the paper trains its one-layer model): per
+  row of a batch a random ordering, and the cost of every one of the row's ``D`` conditionals
+  ``p(r_{m_oi} | r_{m_o<i})``; the hidden code of each prefix is a running sum of the ordered
+  ratings' shared columns (`ordering_codes`), so the ``D`` codes cost one pass over the row.
+  ``training: orderless`` is the trick of Uria, Murray & Larochelle (ICML 2014) that the paper
+  uses for its deep variant: one split ``d`` uniform in ``0..D-1`` per row, the other ``D - d``
+  ratings predicted from the first ``d`` at once, their cost rescaled by ``D / (D - d)``
+  (`split_ratings`, `orderless_cost`). Both are unbiased estimates of the cost summed over a
+  row in a random ordering; the orderless one draws one prefix size per row instead of all
+  ``D``, a noisier gradient (validation RMSE on ml-100k u1, same other settings: orderless
+  0.905, ordering 0.898; configs/cfnade.yaml). All rows of a batch at once, no loop over rows.
 - Prediction: the expected rating ``sum_k level_k p(r_m = k | all training ratings of the
   row)``. I-CF-NADE is transductive, like I-AutoRec: an item's hidden code is computed from its
   training ratings by all users, so a user's predicted ratings are read from that user's output
@@ -71,6 +76,9 @@ class CFNADEConfig(TrainConfig):
     """CF-NADE options; every key of the shared `TrainConfig` applies as well."""
 
     based: Literal["item", "user"] = "item"
+    # Every conditional of one random ordering per row (the paper's one-layer training), or
+    # one random split per row (orderless, the paper's deep-variant training).
+    training: Literal["ordering", "orderless"] = "ordering"
     hidden: int = Field(500, ge=1)
     activation: Activation = "tanh"
     # The paper's lambda: weight of the ordinal cost beside the regular softmax likelihood.
@@ -137,6 +145,28 @@ def orderless_cost(scores: torch.Tensor, level: torch.Tensor, row: torch.Tensor,
     predicted = count - given.sum(dim=1).to(hybrid.dtype)
     return {"cost": summed * count / predicted.clamp(min=1.0), "regular": regular.sum(),
             "ordinal": ordinal.sum(), "predicted": predicted.sum()}
+
+
+def ordering_codes(shared: torch.Tensor, row: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """Per observed entry, the sum of the ``shared`` columns ``(entries, hidden)`` of the
+    entries before it in its row: ``shared`` is in row-major order, each row's entries in its
+    ordering (``row`` sorted). A running sum over the whole batch, less the running sum at the
+    row's start and the entry's own column (exclusive prefix sums within each row)."""
+    running = shared.cumsum(dim=0)
+    counts = torch.bincount(row, minlength=n_rows)
+    starts = counts.cumsum(0) - counts  # each row's first entry
+    before = torch.cat([running.new_zeros(1, running.shape[1]), running])[starts]
+    return running - shared - before[row]
+
+
+def random_ordering(observed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The observed entries ``(row, column)`` of a batch, row by row, each row's entries in a
+    uniformly random order."""
+    row, column = torch.nonzero(observed, as_tuple=True)
+    # Row-major by the integer row, random within it by a key in [0, 0.5) (float64: exact).
+    key = row.double() + 0.5 * torch.rand(len(row), dtype=torch.float64, device=row.device)
+    order = key.argsort()
+    return row[order], column[order]
 
 
 # -- the network ----------------------------------------------------------------------------------
@@ -251,6 +281,8 @@ class CFNADE(ExplicitRecommender):
         self.keep_ratings(matrix)
 
     def training_step(self, batch: Batch, step: int) -> dict[str, Any]:
+        if self.config.training == "ordering":
+            return self._ordering_step(batch)
         net = self.network
         observed = batch.rows > 0
         level = net.level_index(batch.rows)
@@ -265,6 +297,25 @@ class CFNADE(ExplicitRecommender):
         predicted = parts["predicted"].clamp(min=1.0)
         return {"loss": parts["cost"].mean(), "nll": parts["regular"].detach() / predicted,
                 "ordinal_nll": parts["ordinal"].detach() / predicted}
+
+    def _ordering_step(self, batch: Batch) -> dict[str, Any]:
+        """Every conditional of a random ordering of each row: entry ``i`` predicted from the
+        row's entries before it, the hybrid cost summed over the row."""
+        net = self.network
+        observed = batch.rows > 0
+        row, column = random_ordering(observed)
+        level = net.level_index(batch.rows)[row, column]
+        prefix = ordering_codes(net.W.cumsum(dim=1)[column, level], row, len(observed))
+        codes = net.activation(net.c + prefix)
+        scores = net.decode_pairs(codes, column)
+        regular, ordinal = regular_nll(scores, level), ordinal_nll(scores, level)
+        lam = self.config.ordinal_weight
+        hybrid = (1.0 - lam) * regular + lam * ordinal
+        cost = torch.zeros(len(observed), dtype=hybrid.dtype,
+                           device=hybrid.device).index_add(0, row, hybrid)
+        predicted = max(1, len(row))
+        return {"loss": cost.mean(), "nll": regular.detach().sum() / predicted,
+                "ordinal_nll": ordinal.detach().sum() / predicted}
 
     def forward_scores(self, history: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
         """Expected ratings ``(users, items)``: U-CF-NADE from the given rating rows, I-CF-NADE

@@ -17,8 +17,10 @@ from recsys.models.base import FitContext, Recommender
 from recsys.models.cfnade import (
     CFNADE,
     CFNADENet,
+    ordering_codes,
     orderless_cost,
     ordinal_nll,
+    random_ordering,
     regular_nll,
     split_ratings,
 )
@@ -147,7 +149,7 @@ def test_the_orderless_cost_rescales_the_predicted_part_by_d_over_d_minus_d():
 def test_training_step_conditions_only_on_the_sampled_part():
     """The hidden weights get gradient only from the conditioning ratings (each one's levels up
     to its own), the output weights only from the predicted ones."""
-    model = CFNADE(**SMALL)
+    model = CFNADE(**SMALL, training="orderless")
     train = ratings(ROWS)
     model.build(train.n_users, train.n_items)
     model.setup(train, FitContext(data_meta=META))
@@ -170,6 +172,80 @@ def test_training_step_conditions_only_on_the_sampled_part():
     predicted_columns = torch.zeros(net.V.shape[0], dtype=torch.bool)
     predicted_columns[torch.nonzero(observed & ~given)[:, 1]] = True
     assert torch.equal(net.b.grad.abs().sum(-1) > 0, predicted_columns)
+
+
+def test_a_random_ordering_keeps_each_rows_entries_and_shuffles_them():
+    torch.manual_seed(0)
+    observed = torch.zeros(3000, 6, dtype=torch.bool)
+    observed[:, [0, 2, 3, 5]] = True
+    observed[::2, 1] = True
+    row, column = random_ordering(observed)
+    assert torch.equal(row, torch.sort(row).values)  # row-major
+    assert torch.equal(torch.bincount(row, minlength=3000), observed.sum(1))
+    for r in (0, 1, 2999):
+        assert sorted(column[row == r].tolist()) == torch.nonzero(observed[r])[:, 0].tolist()
+    # Each of the four columns every row has comes first in about a quarter of the odd rows.
+    first = column[torch.cat([torch.tensor([0]), torch.nonzero(row.diff())[:, 0] + 1])]
+    share = torch.bincount(first[1::2], minlength=6).double() / 1500
+    torch.testing.assert_close(share[[0, 2, 3, 5]], torch.full((4,), 0.25,
+                                                               dtype=torch.float64), atol=0.04,
+                               rtol=0)
+
+
+def test_ordering_codes_sum_the_entries_before_each_one_in_its_row():
+    shared = torch.randn(7, 3)
+    row = torch.tensor([0, 0, 0, 2, 2, 3, 3])  # row 1 has no entries
+    got = ordering_codes(shared, row, n_rows=4)
+    expected = torch.stack([shared[:i][row[:i] == row[i]].sum(0) for i in range(7)])
+    torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.4, 1.0])
+def test_the_ordering_cost_is_every_conditional_of_one_random_ordering(lam):
+    """The default training step's loss, against the paper's cost written entry by entry: each
+    rating in the sampled ordering predicted from the row's ratings before it (the hidden code
+    through `encode` with those as the given part), the hybrid cost summed over the row,
+    averaged over the rows; every rating is predicted once."""
+    model = CFNADE(**{**SMALL, "ordinal_weight": lam, "activation": "tanh"})
+    train = ratings(ROWS)
+    model.build(train.n_users, train.n_items)
+    model.setup(train, FitContext(data_meta=META))
+    net = model.network
+    with torch.no_grad():
+        net.c.normal_()
+        net.b.normal_()
+    rows = torch.as_tensor(model.training_matrix(train).toarray(), dtype=torch.float32)
+    observed = rows > 0
+    level = net.level_index(rows)
+    torch.manual_seed(5)
+    row, column = random_ordering(observed)  # the step's draw: the same ordering below
+    torch.manual_seed(5)
+    out = model.training_step(Batch(rows=rows, index=torch.arange(len(rows))), 0)
+    costs = torch.zeros(len(rows))
+    for i in range(len(row)):
+        r, m = row[i], column[i]
+        given = torch.zeros_like(observed)
+        before = column[:i][row[:i] == r]
+        given[r, before] = True
+        s = net.decode_pairs(net.encode(level, given)[r][None], m[None])
+        k = level[r, m][None]
+        costs[r] += ((1 - lam) * regular_nll(s, k) + lam * ordinal_nll(s, k))[0]
+    assert out["loss"].item() == pytest.approx(costs.mean().item(), rel=1e-5)
+    assert len(row) == int(observed.sum())
+    out["loss"].backward()
+    # Every rating is predicted once (the first of a row from the empty code): the output
+    # weights of every rated column get gradient.
+    assert (net.V.grad.abs().sum((1, 2)) > 0).sum() == int(observed.any(0).sum())
+
+
+@pytest.mark.parametrize("training", ["ordering", "orderless"])
+def test_both_trainings_learn_the_ratings(training):
+    """Either training fits the training ratings better than their mean does."""
+    model = fitted(training=training, epochs=60)
+    table = np.asarray(ROWS)
+    users, items, values = table[:, 0].astype(int), table[:, 1].astype(int), table[:, 2]
+    rmse = float(np.sqrt(np.mean((model.predict(users, items) - values) ** 2)))
+    assert rmse < float(np.std(values))
 
 
 # -- prediction ---------------------------------------------------------------------------------
