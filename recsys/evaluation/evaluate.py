@@ -1,7 +1,8 @@
 """Batched full-catalogue evaluation: every metric at every K in one pass over the users.
 
 For each batch of users: ``model.score`` over the whole catalogue, history items set to ``-inf``,
-one ``torch.topk`` at the largest K (recsys.scoring.topk, shared with `recsys recommend`), the
+one top-K at the largest K (the lists of recsys.scoring.topk, shared with `recsys recommend`;
+on long CPU rows through block maxima, recsys.evaluation.selection), the
 hits matrix gathered from the dense target rows, and all metrics from its cumulative sums
 (recsys.evaluation.metrics). The beyond-accuracy metrics read the same top-K lists against item
 statistics computed once from the history matrix (popularity, co-occurrence vectors), and the
@@ -24,7 +25,7 @@ import scipy.sparse as sp
 import torch
 
 from recsys.data.interactions import EvalSplit
-from recsys.data.tensors import csr_to_dense
+from recsys.data.tensors import csr_to_dense, mask_rows
 from recsys.errors import RecsysError
 from recsys.evaluation.metrics import (
     RATING_METRICS,
@@ -43,8 +44,9 @@ from recsys.evaluation.metrics import (
     self_information,
     split_name,
 )
+from recsys.evaluation.selection import block_topk
 from recsys.models.base import Recommender
-from recsys.scoring.topk import as_device, masked_topk, place_model, score_batch
+from recsys.scoring.topk import as_device, place_model, score_batch
 
 PREDICT_CHUNK = 1 << 20  # (user, item) pairs per model.predict call: bounded memory
 
@@ -151,8 +153,9 @@ def evaluate(model: object, split: EvalSplit, metrics: list[str] | str, *,
         for start in range(0, len(users), batch_size):
             batch = users[start:start + batch_size]
             seen = history[batch]
-            scores = score_batch(model, batch, seen, dev)
-            top_v, top_i = masked_topk(scores, seen, largest)
+            scores = mask_rows(score_batch(model, batch, seen, dev), seen)
+            # `masked_topk`'s lists, through block maxima on long CPU rows (selection.py)
+            top_v, top_i = block_topk(scores, min(largest, n_items))
             valid = torch.isfinite(top_v)
             if per_user_names:
                 target_rows = target[batch]
