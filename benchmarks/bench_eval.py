@@ -14,6 +14,7 @@ is warmed up first; times are medians.
     python benchmarks/bench_eval.py                 # ML-20M shape: 136,677 x 20,108, ~10M
     python benchmarks/bench_eval.py --scale 0.1     # a tenth of the users (quick check)
     python benchmarks/bench_eval.py --only small    # ml-100k + ml-latest-small only
+    python benchmarks/bench_eval.py --breakdown --threads 1   # where each engine's time goes
 """
 
 from __future__ import annotations
@@ -329,6 +330,80 @@ def run_one(label: str, model: DotScorer, split: EvalSplit, device: torch.device
             peer(engine, *full)
 
 
+def _cumulative(stats, function: str, file: str = "") -> float:
+    """Seconds spent in (and under) every profiled function named ``function`` in ``file``."""
+    return sum(v[3] for key, v in stats.stats.items() if key[2] == function and file in key[0])
+
+
+def _shares(parts: dict[str, float], total: float, repeat: int) -> dict[str, str]:
+    parts["bookkeeping"] = total - sum(parts.values())  # batching, loaders, copies, Python
+    return {k: f"{v / total:.0%} ({v / repeat * 1e3:.1f} ms)" for k, v in parts.items()}
+
+
+def breakdown(label: str, model: DotScorer, split: EvalSplit, batch_size: int, repeat: int,
+              rows: list[dict]) -> None:
+    """Both engines' evaluation on the same scores and metrics (PEER_METRICS) under cProfile,
+    each call's time split into scores (the model), masking (history to -inf), selection
+    (top-K), metrics (hits and the metric arithmetic) and bookkeeping (the rest)."""
+    import cProfile
+    import pstats
+
+    from recsys.evaluation.evaluate import evaluate
+
+    global median_time
+    model.to(torch.device("cpu"))
+    run = lambda: evaluate(model, split, PEER_METRICS, batch_size=batch_size, device="cpu")  # noqa: E731
+    run()  # warm-up
+    seconds, _, _ = median_time(run, torch.device("cpu"), repeat)
+    profile = cProfile.Profile()
+    profile.enable()
+    for _ in range(repeat):
+        run()
+    profile.disable()
+    st = pstats.Stats(profile)
+    ours = _shares({"scores": _cumulative(st, "score_batch"),
+                    "masking": _cumulative(st, "mask_rows"),
+                    "selection": _cumulative(st, "block_topk"),
+                    "metrics": (_cumulative(st, "csr_to_dense")
+                                + _cumulative(st, "<built-in method torch.gather>")
+                                + _cumulative(st, "ranking_metrics"))},
+                   _cumulative(st, "evaluate", "evaluate.py"), repeat)
+    rows.append({"data": label, "engine": "recsys", "users": len(split.users),
+                 "seconds": round(seconds, 4), **ours})
+    print(rows[-1], flush=True)
+    # RecBole's Trainer.evaluate profiled inside its own timing (median_time), as many users per
+    # batch as ours.
+    plain, profile = median_time, cProfile.Profile()
+
+    def profiled(fn, device, n):
+        profile.enable()
+        try:
+            return plain(fn, device, n)
+        finally:
+            profile.disable()
+
+    median_time = profiled
+    try:
+        with tempfile.TemporaryDirectory() as work:
+            peer = recbole_trainer_evaluate(model, split, Path(work), repeat, batch_size)
+    finally:
+        median_time = plain
+    if peer is None:
+        return
+    st = pstats.Stats(profile)
+    predict = _cumulative(st, "full_sort_predict")
+    topk = _cumulative(st, "<built-in method torch.topk>")
+    theirs = _shares({"scores": predict,
+                      "masking": _cumulative(st, "_full_sort_batch_eval") - predict,
+                      "selection": topk,
+                      "metrics": (_cumulative(st, "eval_batch_collect") - topk
+                                  + _cumulative(st, "evaluate", "evaluator.py"))},
+                     _cumulative(st, "evaluate", "trainer.py"), repeat)
+    rows.append({"data": label, "engine": "recbole", "users": len(split.users),
+                 "seconds": round(peer[0], 4), "ratio": round(seconds / peer[0], 2), **theirs})
+    print(rows[-1], flush=True)
+
+
 def main() -> None:
     import argparse
     import json
@@ -345,6 +420,9 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3, help="timed runs (the median is shown)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", default=None, help="write the result rows here")
+    p.add_argument("--breakdown", action="store_true",
+                   help="profile both engines (CPU, the peer's metrics) and split each one's "
+                        "time into scores, masking, selection, metrics and bookkeeping")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -357,6 +435,9 @@ def main() -> None:
                 print(f"skip {name}: files not found", flush=True)
                 continue
             model = svd_scorer(split.history, factors=32)
+            if args.breakdown:
+                breakdown(name, model, split, args.batch_size, args.repeat, rows)
+                continue
             for device in devices(args.devices):
                 run_one(name, model, split, device, args.batch_size, args.metrics, rows,
                         args.repeat)
@@ -370,17 +451,21 @@ def main() -> None:
               f"({time.perf_counter() - t0:.1f} s to build)", flush=True)
         model = DotScorer(n_users, ML20M_EVAL_SHAPE[1], factors=args.factors)
         label = f"ml20m-shape x{args.scale:g}"
-        for device in devices(args.devices):
+        if args.breakdown:
+            breakdown(label, model, split, args.batch_size, args.repeat, rows)
+        for device in devices(args.devices) if not args.breakdown else []:
             run_one(label, model, split, device, args.batch_size, args.metrics, rows,
                     args.repeat)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    if args.breakdown:
+        return
     print()
     print("| data | engine | device | users | seconds | users/s | ndcg@100 | recall@20 |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['data']} | {r['engine']} | {r['device']} | {r['users']:,} | {r['seconds']} "
               f"| {r['users_per_s']:,} | {r['ndcg@100']} | {r['recall@20']} |")
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import math
 import numpy as np
 import torch
 
-from recsys.scoring.topk import topk_rows
+from recsys.scoring.topk import _SELECT_MIN_RATIO, topk_rows
 
 # Below these the blocks save less than their own bookkeeping costs (measured with
 # benchmarks/bench_eval.py, one thread): plain `topk_rows` then.
@@ -35,7 +35,7 @@ def block_size(n_items: int, k: int) -> int:
     """Items per block: about sqrt(m / K) balances the two selections (m / b maxima, K * b
     candidates); 0 when blocks do not pay. Measured on a shared 2-core machine, one thread:
     2.7x faster than `topk_rows` at K=100 over 20,108 items, no clear gain at 5,496."""
-    if n_items < _MIN_ITEMS_PER_K * k:
+    if n_items < _MIN_ITEMS_PER_K * k:  # one selection over the row (`_ranked`)
         return 0
     return max(_MIN_BLOCK, round(math.sqrt(n_items / max(k, 1))))
 
@@ -48,16 +48,50 @@ def _rows_take(matrix: np.ndarray, columns: np.ndarray) -> np.ndarray:
     return np.take(matrix.reshape(-1), flat)
 
 
+def _ranked(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                 np.ndarray]:
+    """The best ``k`` of each row of ``values``: ``(values, columns)`` best first with equal
+    values by column, the K-th value, and which rows the selection cannot vouch for (an item
+    tied at the K-th value left out, or a NaN, which numpy ranks above everything)."""
+    width = values.shape[1]
+    pos = np.argpartition(values, width - k, axis=1)[:, width - k:]
+    # Best first, equal values by column: positions in column order, then a stable sort by
+    # value (one argsort of K values: much cheaper than a lexsort on two keys).
+    pos.sort(axis=1)
+    picked = _rows_take(values, pos)
+    kth = picked.min(axis=1, keepdims=True)
+    order = np.argsort(-picked, axis=1, kind="stable")
+    doubt = (((values == kth).sum(axis=1) > (picked == kth).sum(axis=1))
+             | np.isnan(kth[:, 0]))
+    return _rows_take(picked, order), _rows_take(pos, order), kth, doubt
+
+
+def _redo(scores: torch.Tensor, rows: np.ndarray, k: int, top_v: torch.Tensor,
+          top_i: torch.Tensor) -> None:
+    """The exact path (`topk_rows`, NaN read as -inf) for ``rows``, written into the lists."""
+    if len(rows):
+        index = torch.from_numpy(rows)
+        part = scores[index].nan_to_num_(nan=float("-inf"), posinf=float("inf"),
+                                         neginf=float("-inf"))
+        top_v[index], top_i[index] = topk_rows(part, k)
+
+
 def block_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``topk_rows(scores.nan_to_num(nan=-inf), k)`` for a float32 CPU matrix, faster for a
     small K over a long row (NaN is read as ``-inf``, as `masked_topk` does). ``scores`` is
     left as given except in the rows redone on the exact path, where NaN becomes ``-inf``."""
     n, m = scores.shape
-    size = block_size(m, k)
-    if scores.device.type != "cpu" or size == 0 or n * m < _MIN_CELLS or scores.requires_grad:
+    if (scores.device.type != "cpu" or k >= m or n * m < _MIN_CELLS or scores.requires_grad
+            or k < _SELECT_MIN_RATIO * m):  # small K: torch.topk wins (topk_rows)
         scores.nan_to_num_(nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
         return topk_rows(scores, k)
     scores = scores.contiguous()  # the flat takes read rows as one buffer
+    size = block_size(m, k)
+    if size == 0:  # a short row: one selection over it
+        v, i, _, doubt = _ranked(scores.numpy(), k)
+        top_v, top_i = torch.from_numpy(v), torch.from_numpy(i)
+        _redo(scores, np.flatnonzero(doubt), k, top_v, top_i)
+        return top_v, top_i
     with torch.no_grad():
         # max_pool1d carries a NaN into its block's maximum: such rows go to the exact path.
         maxima = torch.nn.functional.max_pool1d(scores.unsqueeze(1), size, size,
@@ -69,27 +103,13 @@ def block_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
     values = _rows_take(scores.numpy(), np.minimum(items, m - 1))
     if m % size:  # the last block's missing tail
         values[items >= m] = -np.inf
-    width = values.shape[1]
-    pos = np.argpartition(values, width - k, axis=1)[:, width - k:]
-    # Best first, equal values by item: positions in item order, then a stable sort by value.
-    pos.sort(axis=1)
-    picked = _rows_take(values, pos)
-    kth = picked.min(axis=1, keepdims=True)
-    order = np.argsort(-picked, axis=1, kind="stable")
-    top_v = torch.from_numpy(_rows_take(picked, order))
-    top_i = torch.from_numpy(_rows_take(items, _rows_take(pos, order)))
-    # Redo a row on the exact path when an item tied at the K-th value was left out: among the
-    # candidates (the selection takes an arbitrary subset of a tie), or in a block left out
-    # (its maximum reaches the K-th value: left-out maxima never exceed the chosen ones, so it
-    # ties; always so when the K-th value is -inf, fewer than K finite scores); and when the
-    # row has a NaN.
+    v, pos, kth, doubt = _ranked(values, k)
+    top_v, top_i = torch.from_numpy(v), torch.from_numpy(_rows_take(items, pos))
+    # Also redo a row when a block left out could hold an item equal to the K-th value (its
+    # maximum reaches it: left-out maxima never exceed the chosen ones, so it ties; always so
+    # when the K-th value is -inf, fewer than K finite scores) or when the row has a NaN.
     reach_all = (maxima >= kth).sum(axis=1)
     reach_chosen = (_rows_take(maxima, chosen) >= kth).sum(axis=1)
-    tied_out = (values == kth).sum(axis=1) > (picked == kth).sum(axis=1)
-    redo = np.flatnonzero((reach_all > reach_chosen) | tied_out | np.isnan(maxima).any(axis=1))
-    if len(redo):
-        rows = torch.from_numpy(redo)
-        part = scores[rows].nan_to_num_(nan=float("-inf"), posinf=float("inf"),
-                                        neginf=float("-inf"))
-        top_v[rows], top_i[rows] = topk_rows(part, k)
+    _redo(scores, np.flatnonzero((reach_all > reach_chosen) | doubt
+                                 | np.isnan(maxima).any(axis=1)), k, top_v, top_i)
     return top_v, top_i

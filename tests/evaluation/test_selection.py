@@ -42,7 +42,7 @@ def test_block_topk_equals_topk_rows(kind: str, n: int, m: int, k: int) -> None:
 
 
 def test_block_path_taken_where_it_pays() -> None:
-    # The large cases above run through the blocks (last block partial: 20,108 = 14 * 1,436 + 4)
-    # and the short catalogue does not.
+    # The 20,108-item case above runs through the blocks (last block partial: 20,108 = 14 * 1,436
+    # + 4), 1,390 and 4,096 items through one selection per row (_ranked).
     assert block_size(20_108, 100) == 14 and 20_108 % 14
     assert block_size(1_390, 100) == 0
