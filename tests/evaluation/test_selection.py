@@ -33,7 +33,9 @@ def _scores(kind: str, n: int, m: int, rng: np.random.Generator) -> torch.Tensor
 @pytest.mark.parametrize("kind", ["normal", "ties", "nan", "inf", "few"])
 @pytest.mark.parametrize(("n", "m", "k"), [(100, 20_108, 100), (257, 6_403, 20), (64, 4_096, 10),
                                            (300, 1_390, 100)])
-def test_block_topk_equals_topk_rows(kind: str, n: int, m: int, k: int) -> None:
+def test_block_topk_equals_topk_rows(kind: str, n: int, m: int, k: int,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # the one-thread paths
     scores = _scores(kind, n, m, np.random.default_rng(n + m + k))
     values, items = block_topk(scores.clone(), k)
     ref_values, ref_items = _reference(scores, k)
