@@ -7,6 +7,17 @@ so ratings must be positive) plus the paper's L2 penalty ``lambda / 2 * (||W||^2
 the two weight matrices. Predictions are clipped to the rating scale; where the model has nothing
 to go on (a user or item without training ratings, or an id unknown to the model) it falls back to
 the item mean, the user mean or the global mean, and `predict_with_fallback` says which.
+
+Two options of the autoencoder family, both off by default (the paper's model):
+
+- ``stacked_dims``: a stacked autoencoder. The encoder goes on from ``hidden`` through these
+  widths and the decoder mirrors it (``hidden: 500, stacked_dims: [250]`` is
+  n -> 500 -> 250 -> 500 -> n, ``encoder`` activations between the layers, ``decoder`` on the
+  output); the L2 penalty covers every weight matrix. ``[]`` keeps the one-layer network and its
+  saved weights' keys.
+- ``contractive``: a contractive autoencoder's penalty (Rifai et al., ICML 2011),
+  ``contractive * ||J||_F^2`` summed over the batch's rows, J the Jacobian of the encoder with
+  respect to its input row (`recsys.models.nn.contractive_encode`: the closed form per layer).
 """
 
 from __future__ import annotations
@@ -24,7 +35,13 @@ from recsys.data.interactions import Interactions
 from recsys.models.base import FitContext, csr_to_dense
 from recsys.models.explicit import ExplicitRecommender, register_rating_means
 from recsys.models.neural import NEURAL_SPACE, Batch
-from recsys.models.nn import ACTIVATIONS, Activation
+from recsys.models.nn import (
+    ACTIVATIONS,
+    Activation,
+    PositiveInt,
+    contractive_encode,
+    l2_penalty,
+)
 
 _PAIR_CHUNK = 1 << 16  # (row, column) pairs gathered at once: bounds a chunk x hidden buffer
 
@@ -39,6 +56,11 @@ class AutoRecConfig(TrainConfig):
     # The paper's lambda: loss += lambda / 2 * (||W_enc||^2 + ||W_dec||^2) over a full pass
     # (each batch carries its share of it). Kept apart from the optimiser's weight_decay.
     l2_lambda: float = Field(100.0, ge=0)
+    # The stacked autoencoder: encoder widths after `hidden`, mirrored by the decoder; [] is the
+    # paper's one hidden layer.
+    stacked_dims: list[PositiveInt] = []  # pydantic copies mutable defaults
+    # Weight of the contractive penalty ||J_encoder(x)||_F^2 (summed over rows); 0 is off.
+    contractive: float = Field(0.0, ge=0)
     # Defaults chosen on validation data carved from ml-100k's u1.base (configs/autorec.yaml):
     # large batches (the paper optimised full-batch) with a larger Adam step than usual.
     epochs: int = Field(1000, ge=1)
@@ -50,23 +72,55 @@ class AutoRecConfig(TrainConfig):
 
 
 class AutoRecNet(nn.Module):
-    """Encoder/decoder over rows of length ``n_columns`` plus the data statistics (buffers)."""
+    """Encoder/decoder over rows of length ``n_columns`` plus the data statistics (buffers).
+
+    ``encoder`` and ``decoder`` are the outer layers (the paper's W and V, under the keys of
+    saved one-layer models); a stacked network keeps the layers between them in ``inner`` (the
+    rest of the encoder, then the decoder's mirror). The code the decoder's output units read
+    (`encode`) is the input of ``decoder``.
+    """
 
     def __init__(self, n_columns: int, hidden: int, encoder: str, decoder: str,
-                 n_users: int, n_items: int) -> None:
+                 n_users: int, n_items: int, stacked_dims: list[int] | None = None) -> None:
         super().__init__()
+        widths = [hidden, *(stacked_dims or [])]
         self.encoder = nn.Linear(n_columns, hidden)
         self.decoder = nn.Linear(hidden, n_columns)
+        pairs = list(zip(widths[:-1], widths[1:], strict=True))
+        self.inner = nn.ModuleList([nn.Linear(a, b) for a, b in pairs]
+                                   + [nn.Linear(b, a) for a, b in reversed(pairs)])
+        self.activation_name = encoder
         self.encoder_activation = ACTIVATIONS[encoder]()
         self.decoder_activation = ACTIVATIONS[decoder]()
         self.register_buffer("scale", torch.tensor([1.0, 5.0]))
         register_rating_means(self, n_users, n_items)
 
+    def encoder_layers(self) -> list[tuple[nn.Linear, str]]:
+        """The encoder's linear layers with their activation (the first half of ``inner``)."""
+        half = len(self.inner) // 2
+        return [(m, self.activation_name) for m in [self.encoder, *self.inner[:half]]]
+
+    def weights(self) -> list[nn.Linear]:
+        return [self.encoder, *self.inner, self.decoder]
+
     def encode(self, rows: torch.Tensor) -> torch.Tensor:
-        return self.encoder_activation(self.encoder(rows))
+        """The decoder's input for ``rows`` (the code itself in the one-layer network)."""
+        return self.unstack(self.encoder_activation(self.encoder(rows)), first=0)
+
+    def unstack(self, h: torch.Tensor, first: int) -> torch.Tensor:
+        """``h`` through the layers of ``inner`` from index ``first`` on."""
+        for m in self.inner[first:]:
+            h = self.encoder_activation(m(h))
+        return h
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
         return self.decoder_activation(self.decoder(self.encode(rows)))
+
+    def forward_contractive(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The output rows and each row's contractive penalty (`contractive_encode`)."""
+        code, penalty = contractive_encode(self.encoder_layers(), rows)
+        hidden = self.unstack(code, first=len(self.inner) // 2)
+        return self.decoder_activation(self.decoder(hidden)), penalty
 
     def decode_pairs(self, codes: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
         """Output unit ``columns[j]`` for code ``codes[j]`` (no full output row is built)."""
@@ -103,7 +157,8 @@ class AutoRec(ExplicitRecommender):
 
     def network_for(self, n_columns: int, n_users: int, n_items: int) -> AutoRecNet:
         cfg = self.config
-        return AutoRecNet(n_columns, cfg.hidden, cfg.encoder, cfg.decoder, n_users, n_items)
+        return AutoRecNet(n_columns, cfg.hidden, cfg.encoder, cfg.decoder, n_users, n_items,
+                          list(cfg.stacked_dims))
 
     def setup(self, train: Interactions, ctx: FitContext) -> None:
         matrix, lo, hi = self.checked_ratings(train, ctx.data_meta)
@@ -115,17 +170,25 @@ class AutoRec(ExplicitRecommender):
 
     def training_step(self, batch: Batch, step: int) -> dict[str, Any]:
         inputs = batch.rows
-        outputs = self.network(inputs)
+        cfg, net = self.config, self.network
+        if cfg.contractive > 0:
+            outputs, rows_penalty = net.forward_contractive(inputs)
+        else:
+            outputs = net(inputs)
         criterion = nn.MSELoss(reduction="sum")
         # Unobserved entries are 0 in the input; masking the output by the input's sign makes
         # them contribute nothing (the paper's "observed entries only").
         squared_error = criterion(outputs * torch.sign(inputs), inputs)
-        net = self.network
-        penalty = net.encoder.weight.pow(2).sum() + net.decoder.weight.pow(2).sum()
         share = len(batch.index) / max(self._n_rows, 1)
-        loss = squared_error + self.config.l2_lambda / 2 * penalty * share
+        loss = squared_error + cfg.l2_lambda / 2 * l2_penalty(net.weights()) * share
         observed = torch.count_nonzero(inputs).clamp(min=1)
-        return {"loss": loss, "train_rmse": torch.sqrt(squared_error.detach() / observed)}
+        parts = {"train_rmse": torch.sqrt(squared_error.detach() / observed)}
+        if cfg.contractive > 0:
+            # Summed over the rows, as the squared error is (loss_reduction "sum").
+            contraction = cfg.contractive * rows_penalty.sum()
+            loss = loss + contraction
+            parts["contractive"] = contraction.detach()
+        return {"loss": loss, **parts}
 
     def forward_scores(self, history: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
         """U-AutoRec: predicted ratings from the users' rating rows (fold-in for free)."""

@@ -191,3 +191,53 @@ def build_optimizer(config: TrainConfig, params: Iterable[torch.nn.Parameter] | 
     if config.optimizer == "rmsprop":
         return torch.optim.RMSprop(params, **kwargs)
     raise RecsysError(f"unknown optimizer '{config.optimizer}'")  # the config forbids it
+
+
+# -- the contractive penalty (Rifai, Vincent, Muller, Glorot & Bengio, ICML 2011) ------------
+
+# d activation / d pre-activation, as a function of the pre-activation, for every entry of
+# `ACTIVATIONS` (all element-wise): the Jacobian of a layer s(Wx + b) is diag(s'(a)) W.
+ACTIVATION_DERIVATIVES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "identity": torch.ones_like,
+    "sigmoid": lambda a: torch.sigmoid(a) * (1 - torch.sigmoid(a)),
+    "tanh": lambda a: 1 - torch.tanh(a).pow(2),
+    "relu": lambda a: (a > 0).to(a.dtype),
+    "elu": lambda a: torch.where(a > 0, torch.ones_like(a), torch.exp(a)),
+    # torch's SELU constants (scale, alpha).
+    "selu": lambda a: 1.0507009873554805 * torch.where(a > 0, torch.ones_like(a),
+                                                       1.6732632423543772 * torch.exp(a)),
+    "softplus": torch.sigmoid,
+    "leaky_relu": lambda a: torch.where(a > 0, torch.ones_like(a), torch.full_like(a, 0.01)),
+}
+
+
+def layers_of(stack: nn.Sequential) -> list[tuple[nn.Linear, str]]:
+    """The linear layers of an `mlp` with the name of the activation after each ("identity"
+    where none follows), the form `contractive_encode` reads."""
+    names = {cls: name for name, cls in ACTIVATIONS.items()}
+    modules = list(stack)
+    return [(m, names[type(nxt)] if type(nxt) in names else "identity")
+            for m, nxt in zip(modules, [*modules[1:], None], strict=True)
+            if isinstance(m, nn.Linear)]
+
+
+def contractive_encode(layers: list[tuple[nn.Linear, str]], x: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The code of ``x`` through ``layers`` (each a linear layer and its activation's name) and,
+    per row, the contractive penalty: the squared Frobenius norm of each layer's Jacobian with
+    respect to that layer's own input, summed over the layers.
+
+    One layer h = s(Wx + b) has ||J||_F^2 = sum_j s'(a_j)^2 ||W_j||^2 (the closed form of the
+    CAE paper): a (batch, hidden) product with the rows' squared norms, no Jacobian is built.
+    For a deeper encoder the penalty is the sum of the layers' own terms, the layer-wise
+    penalty of a stacked CAE, rather than the norm of the composed Jacobian (a product of
+    per-row matrices that costs a batch x hidden x hidden product per layer).
+    """
+    penalty = x.new_zeros(x.shape[0])
+    h = x
+    for linear, activation in layers:
+        a = linear(h)
+        slope = ACTIVATION_DERIVATIVES[activation](a)
+        penalty = penalty + slope.pow(2) @ linear.weight.pow(2).sum(dim=1)
+        h = ACTIVATIONS[activation]()(a)
+    return h, penalty
