@@ -80,13 +80,17 @@ def resolve_data(args: argparse.Namespace) -> str:
     return str(args.data)
 
 
-def ui_page(base: str, route: str = "experiments") -> str:
-    """The address of a page of the MLflow UI served at ``base``, in its model-training view.
+def ui_page(base: str, route: str = "experiments", view: str | None = None) -> str:
+    """The address of a page of the MLflow UI served at ``base``, in its model-training view;
+    ``view`` names a runs-table view stored on the experiment (`Tracker.view_key`), for the
+    route ``experiments/ID/runs``.
 
     MLflow 3's UI opens experiments in its GenAI view (traces, token usage) unless the address
     (or the user's last choice, kept in the browser) asks for the model-training one; the
-    experiment's `mlflow.experimentKind` tag is read only by UIs without that switch."""
-    return f"{base.rstrip('/')}/#/{route}?workflowType=machine_learning"
+    experiment's `mlflow.experimentKind` tag is read only by UIs without that switch. The view
+    key must be on the runs route itself: ``experiments/ID`` redirects there and drops it."""
+    query = (f"viewStateShareKey={view}&" if view else "") + "workflowType=machine_learning"
+    return f"{base.rstrip('/')}/#/{route}?{query}"
 
 
 def run_location(tracker: Tracker, alias: str | None = None) -> str | None:
@@ -99,6 +103,9 @@ def run_location(tracker: Tracker, alias: str | None = None) -> str | None:
     base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
     page = ui_page(base, f"experiments/{tracker.experiment_id}/runs/{tracker.run_id}")
     line = f"MLflow run {tracker.run_id} ({tracker.experiment_name}): {page}"
+    if tracker.view_key:
+        table = ui_page(base, f"experiments/{tracker.experiment_id}/runs", tracker.view_key)
+        line += f", beside the others: {table}"
     if not uri.startswith(("http://", "https://")):
         line += " once `recsys ui` serves the store"
     if tracker.registered:

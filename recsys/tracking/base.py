@@ -16,7 +16,8 @@ class Tracker:
     ``recording``, the run's identity
     (``run_id``, ``tracking_uri``, ``experiment_id``, ``experiment_name``), ``failures`` (what
     could not be logged), ``resume_failure`` (why a run could not be reopened), ``registered``
-    (name, version), and the hooks below.
+    (name, version), ``view_key`` (the runs-table view stored on the experiment, for its
+    address), and the hooks below.
     """
 
     run_id: str | None = None
@@ -25,6 +26,7 @@ class Tracker:
     experiment_name: str | None = None
     resume_failure: str | None = None
     registered: tuple[str, str] | None = None
+    view_key: str | None = None
     run_dir: Path | None = None
 
     def __init__(self) -> None:

@@ -91,9 +91,26 @@ MODEL_ARTIFACT = "model"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 NOTE_TAG = "mlflow.note.content"  # the description the UI shows (experiments, runs)
+# MLflow 3's UI opens the runs table in a stored view when the address carries
+# ``viewStateShareKey=KEY`` and the experiment has the tag ``mlflow.sharedViewState.KEY`` (the JSON
+# its Share button writes; plain JSON is read as well as its compressed form). recsys keeps one
+# such view per experiment, so the table opens with the metrics that compare models.
+VIEW_KEY = "recsys"
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+# Columns of that view: (stage, metric) as `metric_name` names them; the first sorts the table.
+# Ranking metrics are in every default metric set (implicit and explicit data alike).
+VIEW_METRICS = (("test", "ndcg@100"), ("test", "recall@20"), ("valid", "ndcg@100"))
 _MAX_PARAM_VALUE = 6000  # MLflow's limit on a param value's length
 _BATCH = 100  # MLflow accepts at most 100 params / 1000 metrics per log_batch call
 USERS_IN_EXAMPLE = 2  # the logged model's input example: this many known users
+
+
+def runs_view() -> str:
+    """The runs-table view recsys stores on its experiments (`VIEW_KEY`), as the JSON the MLflow UI
+    reads: the `VIEW_METRICS` columns, best test metric first."""
+    columns = [f"metrics.`{metric_name(stage, name)}`" for stage, name in VIEW_METRICS]
+    return json.dumps({"selectedColumns": columns, "orderByKey": columns[0],
+                       "orderByAsc": False}, sort_keys=True)
 
 
 def experiment_description(name: str) -> str:
@@ -221,6 +238,7 @@ class MlflowTracker(Tracker):
             if run is None:
                 if parent is not None:
                     self.experiment_id = parent.experiment_id
+                    self.view_key = parent.view_key
                     run_tags["mlflow.parentRunId"] = parent.run_id
                 else:
                     self.experiment_id = self._experiment_id(experiment)
@@ -270,6 +288,7 @@ class MlflowTracker(Tracker):
                             str(int(resumes) + 1 if resumes.isdigit() else 1))
         self.experiment_id = run.info.experiment_id
         self.experiment_name = experiment.name
+        self._store_view(experiment)
         self._params = recorded
         self.resumed = True
         return run
@@ -279,7 +298,10 @@ class MlflowTracker(Tracker):
         experiment = self.client.get_experiment_by_name(name)
         if experiment is None:
             try:
-                return self.client.create_experiment(name, tags=tags)
+                experiment_id = self.client.create_experiment(
+                    name, tags={**tags, VIEW_TAG_PREFIX + VIEW_KEY: runs_view()})
+                self.view_key = VIEW_KEY
+                return experiment_id
             except MlflowException:
                 # Another process created it since the lookup (two first runs at once).
                 experiment = self.client.get_experiment_by_name(name)
@@ -294,7 +316,21 @@ class MlflowTracker(Tracker):
             if key not in experiment.tags:
                 self._call("experiment tags", self.client.set_experiment_tag,
                            experiment.experiment_id, key, value)
+        self._store_view(experiment)
         return experiment.experiment_id
+
+    def _store_view(self, experiment: Any) -> None:
+        """Give ``experiment`` recsys's runs-table view (written only when missing or different,
+        e.g. made by an older recsys); `view_key` is set once the experiment has it. A failure is
+        recorded like any logging call: the run goes on, and its address opens the plain table."""
+        key, view = VIEW_TAG_PREFIX + VIEW_KEY, runs_view()
+        if experiment.tags.get(key) != view:
+            failed = len(self.failures)
+            self._call("runs table view", self.client.set_experiment_tag,
+                       experiment.experiment_id, key, view)
+            if len(self.failures) > failed:
+                return
+        self.view_key = VIEW_KEY
 
     def _start_system_metrics(self) -> None:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor

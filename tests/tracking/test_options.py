@@ -285,6 +285,39 @@ def test_an_experiment_made_elsewhere_gets_the_tags_it_lacks(tmp_path, monkeypat
     assert tags["mlflow.note.content"] == "kept"
 
 
+def test_experiments_store_the_runs_table_view_once(tmp_path, monkeypatch):
+    """The view the printed address opens: the key metrics' columns, best test NDCG first, in the
+    JSON MLflow's UI reads from ``mlflow.sharedViewState.KEY``; written once, not per run."""
+    import json
+
+    from mlflow import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracker = make_tracker(_options("--experiment", "viewed"))
+    tracker.close()
+    assert tracker.view_key == "recsys"
+    client = MlflowClient("sqlite:///mlflow.db")
+    experiment = client.get_experiment_by_name("viewed")
+    view = json.loads(experiment.tags["mlflow.sharedViewState.recsys"])
+    assert view == {"selectedColumns": ["metrics.`test/ndcg_at_100`",
+                                        "metrics.`test/recall_at_20`",
+                                        "metrics.`valid/ndcg_at_100`"],
+                    "orderByKey": "metrics.`test/ndcg_at_100`", "orderByAsc": False}
+    calls = []
+    monkeypatch.setattr(MlflowClient, "set_experiment_tag",
+                        lambda self, *a: calls.append(a))
+    make_tracker(_options("--experiment", "viewed")).close()
+    assert calls == []  # equal: not rewritten
+    client.set_experiment_tag(experiment.experiment_id, "mlflow.sharedViewState.recsys", "{}")
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    make_tracker(_options("--experiment", "viewed")).close()  # an older view is replaced
+    tags = client.get_experiment(experiment.experiment_id).tags
+    assert json.loads(tags["mlflow.sharedViewState.recsys"]) == view
+
+
 def test_the_end_of_a_run_says_where_it_went():
     from recsys.commands.common import run_location
 
@@ -305,6 +338,9 @@ def test_the_end_of_a_run_says_where_it_went():
     assert run_location(local).endswith(
         "http://127.0.0.1:5000/#/experiments/7/runs/abc123?workflowType=machine_learning once "
         "`recsys ui` serves the store")
+    local.view_key = "recsys"  # the experiment's runs table opens in recsys's view
+    assert ", beside the others: http://127.0.0.1:5000/#/experiments/7/runs?viewStateShareKey=" \
+        "recsys&workflowType=machine_learning once" in run_location(local)
 
 
 def test_mlflows_own_info_lines_stay_off_the_terminal(tmp_path):

@@ -89,3 +89,47 @@ def test_the_address_recsys_prints_opens_the_model_training_view(mlflow_server):
         browser.open(ui_page(mlflow_server))
         browser.wait(registry, what="the Model registry link of the model-training view")
     assert not bare  # the check tells the two views apart
+
+
+def test_the_printed_address_opens_the_runs_table_with_the_key_metrics(mlflow_server, mls_data,
+                                                                       tmp_path, capsys):
+    """The runs-table address `recsys train` prints shows, in a fresh browser with nothing
+    ticked, the key metrics' columns (the view stored on the experiment), best test NDCG first;
+    the same table without the key shows neither."""
+    import re
+
+    for model in ("pop", "itemknn"):
+        assert main(["train", model, "--data", str(mls_data), "--out", str(tmp_path / model),
+                     "--tracking-uri", mlflow_server, "--experiment", "it-ui-view"]) == 0
+    printed = capsys.readouterr()
+    table = re.findall(r"beside the others: (\S+)", printed.out + printed.err)
+    assert table and "viewStateShareKey=recsys" in table[-1]
+    from mlflow import MlflowClient
+
+    runs = MlflowClient(mlflow_server).search_runs(
+        [MlflowClient(mlflow_server).get_experiment_by_name("it-ui-view").experiment_id],
+        order_by=["metrics.`test/ndcg_at_100` DESC"])
+    best = runs[0].info.run_name
+    # pop and itemknn have no validation curve: the UI leaves out the view's valid/ column for
+    # runs without that metric, so the test columns are what these runs show.
+    columns = ["test/ndcg_at_100", "test/recall_at_20"]
+    shown = """const heads = [...document.querySelectorAll('[role=columnheader]')]
+        .map(e => e.textContent.trim());
+        return arguments[0].every(h => heads.includes(h));"""
+    experiment_id = runs[0].info.experiment_id
+    with ui.Browser() as browser:
+        # The control: the same table without the view key shows no metric column.
+        browser.open(ui_page(mlflow_server, f"experiments/{experiment_id}/runs"))
+        browser.wait(ui.RUN_LISTED_JS, best, what=f"run {best!r} in the runs table")
+        ui._settle()
+        plain = browser.run(shown.replace("every", "some"), columns)
+        browser.open(table[-1])
+        browser.wait(ui.RUN_LISTED_JS, best, what=f"run {best!r} in the runs table")
+        browser.wait(shown, columns, what="the key metric columns")
+        first = browser.run(ui.FIND_RUN_JS + """
+            const rows = arguments[0].map(n => [n, findRun(n)])
+                .filter(([, a]) => a).map(([n, a]) => [n, a.getBoundingClientRect().top]);
+            rows.sort((x, y) => x[1] - y[1]);
+            return rows[0][0];""", [r.info.run_name for r in runs])
+    assert first == best  # sorted by the test metric, best first
+    assert not plain
