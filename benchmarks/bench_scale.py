@@ -91,13 +91,14 @@ def main() -> None:
                                  capture_output=True, text=True).stdout
             rows.append(json.loads(out.strip().splitlines()[-1]))
             print(rows[-1], flush=True)
-    print("| users | batch | eval s | eval s / 1k users | top-100 s | top-100 s / 1k users "
-          "| peak RSS MB | added by the harness MB |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['users']:,} | {r['batch_size']} | {r['eval_s']} | {r['eval_s_per_1k']} "
-              f"| {r['topk_s']} | {r['topk_s_per_1k']} | {r['peak_rss_mb']:,} "
-              f"| {r['added_mb']:,} |")
+    sys.path.insert(0, str(HERE))
+    from render import table  # the suite's one Markdown table (and number format)
+
+    keys = ["users", "batch_size", "eval_s", "eval_s_per_1k", "topk_s", "topk_s_per_1k",
+            "peak_rss_mb", "added_mb"]
+    print(table(["users", "batch", "eval s", "eval s / 1k users", "top-100 s",
+                 "top-100 s / 1k users", "peak RSS MB", "added by the harness MB"],
+                [[r[k] for k in keys] for r in rows]))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
 
