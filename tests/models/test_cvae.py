@@ -18,7 +18,12 @@ from recsys.models.cvae import CONDITION, CVAE
 from recsys.models.multvae import kl_beta, kl_standard_normal
 from recsys.models.neural import Batch
 from recsys.models.nn import multinomial_nll
-from tests.reliability.helpers import assert_one_line_error, cli, write_ratings
+from tests.reliability.helpers import (
+    assert_one_line_error,
+    cli,
+    write_ratings,
+    write_user_features,
+)
 
 from .contract import RecommenderContract, checkerboard
 
@@ -146,9 +151,7 @@ def state_dict_condition(model: CVAE) -> torch.Tensor:
 def prepared(tmp_path_factory):
     root = tmp_path_factory.mktemp("cvae")
     ratings = write_ratings(root / "ratings.csv")
-    users = root / "users.csv"
-    users.write_text("user,group,age\n" + "".join(f"{u},{'abc'[(u - 1) % 3]},{20 + u % 9}\n"
-                                                  for u in range(1, 61)))
+    users = write_user_features(root / "users.csv")
     return root, ratings, users
 
 

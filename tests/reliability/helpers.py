@@ -47,6 +47,14 @@ class Result:
         return self.err.splitlines()
 
 
+
+def write_user_features(path: Path, n_users: int = 60) -> Path:
+    """User features for `write_ratings`'s users: a category (group a/b/c, the users' own
+    taste blocks) and a number (age)."""
+    path.write_text("user,group,age\n" + "".join(f"{u},{'abc'[(u - 1) % 3]},{20 + u % 9}\n"
+                                                   for u in range(1, n_users + 1)))
+    return path
+
 def cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> Result:
     """`recsys ARGV` in this process: exit code, stdout, stderr (argparse exits included)."""
     capsys.readouterr()

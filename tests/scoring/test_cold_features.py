@@ -17,7 +17,12 @@ from recsys.scoring.serving import (
     encode_user_features,
     user_feature_encoding,
 )
-from tests.reliability.helpers import assert_one_line_error, cli, write_ratings
+from tests.reliability.helpers import (
+    assert_one_line_error,
+    cli,
+    write_ratings,
+    write_user_features,
+)
 
 # write_ratings: user u (external id) likes item block (u - 1) % 3 (items 101..113, 114..126,
 # 127..139); the user file gives that block as the category 'group' (a, b, c), and an age.
@@ -34,9 +39,7 @@ def block_of(items: pd.Series) -> np.ndarray:
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("cold")
     ratings = write_ratings(root / "ratings.csv")
-    users = root / "users.csv"
-    users.write_text("user,group,age\n" + "".join(f"{u},{'abc'[(u - 1) % 3]},{20 + u % 9}\n"
-                                                  for u in range(1, 61)))
+    users = write_user_features(root / "users.csv")
     for argv in (["prepare", "--input", ratings, "--implicit-threshold", "4",
                   "--user-features", users, "--out", root / "data"],
                  # cold_rate: half the training rows seen with features alone, a cold user's case
