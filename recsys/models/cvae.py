@@ -30,6 +30,12 @@ given instead (a new user's, read by `recsys recommend --user-features` and the 
 feature columns through `Recommender.scores_user_features`). Fitting needs user features
 (`FitContext.features.user`); the matrix is kept in the network as a buffer, so a saved model,
 the pyfunc model and a resumed or distributed run carry it without the dataset.
+
+Optional (``item_features = True``): Mult-VAE's item cold-start option, the same pieces
+(`recsys.models.multvae.ItemDecoder`, `FeatureItemOutput`, `MultVAE.elbo`): the decoder's last
+layer builds each item's vector from its features as well as a free embedding, an item without
+training interactions is scored from its features alone and left out of the training softmax,
+and the item feature matrix travels with the weights beside the user features.
 """
 
 from __future__ import annotations
@@ -46,27 +52,22 @@ from torch import nn
 from recsys.data.interactions import EvalSplit, Interactions
 from recsys.errors import RecsysError
 from recsys.models.base import FitContext, csr_to_dense
-from recsys.models.multvae import MultVAE, MultVAEConfig, kl_beta, kl_standard_normal
+from recsys.models.multvae import ItemDecoder, MultVAE, MultVAEConfig, kl_standard_normal
 from recsys.models.neural import Batch
-from recsys.models.nn import (
-    binarize,
-    check_dims,
-    check_history,
-    init_like_multvae,
-    mlp,
-    multinomial_nll,
-)
+from recsys.models.nn import binarize, check_dims, check_history, init_like_multvae, mlp
 
 CONDITION = "user_features"  # the network buffer (and state_dict key) holding c for every user
 
 
-class CVAENetwork(nn.Module):
+class CVAENetwork(ItemDecoder):
     def __init__(self, n_items: int, user_features: torch.Tensor, hidden_dims: list[int],
-                 latent_dim: int, dropout: float, conditional_prior: bool = False) -> None:
+                 latent_dim: int, dropout: float, conditional_prior: bool = False,
+                 item_features: torch.Tensor | None = None) -> None:
         super().__init__()
         n_features = user_features.shape[1]
         self.encoder = mlp([n_items + n_features, *hidden_dims, 2 * latent_dim])
-        self.decoder = mlp([latent_dim + n_features, *reversed(hidden_dims), n_items])
+        # [z, c] -> logits; with item features, Mult-VAE's feature-aware output layer.
+        self.build_decoder(latent_dim + n_features, hidden_dims, n_items, item_features)
         self.dropout = nn.Dropout(dropout)
         # Sohn et al.'s prior network p(z | c) (only when asked: the default network, its
         # weights and their seeded draw stay Mult-VAE's plus the condition).
@@ -98,7 +99,7 @@ class CVAENetwork(nn.Module):
             kl = kl_standard_normal(mu, logvar)
         else:
             kl = kl_gaussians(mu, logvar, *self.prior(c).chunk(2, dim=-1))
-        return self.decoder(torch.cat([z, c], dim=-1)), kl
+        return self.decode(torch.cat([z, c], dim=-1)), kl
 
     def scores(self, x: torch.Tensor, users: torch.Tensor,
                c: torch.Tensor | None = None) -> torch.Tensor:
@@ -110,7 +111,7 @@ class CVAENetwork(nn.Module):
         if self.prior is not None:
             empty = (x.sum(dim=1, keepdim=True) == 0)
             mu = torch.where(empty, self.prior(c).chunk(2, dim=-1)[0], mu)
-        return self.decoder(torch.cat([mu, c], dim=-1))
+        return self.decode(torch.cat([mu, c], dim=-1))
 
 
 def kl_gaussians(mu: torch.Tensor, logvar: torch.Tensor, prior_mu: torch.Tensor,
@@ -166,7 +167,8 @@ class CVAE(MultVAE):
         check_dims(self.name, [*c.hidden_dims, c.latent_dim], n_items, "latent_dim")
         self.n_users, self.n_items = n_users, n_items
         self.network = CVAENetwork(n_items, self.user_features_, list(c.hidden_dims),
-                                   c.latent_dim, c.dropout, c.prior == "conditional")
+                                   c.latent_dim, c.dropout, c.prior == "conditional",
+                                   self._item_features(n_items))
 
     def training_step(self, batch: Batch, step: int) -> dict[str, Any]:
         x = batch.rows
@@ -175,9 +177,7 @@ class CVAE(MultVAE):
             kept = torch.rand(x.shape[0], 1, device=x.device) >= self.config.cold_rate
             inputs = x * kept.to(x.dtype)
         logits, kl = self.network(inputs, batch.index)
-        nll = multinomial_nll(logits, x)
-        beta = kl_beta(step, self.config.anneal_cap, self._anneal_steps())
-        return {"loss": nll + beta * kl, "nll": nll.detach(), "kl": kl.detach(), "beta": beta}
+        return self.elbo(logits, kl, x, step)
 
     def forward_scores(self, history: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
         check_history(self.name, history, self.n_items)

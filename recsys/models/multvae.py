@@ -26,7 +26,8 @@ default, which builds exactly the network (and weights) of the plain model.
 
 The layers, initialisation, likelihood and input checks it shares with Mult-DAE, CDAE and
 RecVAE live in `recsys.models.nn` (`mlp`, `init_like_multvae`, `multinomial_nll`, ...); this file
-is only Mult-VAE (its KL weight `kl_beta` and flow included).
+is only Mult-VAE (its KL weight `kl_beta` and flow included) and the feature-aware decoder
+end (`ItemDecoder`, `FeatureItemOutput`) and ELBO (`MultVAE.elbo`) that CVAE reuses.
 """
 
 from __future__ import annotations
@@ -142,22 +143,41 @@ class FeatureItemOutput(nn.Module):
 # -- the network --------------------------------------------------------------------------------
 
 
-class MultVAENetwork(nn.Module):
+class ItemDecoder(nn.Module):
+    """A network whose decoder ends in logits over the catalogue: the plain tanh MLP, or (given
+    item features) its hidden layers followed by `FeatureItemOutput`. Mult-VAE's and CVAE's
+    networks are built on it, so that the item cold-start option is one piece for both."""
+
+    decoder: nn.Sequential
+    item_output: FeatureItemOutput | None
+
+    def build_decoder(self, in_dim: int, hidden_dims: list[int], n_items: int,
+                      item_features: torch.Tensor | None) -> None:
+        """``in_dim -> reversed(hidden_dims) -> n_items``; the option changes only the output
+        layer, so that without it the modules (and a seeded draw of their weights) are the
+        plain model's."""
+        self.item_output = None
+        if item_features is None:
+            self.decoder = mlp([in_dim, *reversed(hidden_dims), n_items], last_activation=False)
+            return
+        # The decoder's hidden layers as in the plain model, then the feature-aware output.
+        self.decoder = mlp([in_dim, *reversed(hidden_dims)], last_activation=True)
+        self.item_output = FeatureItemOutput(hidden_dims[0] if hidden_dims else in_dim,
+                                             item_features)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.decoder(z)
+        return h if self.item_output is None else self.item_output(h)
+
+
+class MultVAENetwork(ItemDecoder):
     def __init__(self, n_items: int, hidden_dims: list[int], latent_dim: int, dropout: float,
                  flow_layers: int = 0, item_features: torch.Tensor | None = None) -> None:
         super().__init__()
         enc = [n_items, *hidden_dims]
         # The encoder's last layer outputs mean and log-variance side by side.
         self.encoder = mlp([*enc, 2 * latent_dim], last_activation=False)
-        self.item_output: FeatureItemOutput | None = None
-        if item_features is None:
-            self.decoder = mlp([latent_dim, *reversed(hidden_dims), n_items],
-                               last_activation=False)
-        else:
-            # The decoder's hidden layers as in the plain model, then the feature-aware output.
-            self.decoder = mlp([latent_dim, *reversed(hidden_dims)], last_activation=True)
-            out_dim = hidden_dims[0] if hidden_dims else latent_dim
-            self.item_output = FeatureItemOutput(out_dim, item_features)
+        self.build_decoder(latent_dim, hidden_dims, n_items, item_features)
         self.dropout = nn.Dropout(dropout)
         self.latent_dim = latent_dim
         init_like_multvae(self)
@@ -186,10 +206,6 @@ class MultVAENetwork(nn.Module):
         log_q = log_normal_pdf(z0, mu, logvar).sum(-1) - log_det
         log_p = log_normal_pdf(z, torch.zeros_like(z), torch.zeros_like(z)).sum(-1)
         return self.decode(z), (log_q - log_p).mean()
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.decoder(z)
-        return h if self.item_output is None else self.item_output(h)
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """Inference: decode the posterior mean (pushed through the flow, if any)."""
@@ -306,9 +322,9 @@ class MultVAE(NeuralRecommender):
         self.steps_per_epoch_ = batches_per_epoch(self, train)
         if not self.config.item_features:
             return
-        # A subclass with its own network (CVAE) has no feature-aware output layer: the option
-        # is refused there rather than ignored.
-        output = self.network.item_output if isinstance(self.network, MultVAENetwork) else None
+        # A subclass whose network is not an `ItemDecoder` has no feature-aware output layer:
+        # the option is refused there rather than ignored.
+        output = self.network.item_output if isinstance(self.network, ItemDecoder) else None
         if output is None:
             raise RecsysError(f"{self.name}: item_features=true is not available for this "
                               "model's network; drop it")
@@ -320,15 +336,20 @@ class MultVAE(NeuralRecommender):
         return train.binary()
 
     def training_step(self, batch: Batch, step: int) -> dict[str, Any]:
-        c = self.config
-        x = batch.rows
-        logits, kl = self.network(x)
+        logits, kl = self.network(batch.rows)
+        return self.elbo(logits, kl, batch.rows, step)
+
+    def elbo(self, logits: torch.Tensor, kl: torch.Tensor, x: torch.Tensor,
+             step: int | torch.Tensor) -> dict[str, Any]:
+        """The step's loss, multinomial NLL of ``x`` + beta * ``kl`` with the annealed beta,
+        and its parts; the items without training interactions (``item_features``) are left
+        out of the softmax."""
         if self.network.item_output is not None:
             logits = self.network.item_output.training_logits(logits)
         nll = multinomial_nll(logits, x)
         # The ramp's length is a Python float: a device-tensor step (a CUDA-graph replay) stays
         # on the device.
-        beta = kl_beta(step, c.anneal_cap, self._anneal_steps())
+        beta = kl_beta(step, self.config.anneal_cap, self._anneal_steps())
         return {"loss": nll + beta * kl, "nll": nll.detach(), "kl": kl.detach(), "beta": beta}
 
     def _anneal_steps(self) -> float:

@@ -152,16 +152,6 @@ def test_without_item_features_it_refuses_in_one_line(cold_board):
     assert "\n" not in str(err.value)
 
 
-def test_a_subclass_with_its_own_network_refuses_the_option(cold_board):
-    from recsys.models.cvae import CVAE
-
-    train, valid, features = cold_board
-    users = FeatureTable(np.ones((train.n_users, 1), np.float32), ("one",))
-    with pytest.raises(RecsysError, match="cvae: item_features=true is not available"):
-        CVAE(**SMALL, **FAST, item_features=True).fit(
-            train, valid, FitContext(features=Features(user=users, item=features.item)))
-
-
 # -- the command line ----------------------------------------------------------------------------
 
 FAST_CLI = ["--set", "epochs=3", "--set", "hidden_dims=[16]", "--set", "latent_dim=4",
