@@ -144,6 +144,31 @@ def test_multinomial_nll_matches_a_hand_computed_case():
     assert multinomial_nll(logits, x).item() == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(1, 7), (33, 50), (8, 3000)])
+def test_multinomial_nll_equals_the_autograd_reference_loss_and_gradient(dtype, shape):
+    # The loss's hand-written backward against autograd through the formula it replaces,
+    # with counts (not only 0/1), empty rows and logits of a wide range.
+    g = torch.Generator().manual_seed(shape[0])
+    logits = (5 * torch.randn(*shape, generator=g, dtype=dtype)).requires_grad_()
+    x = torch.randint(0, 3, shape, generator=g).to(dtype) * (torch.rand(shape, generator=g) < 0.3)
+    x[0] = 0.0
+    reference = -(torch.log_softmax(logits, dim=-1) * x).sum(dim=-1).mean()
+    (want,) = torch.autograd.grad(reference, logits)
+    loss = multinomial_nll(logits, x)
+    (got,) = torch.autograd.grad(2.5 * loss, logits)  # a non-unit upstream gradient
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-5, abs=1e-5)
+    assert torch.allclose(got, 2.5 * want, rtol=1e-5, atol=1e-6)
+    assert got.dtype == dtype
+
+
+def test_multinomial_nll_still_differentiates_the_counts_when_they_need_it():
+    logits = torch.randn(4, 6, requires_grad=True)
+    x = torch.rand(4, 6, requires_grad=True)
+    (gx,) = torch.autograd.grad(multinomial_nll(logits, x), x)
+    assert torch.allclose(gx, -torch.log_softmax(logits, dim=-1).detach() / 4)
+
+
 def test_closed_form_kl_and_log_density_match_torch_distributions():
     g = torch.Generator().manual_seed(0)
     mu, logvar = torch.randn(5, 3, generator=g), torch.randn(5, 3, generator=g)
