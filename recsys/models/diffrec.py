@@ -34,13 +34,24 @@ paper), so two scorings of a user then differ. ``noise_scale: 0`` adds no noise 
 authors' code treats it): training sees x_0 itself and inference applies the denoiser ``steps``
 times to its own output.
 
-L-DiffRec (items clustered and diffused in a latent space) is not implemented.
+L-DiffRec (``latent_clusters > 0``; off, 0, by default): the latent variant of the paper's
+section 3.4. Items are clustered into ``latent_clusters`` groups, each group's part of the history
+is compressed by its own VAE encoder, and the diffusion runs on the concatenated ``latent_dim``
+code (the pieces live in `recsys.models.ldiffrec`). The denoiser is then ``latent_dim`` wide on
+both ends, takes the code un-normalised and without dropout (``normalize_input`` and
+``dropout`` apply to the history entering the encoders, as in Mult-VAE); each group's decoder
+maps the denoiser's x_0 estimate back to its items. The loss is ``latent_diffusion_weight`` times
+the diffusion loss on the code, plus the multinomial likelihood of the history under the decoded
+estimate, plus the encoders' KL to N(0, I) weighted by an annealed beta (Mult-VAE's ramp:
+min(``latent_kl_cap``, epochs / ``latent_anneal_epochs``)). Scoring encodes the history to its
+mean, runs the reverse steps on the code (batched over users) and decodes. The item groups are a
+saved buffer, so a loaded model scores (and folds in new users) without the training data.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import scipy.sparse as sp
 import torch
@@ -49,7 +60,11 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from recsys.config import TrainConfig
-from recsys.data.interactions import Interactions
+from recsys.data.interactions import EvalSplit, Interactions
+from recsys.errors import RecsysError
+from recsys.models.base import FitContext
+from recsys.models.ldiffrec import LatentCodec, item_clusters
+from recsys.models.multvae import batches_per_epoch, kl_beta, kl_standard_normal
 from recsys.models.neural import NEURAL_SPACE, Batch, NeuralRecommender
 from recsys.models.nn import (
     PositiveInt,
@@ -58,6 +73,7 @@ from recsys.models.nn import (
     check_history,
     init_like_multvae,
     mlp,
+    multinomial_nll,
     weights_must_match,
 )
 
@@ -67,6 +83,8 @@ FIRST_BETA = 1e-5
 MAX_BETA = 0.999
 # The uniform share mixed into the importance distribution: no step is ever starved.
 UNIFORM_SHARE = 0.001
+# L-DiffRec's item groups in the saved weights (the codec's buffer).
+GROUPS_KEY = "codec.groups"
 
 
 # -- the noise schedule --------------------------------------------------------------------------
@@ -117,10 +135,14 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 
 class DiffRecNetwork(nn.Module):
     """The denoiser, the schedule's constants (derived from the config: not saved) and the
-    importance sampler's loss history (training state: saved, so a resume continues it)."""
+    importance sampler's loss history (training state: saved, so a resume continues it).
+
+    With a ``codec`` (L-DiffRec) ``n_items`` is the code's width and the codec maps histories
+    to codes and back; without one (DiffRec) the network is exactly the item-space denoiser."""
 
     def __init__(self, n_items: int, hidden_dims: list[int], emb_size: int, dropout: float,
-                 normalize_input: bool, betas: torch.Tensor, history_per_step: int) -> None:
+                 normalize_input: bool, betas: torch.Tensor, history_per_step: int,
+                 codec: LatentCodec | None = None) -> None:
         super().__init__()
         self.emb_size = emb_size
         self.normalize_input = normalize_input
@@ -161,6 +183,9 @@ class DiffRecNetwork(nn.Module):
         self.register_buffer("loss_history", torch.zeros(steps, history_per_step,
                                                          dtype=torch.float64))
         self.register_buffer("losses_seen", torch.zeros(steps, dtype=torch.int64))
+        # Attached last (its own initialisation): DiffRec's network draws the same numbers and
+        # holds the same keys as before the option existed.
+        self.codec = codec
 
     @property
     def steps(self) -> int:
@@ -232,6 +257,13 @@ class DiffRecConfig(TrainConfig):
     reweight: bool = True
     importance_sampling: bool = True
     history_per_step: int = Field(10, ge=1)
+    # L-DiffRec: 0 is off (DiffRec over the items); C > 0 diffuses a latent code of items in C
+    # k-means groups (1: one encoder over all items).
+    latent_clusters: int = Field(0, ge=0)
+    latent_dim: int = Field(200, ge=1)
+    latent_kl_cap: float = Field(0.2, ge=0)
+    latent_anneal_epochs: float = Field(125.0, ge=0)  # 0: the cap from the first step
+    latent_diffusion_weight: float = Field(1.0, ge=0)
     # The shared engine's keys, with the values validation chose (configs/diffrec.yaml).
     optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adamw"
     batch_size: int = Field(128, ge=1)
@@ -248,6 +280,9 @@ class DiffRecConfig(TrainConfig):
         if self.mean_type == "eps" and self.noise_scale == 0:
             raise ValueError("mean_type eps predicts the noise, and noise_scale 0 adds none; "
                              "use mean_type x0 or a noise_scale > 0")
+        if self.latent_clusters > self.latent_dim:
+            raise ValueError(f"latent_clusters ({self.latent_clusters}) exceeds latent_dim "
+                             f"({self.latent_dim}): each item group needs a latent unit")
         return self
 
 
@@ -269,14 +304,45 @@ class DiffRec(NeuralRecommender):
         "steps": {"low": 2, "high": 50, "log": True},
     }
 
+    # L-DiffRec's item groups: from the training data in ``fit``, or from saved weights.
+    item_groups_: torch.Tensor | None = None
+
+    def fit(self, train: Interactions, valid: EvalSplit | None = None,
+            ctx: FitContext | None = None) -> Self:
+        c = self.config
+        if c.latent_clusters:
+            # Before the engine builds the network: the groups' sizes shape its layers. A
+            # refit clusters its own (train + valid) matrix; a resume gets the same groups back
+            # from the checkpoint.
+            self.item_groups_ = torch.from_numpy(
+                item_clusters(self.training_matrix(train), c.latent_clusters, c.seed))
+        return super().fit(train, valid, ctx)
+
     def build(self, n_users: int, n_items: int) -> None:
         c = self.config
-        check_dims(self.name, list(c.hidden_dims), n_items, "hidden_dims")
         self.n_users, self.n_items = n_users, n_items
         betas = diffusion_betas(c.noise_schedule, c.steps, c.noise_scale, c.noise_min,
                                 c.noise_max)
-        self.network = DiffRecNetwork(n_items, list(c.hidden_dims), c.emb_size, c.dropout,
-                                      c.normalize_input, betas, c.history_per_step)
+        if not c.latent_clusters:
+            check_dims(self.name, list(c.hidden_dims), n_items, "hidden_dims")
+            self.network = DiffRecNetwork(n_items, list(c.hidden_dims), c.emb_size, c.dropout,
+                                          c.normalize_input, betas, c.history_per_step)
+            return
+        check_dims(self.name, [c.latent_dim], n_items, "latent_dim")
+        groups = self.item_groups_
+        if groups is None or groups.shape != (n_items,):
+            raise RecsysError(f"{self.name}: latent_clusters={c.latent_clusters} and no item "
+                              f"groups for {n_items} items to build the network with (fit it, "
+                              "or load a saved model)")
+        codec = LatentCodec(groups, c.latent_dim, c.dropout, c.normalize_input)
+        # The code is no history: its scale carries the signal (no L2 normalisation) and the
+        # encoders' input already has the dropout.
+        self.network = DiffRecNetwork(c.latent_dim, list(c.hidden_dims), c.emb_size, 0.0,
+                                      False, betas, c.history_per_step, codec)
+
+    def setup(self, train: Interactions, ctx: FitContext) -> None:
+        # The KL ramp counts epochs; the data fixes the batches in one (as for Mult-VAE).
+        self.steps_per_epoch_ = batches_per_epoch(self, train)
 
     def training_matrix(self, train: Interactions) -> sp.csr_matrix:
         return train.binary()
@@ -292,9 +358,38 @@ class DiffRec(NeuralRecommender):
         return t, (probs[t] * steps).to(torch.float32)
 
     def training_step(self, batch: Batch, step: int) -> dict[str, Any]:
+        net = self.network
+        if net.codec is None:
+            loss, mse, t, _ = self.diffusion_loss(batch.rows)
+            # mean_step: where importance sampling puts the batch's steps (uniform: (steps - 1)
+            # / 2).
+            return {"loss": loss, "mse": mse, "mean_step": t.float().mean().detach()}
+        c = self.config
+        x = batch.rows
+        mu, logvar = net.codec.encode(x)
+        z0 = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        diffusion, mse, t, z0_hat = self.diffusion_loss(z0)
+        # The decoders learn from the denoiser's estimate, the code scoring decodes.
+        nll = multinomial_nll(net.codec.decode(z0_hat), x)
+        kl = kl_standard_normal(mu, logvar)
+        beta = kl_beta(step, c.latent_kl_cap, c.latent_anneal_epochs * self._steps_per_epoch())
+        loss = c.latent_diffusion_weight * diffusion + nll + beta * kl
+        return {"loss": loss, "diffusion": diffusion.detach(), "mse": mse, "nll": nll.detach(),
+                "kl": kl.detach(), "beta": beta, "mean_step": t.float().mean().detach()}
+
+    def _steps_per_epoch(self) -> int:
+        spe = getattr(self, "steps_per_epoch_", None)
+        if spe is None:
+            raise RuntimeError("diffrec: latent_anneal_epochs needs the batches per epoch, "
+                               "which setup() computes from the training data; call it first")
+        return int(spe)
+
+    def diffusion_loss(self, x0: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The diffusion's loss on rows ``x0`` (histories, or L-DiffRec's codes): (the weighted
+        loss, the plain mean squared error, the steps drawn, the x_0 estimates)."""
         c = self.config
         net = self.network
-        x0 = batch.rows
         t, scale = self.sample_steps(x0.shape[0], x0.device)
         noise = torch.randn_like(x0)
         x_t = net.q_sample(x0, t, noise) if c.noise_scale > 0 else x0
@@ -302,6 +397,7 @@ class DiffRec(NeuralRecommender):
         if c.mean_type == "x0":
             per_row = (x0 - out).pow(2).mean(dim=1)
             weight = net.x0_weight[t]
+            x0_hat = out
         else:
             per_row = (noise - out).pow(2).mean(dim=1)
             weight = net.eps_weight[t]
@@ -314,10 +410,7 @@ class DiffRec(NeuralRecommender):
         if c.importance_sampling:
             with torch.no_grad():
                 record_losses(net, t, weighted)
-        loss = (weighted / scale).mean()
-        # mean_step: where importance sampling puts the batch's steps (uniform: (steps - 1) / 2).
-        return {"loss": loss, "mse": per_row.mean().detach(),
-                "mean_step": t.float().mean().detach()}
+        return (weighted / scale).mean(), per_row.mean().detach(), t, x0_hat
 
     def denoise(self, x0: torch.Tensor) -> torch.Tensor:
         """The reverse process from the (optionally noised) history: ``steps`` reverse steps over
@@ -344,9 +437,19 @@ class DiffRec(NeuralRecommender):
 
     def forward_scores(self, history: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
         check_history(self.name, history, self.n_items)
-        return self.denoise(binarize(history))
+        codec = self.network.codec
+        if codec is None:
+            return self.denoise(binarize(history))
+        mu, _ = codec.encode(binarize(history))
+        return codec.decode(self.denoise(mu))
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if self.config.latent_clusters:
+            groups = state.get(GROUPS_KEY)
+            if groups is None or groups.shape != (self.n_items,):
+                raise RecsysError(f"{self.name}: the saved weights hold no {self.n_items}-item "
+                                  f"'{GROUPS_KEY}' vector; the saved model is damaged")
+            self.item_groups_ = groups.to(torch.int64)
         with weights_must_match(self.name, "the config"):
             super().load_state_dict(state)
 
