@@ -167,3 +167,34 @@ def test_topk_rows_works_in_a_child_forked_after_use():
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
+
+
+@pytest.mark.parametrize("threads", [1, 4])  # 1: block maxima; 4: topk_rows over the pool
+def test_recommend_and_evaluate_select_the_same_lists_on_tied_and_nan_rows(threads, monkeypatch):
+    """`recsys recommend` (topk -> masked_topk) and evaluation (mask_rows -> block_topk) list
+    the same items in the same order, whatever the batch: best first, ties by item, NaN as
+    -inf, seen items never listed."""
+    from recsys.data.tensors import mask_rows
+    from recsys.evaluation.selection import block_topk
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    rng = np.random.default_rng(7)
+    n, m, k = 300, 20_108, 100  # long rows: the block path at one thread
+    scores = rng.integers(0, 30, (n, m)).astype(np.float32)  # many ties at the K-th value
+    scores[rng.random((n, m)) < 0.001] = np.nan
+    scores[:5, 90:] = np.nan  # rows with fewer than K usable scores
+    history = sp.random(n, m, density=0.004, format="csr", random_state=8)
+    seen = history.toarray() > 0
+    clean = np.where(np.isnan(scores) | seen, -np.inf, scores)
+    expected = np.lexsort((np.broadcast_to(np.arange(m), (n, m)), -clean), axis=1)[:, :k]
+
+    _, items, values = _collect(FixedScores(scores), np.arange(n), history, k, batch_size=64)
+    finite = np.isfinite(values)
+    np.testing.assert_array_equal(items[finite], expected[finite])
+    assert (items[~finite] == -1).all()
+    assert finite[5:].all() and not finite[:5].all()
+    top_v, top_i = block_topk(mask_rows(torch.from_numpy(scores.copy()), history), k)
+    np.testing.assert_array_equal(top_i.numpy()[finite], items[finite])
+    np.testing.assert_array_equal(top_v.numpy(), values)
+    whole_v, whole_i = masked_topk(torch.from_numpy(scores.copy()), history, k)
+    assert torch.equal(whole_i, top_i) and torch.equal(whole_v, top_v)
