@@ -14,15 +14,18 @@ competing) is shown beside it.
 
 Systems: Mult-VAE (configs/multvae.yaml) without the option, whose output weights for the
 held-out items were never fitted to anything (it can only rank them arbitrarily), and with
-``--set item_features=true``; a content baseline computed here (a user's profile is the sum of
-the L2-normalised feature vectors of their history, items scored by cosine to it); random scores
-(one seeded draw). Popularity cannot rank items without interactions (all tie at 0), so it is not
-a row.
+``--set item_features=true``; CVAE (configs/cvae.yaml, conditioned on the users' features) with
+the same option, on the data that has user features (ml-100k's u.user; ml-latest-small has
+none, so the row is left out there); a content baseline computed here (a user's profile is the
+sum of the L2-normalised feature vectors of their history, items scored by cosine to it); random
+scores (one seeded draw). Popularity cannot rank items without interactions (all tie at 0), so it
+is not a row.
 
 A second table checks that the option does not hurt warm accuracy: the README's top-N split
 (per-user random 80/20, same filters, seed 0), both models, test NDCG@100 from `recsys train`.
 
     RECSYS_MIRROR=/work/shared/datasets python benchmarks/bench_item_cold.py [--only cold|warm]
+        [--dataset ml-100k|ml-latest-small]   # repeatable; default both
 
 Results: Markdown tables on stdout and ``benchmarks/out/item_cold/results.json``.
 """
@@ -57,13 +60,17 @@ COLD_PREP = ["--split", "cold-items", "--implicit-threshold", "4", "--min-user-i
              "--cold-item-fraction", "0.1", "--valid-fraction", "0.1", "--seed", "0"]
 METRICS = ["ndcg@20", "recall@20", "ndcg@100"]
 LIST_LENGTH = 100
-VARIANTS = {"multvae": [], "multvae + item_features": ["--set", "item_features=true"]}
+OPTION = ["--set", "item_features=true"]
+# label: (model, extra `recsys train` arguments); the warm table checks Mult-VAE's only.
+VARIANTS = {"multvae": ("multvae", []), "multvae + item_features": ("multvae", OPTION)}
+COLD_VARIANTS = {**VARIANTS, "cvae + item_features": ("cvae", OPTION)}
+NEEDS_USER_FEATURES = {"cvae"}
 
 
-def train(data: Path, run: Path, extra: list[str], metrics: str) -> dict[str, Any]:
-    """`recsys train multvae` with the shipped config (+ ``extra``); its run.json record."""
-    recsys("train", "multvae", "--data", str(data), "--out", str(run), "--overwrite", "--quiet",
-           "--no-track", "--config", "configs/multvae.yaml", "--metrics", metrics, *extra)
+def train(model: str, data: Path, run: Path, extra: list[str], metrics: str) -> dict[str, Any]:
+    """`recsys train MODEL` with its shipped config (+ ``extra``); its run.json record."""
+    recsys("train", model, "--data", str(data), "--out", str(run), "--overwrite", "--quiet",
+           "--no-track", "--config", f"configs/{model}.yaml", "--metrics", metrics, *extra)
     return json.loads((run / "run.json").read_text())
 
 
@@ -127,18 +134,20 @@ def source_mirror(name: str, mirror: str | None) -> str | None:
     return None if embedded_path(name) is not None else mirror
 
 
-def cold(out: Path, mirror: str | None) -> dict[str, Any]:
+def cold(out: Path, mirror: str | None, datasets: list[str]) -> dict[str, Any]:
     tables = {}
-    for name in DATASETS:
+    for name in datasets:
         data = prepare(name, COLD_PREP, out, source_mirror(name, mirror))
         ds = Dataset.load(data)
         candidates = cold_items(ds)
         allow = out / "data" / f"{name}-cold-items.csv"
         pd.DataFrame({"item": ds.items.ids[candidates]}).to_csv(allow, index=False)
         rows = []
-        for label, extra in VARIANTS.items():
+        for label, (model, extra) in COLD_VARIANTS.items():
+            if model in NEEDS_USER_FEATURES and ds.features.user is None:
+                continue  # this data has no user features to condition on
             run = out / "runs" / "cold" / name / label.replace(" + ", "-")
-            info = train(data, run, extra, "ndcg@100")
+            info = train(model, data, run, extra, "ndcg@100")
             top = recommended(ds, run, data, allow, run)
             rows.append({"model": label, **list_metrics(ds, top),
                          "full_ndcg@100": info["metrics"]["ndcg@100"],
@@ -153,14 +162,14 @@ def cold(out: Path, mirror: str | None) -> dict[str, Any]:
     return tables
 
 
-def warm(out: Path, mirror: str | None) -> dict[str, Any]:
+def warm(out: Path, mirror: str | None, datasets: list[str]) -> dict[str, Any]:
     tables = {}
-    for name in DATASETS:
+    for name in datasets:
         data = prepare(name, QUALITY_PREP, out, source_mirror(name, mirror))
         rows = []
-        for label, extra in VARIANTS.items():
+        for label, (model, extra) in VARIANTS.items():
             run = out / "runs" / "warm" / name / label.replace(" + ", "-")
-            info = train(data, run, extra, "ndcg@100,recall@20")
+            info = train(model, data, run, extra, "ndcg@100,recall@20")
             rows.append({"model": label, **info["metrics"], **training_summary(run),
                          "fit_seconds": info["fit_seconds"]})
         tables[name] = {"data": str(data), "rows": rows}
@@ -172,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", action="append", choices=("cold", "warm"),
                         help="run only these tables (repeatable; default both)")
+    parser.add_argument("--dataset", action="append", choices=DATASETS,
+                        help="only these datasets (repeatable; default all)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "item_cold"))
     parser.add_argument("--mirror", default=os.environ.get("RECSYS_MIRROR"),
                         help="dataset mirror holding ml-100k (default $RECSYS_MIRROR)")
@@ -182,9 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     only = set(args.only or ("cold", "warm"))
     out = Path(args.out)
+    datasets = args.dataset or list(DATASETS)
     results: dict[str, Any] = {"torch_threads": args.threads, "load_average": os.getloadavg()}
     if "cold" in only:
-        results["cold"] = cold(out, args.mirror)
+        results["cold"] = cold(out, args.mirror, datasets)
         for name, t in results["cold"].items():
             print(f"\n## {name}, cold-items split: {t['cold_items']} held-out items, "
                   f"{t['test_interactions']} test interactions; ranked among the held-out "
@@ -192,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
             print(rows_markdown(t["rows"], ["model", *METRICS, "users", "full_ndcg@100",
                                             "valid_ndcg@100", "best_epoch", "fit_seconds"]))
     if "warm" in only:
-        results["warm"] = warm(out, args.mirror)
+        results["warm"] = warm(out, args.mirror, datasets)
         for name, t in results["warm"].items():
             print(f"\n## {name}, the README's top-N split (random 80/20): warm accuracy\n")
             print(rows_markdown(t["rows"], ["model", "ndcg@100", "recall@20", "valid_ndcg@100",
