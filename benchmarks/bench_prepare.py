@@ -19,6 +19,8 @@ RecBole 1.2.1's dataset build on the same file is timed beside it when recbole i
 
     python benchmarks/bench_prepare.py              # 20M rows (needs ~3 GB RAM)
     python benchmarks/bench_prepare.py --rows 2000000
+    python benchmarks/bench_prepare.py --rows 100000000 --users 1366770 --items 20108 \
+        --sources ml-20m --no-recbole --workdir /tmp/big     # 10x ML-20M's users (issue 21)
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -50,19 +53,27 @@ PREPARE_ARGS = ["--split", "random", "--implicit-threshold", "4", "--min-user-in
 # synthetic data.
 
 
-def run_measured(args: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS MB, stdout) of ``recsys ARGS`` in a fresh process."""
-    start = time.perf_counter()
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_measured(args: list[str], env: dict[str, str] | None = None
+                 ) -> tuple[float, float, str, float]:
+    """(wall seconds, peak RSS MB, stdout, CPU seconds) of ``recsys ARGS`` in a fresh process;
+    CPU is the child's user + system time, a figure that shared cores disturb less than wall."""
+    start, cpu = time.perf_counter(), _children_cpu_s()
     proc = subprocess.run([sys.executable, "-c", CHILD, "module", "recsys.cli", *args],
                           capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - start
+    cpu = _children_cpu_s() - cpu
     if proc.returncode:
         raise SystemExit(f"recsys {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
     kb = [int(line.split()[1]) for line in proc.stderr.splitlines()
           if line.startswith("__VMHWM_KB__")]
     if not kb:
         raise SystemExit("the child did not report its peak memory (needs Linux /proc)")
-    return seconds, kb[-1] / 1024, proc.stdout
+    return seconds, kb[-1] / 1024, proc.stdout, cpu
 
 
 def array_bytes(ds: Dataset) -> tuple[int, int]:
@@ -120,6 +131,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=ML20M_SHAPE[2])
     p.add_argument("--items", type=int, default=ML20M_SHAPE[1])
+    p.add_argument("--users", type=int, default=None,
+                   help="users drawn (default: ML-20M's users per row times --rows)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", help="where to write the CSV and the prepared data "
                                      "(default: a temporary folder, removed afterwards)")
@@ -136,7 +149,7 @@ def main() -> None:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench-prepare-"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        users = max(1, round(ML20M_SHAPE[0] * args.rows / ML20M_SHAPE[2]))
+        users = args.users or max(1, round(ML20M_SHAPE[0] * args.rows / ML20M_SHAPE[2]))
         t = time.perf_counter()
         data = synthetic_ratings(users, args.items, args.rows, seed=args.seed)
         csv = write_ml20m_csv(workdir / "ratings.csv", data)
@@ -146,9 +159,11 @@ def main() -> None:
               f"{csv.stat().st_size / 2**20:.0f} MB, written in {time.perf_counter() - t:.1f} s")
 
         env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
-        _, base_mb, _ = run_measured(["datasets"], env)
+        _, base_mb, _, _ = run_measured(["datasets"], env)
         print(f"baseline: `recsys datasets` (interpreter + imports) peaks at {base_mb:.0f} MB")
-        result: dict = {"rows": n_rows, "baseline_rss_mb": round(base_mb, 1), "runs": {}}
+        result: dict = {"rows": n_rows, "users_drawn": users, "items_drawn": args.items,
+                        "csv_mb": round(csv.stat().st_size / 2**20), "baseline_rss_mb":
+                        round(base_mb, 1), "runs": {}}
         # The same file read two ways: as ML-20M (MovieLens has one rating per user and movie,
         # so ratings below the threshold are skipped while parsing) and as a generic rating
         # log (every row kept until duplicates are resolved).
@@ -157,11 +172,13 @@ def main() -> None:
             if key not in sources:
                 continue
             out = workdir / "prepared"
-            timings = []
+            timings, cpu_s = [], []
             for _ in range(max(1, args.repeat)):
                 shutil.rmtree(out, ignore_errors=True)
-                timings.append(run_measured(
-                    ["prepare", *source, *PREPARE_ARGS, "--out", str(out), "--quiet"], env)[:2])
+                seconds, peak_mb, _, cpu = run_measured(
+                    ["prepare", *source, *PREPARE_ARGS, "--out", str(out), "--quiet"], env)
+                timings.append((seconds, peak_mb))
+                cpu_s.append(cpu)
             # The median of the repeats: this machine's cores are shared, single runs are noisy.
             seconds = float(np.median([t for t, _ in timings]))
             peak_mb = float(np.median([m for _, m in timings]))
@@ -170,7 +187,8 @@ def main() -> None:
             nnz = sum(part.nnz for part in ds.parts.values())
             run = {
                 "users": len(ds.users), "items": len(ds.items), "nnz": nnz,
-                "seconds": round(seconds, 2), "peak_rss_mb": round(peak_mb, 1),
+                "seconds": round(seconds, 2), "cpu_s": round(float(np.median(cpu_s)), 2),
+                "peak_rss_mb": round(peak_mb, 1),
                 "seconds_all": [round(t, 2) for t, _ in timings],
                 "csr_mb": round(csr / 2**20, 1), "timestamps_mb": round(ts / 2**20, 1),
                 "peak_over_csr": round(peak_mb * 2**20 / csr, 2),
@@ -179,7 +197,8 @@ def main() -> None:
                     round((peak_mb - base_mb) * 2**20 / (csr + ts), 2),
             }
             result["runs"][label] = run
-            print(f"\nrecsys prepare {label}: {seconds:.1f} s wall, peak RSS {peak_mb:.0f} MB")
+            print(f"\nrecsys prepare {label}: {seconds:.1f} s wall ({run['cpu_s']:.1f} s CPU), "
+                  f"peak RSS {peak_mb:.0f} MB")
             print(f"  final arrays: {nnz:,} interactions ({len(ds.users):,} users x "
                   f"{len(ds.items):,} items) in {len(ds.parts)} parts: CSR {csr / 2**20:.0f} MB"
                   f" + timestamps {ts / 2**20:.0f} MB")
