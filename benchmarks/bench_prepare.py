@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -37,7 +36,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from measure import CHILD
+from measure import CHILD, Measured, measure
 
 from recsys.data.interactions import Dataset
 from recsys.data.synthetic import ML20M_SHAPE, synthetic_ratings, write_ml20m_csv
@@ -53,27 +52,15 @@ PREPARE_ARGS = ["--split", "random", "--implicit-threshold", "4", "--min-user-in
 # synthetic data.
 
 
-def _children_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def run_measured(args: list[str], env: dict[str, str] | None = None
-                 ) -> tuple[float, float, str, float]:
-    """(wall seconds, peak RSS MB, stdout, CPU seconds) of ``recsys ARGS`` in a fresh process;
-    CPU is the child's user + system time, a figure that shared cores disturb less than wall."""
-    start, cpu = time.perf_counter(), _children_cpu_s()
-    proc = subprocess.run([sys.executable, "-c", CHILD, "module", "recsys.cli", *args],
-                          capture_output=True, text=True, env=env)
-    seconds = time.perf_counter() - start
-    cpu = _children_cpu_s() - cpu
-    if proc.returncode:
-        raise SystemExit(f"recsys {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
-    kb = [int(line.split()[1]) for line in proc.stderr.splitlines()
-          if line.startswith("__VMHWM_KB__")]
-    if not kb:
+def run_measured(args: list[str], log: Path, env: dict[str, str] | None = None) -> Measured:
+    """``recsys ARGS`` in a fresh process (measure.measure: wall and CPU seconds, the child's
+    own peak RSS; CPU is user + system, a figure that shared cores disturb less than wall)."""
+    done = measure("recsys.cli", args, log, env=env)
+    if not done.ok:
+        raise SystemExit(f"recsys {' '.join(args)} failed ({done.returncode}):\n{done.tail()}")
+    if done.peak_mb != done.peak_mb:  # NaN: no VmHWM line
         raise SystemExit("the child did not report its peak memory (needs Linux /proc)")
-    return seconds, kb[-1] / 1024, proc.stdout, cpu
+    return done
 
 
 def array_bytes(ds: Dataset) -> tuple[int, int]:
@@ -159,7 +146,8 @@ def main() -> None:
               f"{csv.stat().st_size / 2**20:.0f} MB, written in {time.perf_counter() - t:.1f} s")
 
         env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
-        _, base_mb, _, _ = run_measured(["datasets"], env)
+        log = workdir / "prepare.log"
+        base_mb = run_measured(["datasets"], log, env).peak_mb
         print(f"baseline: `recsys datasets` (interpreter + imports) peaks at {base_mb:.0f} MB")
         result: dict = {"rows": n_rows, "users_drawn": users, "items_drawn": args.items,
                         "csv_mb": round(csv.stat().st_size / 2**20), "baseline_rss_mb":
@@ -175,10 +163,10 @@ def main() -> None:
             timings, cpu_s = [], []
             for _ in range(max(1, args.repeat)):
                 shutil.rmtree(out, ignore_errors=True)
-                seconds, peak_mb, _, cpu = run_measured(
-                    ["prepare", *source, *PREPARE_ARGS, "--out", str(out), "--quiet"], env)
-                timings.append((seconds, peak_mb))
-                cpu_s.append(cpu)
+                done = run_measured(
+                    ["prepare", *source, *PREPARE_ARGS, "--out", str(out), "--quiet"], log, env)
+                timings.append((done.wall, done.peak_mb))
+                cpu_s.append(done.cpu)
             # The median of the repeats: this machine's cores are shared, single runs are noisy.
             seconds = float(np.median([t for t, _ in timings]))
             peak_mb = float(np.median([m for _, m in timings]))
