@@ -240,8 +240,8 @@ def multdae(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 def selection_table(sel: dict[str, Any]) -> str:
     m = sel["metric"]
     chosen = {c["chosen"] for c in sel["choices"].values()}
-    body = [[r["name"], r["valid"], "-" if r["name"] == "plain" else
-             f"{num(r['gain'], 4)} ± {num(r['se'], 4)}", r["best_epoch"], r["fit_seconds"],
+    body = [[r["name"], num(r["valid"], 4), "-" if r["name"] == "plain" else
+             f"{num(r['gain'], 4)} ± {num(r['se'], 4)}", r["best_epoch"], num(r["fit_seconds"], 1),
              "yes" if r["name"] in chosen else ""] for r in sel["rows"]]
     lines = [table(["candidate", f"valid {m}", "gain over plain ± SE", "best epoch", "fit s",
                     "kept"], body), ""]
@@ -262,11 +262,12 @@ def autorec_markdown(res: dict[str, Any]) -> str:
         diffs = [r[name]["test"]["rmse"] - r["plain"]["test"]["rmse"] for r in rows]
         spread = (f"{np.mean(diffs):+.4f} ± {np.std(diffs, ddof=1) / np.sqrt(len(diffs)):.4f}"
                   if len(diffs) > 1 and name != "plain" else "-")
-        body.append([name, *values, float(np.mean(values)), spread,
-                     float(np.mean([r[name]["fit_seconds"] for r in rows]))])
+        body.append([name, *(f"{v:.4f}" for v in [*values, np.mean(values)]), spread,
+                     num(float(np.mean([r[name]["fit_seconds"] for r in rows])), 1)])
     head = ["test RMSE", *[r["fold"] for r in rows], "mean", "vs plain (mean ± SE over folds)",
             "fit s a fold"]
-    return "\n".join(["### I-AutoRec: the choice on validation (u-fold, --no-refit)", "",
+    title = "### I-AutoRec: the choice on the select fold's validation part (--no-refit)"
+    return "\n".join([title, "",
                       selection_table(res["selection"]), "",
                       "### I-AutoRec: test RMSE (default commands, refit on train + valid)", "",
                       table(head, body)])
@@ -281,7 +282,7 @@ def multdae_markdown(res: dict[str, Any]) -> str:
             cells.append(f"{num(r['test'][m], 4)} [{num(lo, 4)}, {num(hi, 4)}]")
         g = r["paired_vs_plain"]["ndcg@100"]
         cells += ["-" if r["name"] == "plain" else f"{g['gain']:+.4f} ± {g['se']:.4f}",
-                  r["best_epoch"], r["fit_seconds"]]
+                  r["best_epoch"], num(r["fit_seconds"], 1)]
         body.append(cells)
     head = ["Mult-DAE", "test ndcg@100 [95% CI]", "test recall@20 [95% CI]",
             "ndcg@100 vs plain ± SE (paired)", "best epoch", "fit s"]
@@ -289,6 +290,9 @@ def multdae_markdown(res: dict[str, Any]) -> str:
                       selection_table(res["selection"]), "",
                       "### Mult-DAE: test (default commands, refit on train + valid)", "",
                       table(head, body)])
+
+
+RENDER = {"autorec": autorec_markdown, "multdae": multdae_markdown}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -324,6 +328,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--mirror", default=os.environ.get("RECSYS_MIRROR"),
                    help="dataset mirror holding ml-100k (default $RECSYS_MIRROR)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "family"))
+    p.add_argument("--render", metavar="RESULTS_JSON",
+                   help="only print the Markdown of a saved results.json (no fitting)")
     args = p.parse_args(argv)
     from recsys.config import parse_set_options
 
@@ -340,8 +346,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def markdown_of(results: dict[str, Any]) -> str:
+    head = (f"{machine_line(results['machine'])}; one seed ({results['seed']}); "
+            f"{results['threads']} thread(s).")
+    parts = [head] + [RENDER[s](results[s]) for s in SECTIONS if s in results]
+    return "\n\n".join(parts)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render:
+        print(markdown_of(read_json(args.render)))
+        return 0
     if args.threads:
         THREADS["OMP_NUM_THREADS"] = str(args.threads)
     out = Path(args.out)
@@ -350,14 +366,11 @@ def main(argv: list[str] | None = None) -> int:
                                "threads": args.threads, "base_sets": args.base,
                                "command": " ".join(["bench_family.py", *(argv or sys.argv[1:])]),
                                "load_average": os.getloadavg()}
-    markdown = [f"{machine_line(machine)}; one seed ({args.seed}); {args.threads} thread(s)."]
     for section in [s for s in SECTIONS if not args.only or s in args.only]:
-        res = autorec(args, out) if section == "autorec" else multdae(args, out)
-        results[section] = res
-        markdown.append(autorec_markdown(res) if section == "autorec" else multdae_markdown(res))
+        results[section] = autorec(args, out) if section == "autorec" else multdae(args, out)
         results["load_average_after"] = os.getloadavg()
         write_json(out / "results.json", results)  # after each section: a later failure keeps it
-    text = "\n\n".join(markdown)
+    text = markdown_of(results)
     print(text)
     with atomic_path(out / "family.md") as tmp:
         tmp.write_text(text + "\n")
