@@ -122,6 +122,7 @@ def render(results: dict[str, Any], command: str) -> str:
     lines += render_peers(results)
     lines += render_cfgan(results)
     lines += render_synthetic(results, "synthetic")
+    lines += render_scale(results)
     lines += render_synthetic(results, "gpu")
     if results.get("failures"):
         lines += ["## Failures", "", *[f"- {f}" for f in results["failures"]], ""]
@@ -458,3 +459,71 @@ def render_synthetic(results: dict[str, Any], key: str) -> list[str]:
                      "modelled GB/s", mem], rows), ""]
     return lines
 
+
+
+def _per_1k_spread(rows: list[dict[str, Any]], key: str) -> str:
+    """How far seconds per 1k users moves from the fewest to the most users (1.00 = linear)."""
+    ok = sorted((r for r in rows if r.get(key)), key=lambda r: r["users"])
+    if len(ok) < 2 or ok[0]["users"] == ok[-1]["users"]:
+        return "-"
+    return f"{ok[-1][key] / ok[0][key]:.2f}"
+
+
+def render_scale(results: dict[str, Any]) -> list[str]:
+    """Issue 21 on the CPU: prepare at 100M rows, evaluation and top-100 of every user as the
+    users grow, and `recsys recommend` with the local and the Spark engine."""
+    sc = results.get("scale")
+    if not sc:
+        return []
+    lines = ["## 10x ML-20M's users, CPU (issue 21)", "",
+             "Synthetic power-law data shaped like ML-20M per user, 10x its users (1,366,770 "
+             "users x 20,108 items, ~100M rows; recsys.data.synthetic). "
+             + (f"Measured {sc['measured']}. " if sc.get("measured") else ""), ""]
+    prep = sc.get("prepare")
+    if isinstance(prep, list) and prep:
+        rows = []
+        for p in prep:
+            run = p["runs"]["ml-20m --path"]
+            rows.append([p["rows"], p["users_drawn"], run["nnz"], num(run["seconds"], 1),
+                         num(run.get("cpu_s"), 1), num(run["peak_rss_mb"], 0),
+                         num(run["peak_minus_baseline_over_csr_and_timestamps"], 2)])
+        lines += ["### Prepare of the raw ratings.csv (`recsys prepare ml-20m --path`)", "",
+                  "benchmarks/bench_prepare.py `--users --items 20108 --sources ml-20m`: the "
+                  "CLI in a fresh process, peak RSS its own high-water mark; CPU = user + "
+                  "system seconds (the cores are shared: wall varies with the load).", "",
+                  table(["raw rows", "users", "kept interactions", "wall s", "CPU s",
+                         "peak RSS MB", "(peak - base) / (CSR + timestamps)"], rows), ""]
+    ev = [r for r in sc.get("rows", []) if "eval_s" in r]
+    if ev:
+        lines += ["### Full-ranking evaluation and top-100 of every user", "",
+                  "benchmarks/bench_scale.py: a dot-product scorer (64 factors), one torch "
+                  "thread, a fresh process per point; the harness's memory is the peak after "
+                  "the data and model are built (Linux VmHWM reset) minus the RSS then.", "",
+                  table(["users", "batch", "eval s", "eval s / 1k users", "top-100 s",
+                         "top-100 s / 1k users", "peak RSS MB", "added by the harness MB"],
+                        [[r["users"], r["batch_size"], r["eval_s"], r["eval_s_per_1k"],
+                          r["topk_s"], r["topk_s_per_1k"], r["peak_rss_mb"], r["added_mb"]]
+                         for r in ev]), "",
+                  f"Seconds per 1k users, most users over fewest (1.00 = linear): evaluation "
+                  f"{_per_1k_spread(ev, 'eval_s_per_1k')}, top-100 "
+                  f"{_per_1k_spread(ev, 'topk_s_per_1k')}.", ""]
+    eng = sc.get("engines") or []
+    if eng:
+        marginal = sc.get("marginal_users_per_s") or {}
+        lines += ["### `recsys recommend --k 100`: local engine and `--engine spark`", "",
+                  "The same one-epoch Mult-VAE run and prepared data for both engines, every "
+                  "user, fresh processes (bench_scale.py `--engines local,spark`); marginal "
+                  "users/s is between the two sizes (fixed costs such as the JVM start "
+                  "cancel).", "",
+                  table(["engine", "master", "users", "rows", "wall s", "CPU s", "users/s"],
+                        [[r["engine"], r["master"], r["users"], r["rows"], r["seconds"],
+                          r["cpu_s"], r["users_per_s"]] for r in eng]), "",
+                  "Marginal users/s: " + (", ".join(f"{k} {num(v, 0)}" for k, v in
+                                                    marginal.items()) or "-") + ".", ""]
+    if sc.get("note"):
+        lines += [sc["note"], ""]
+    return lines
+
+
+# The Markdown of each section `run.py --render --only` can rewrite on its own.
+SECTION_MARKDOWN = {"scale": render_scale}

@@ -24,6 +24,10 @@ Sections (``--only``, repeatable or comma-separated; default all):
   (bench_prepare.py, also at the full 20M rows), full-ranking evaluation of all users
   (bench_eval.py), top-100 for all users (bench_topk.py), one Mult-VAE training epoch, batch 500
   (benchmarks/workers.py vae-epoch): time and peak memory.
+- ``scale`` (CPU, only when asked: ``--only scale``; tens of minutes): 10x ML-20M's users
+  (issue 21): prepare of a ``--scale-rows`` ratings.csv (bench_prepare.py), full-ranking
+  evaluation and top-100 of every user at ``--scale-users`` and two batch sizes, and `recsys
+  recommend` through the local and the Spark engine at ``--spark-users`` (bench_scale.py).
 - ``gpu`` (when torch sees a CUDA device; left out otherwise): the same evaluation, top-100 and
   Mult-VAE epoch (fp32, tf32, bf16) at ``--gpu-scale`` (default the full ML-20M shape) and its
   multiples, with achieved TFLOP/s and modelled memory bandwidth against the H100's figures; the
@@ -45,6 +49,7 @@ render.py writes RESULTS.md (flops.py: the cost models behind TFLOP/s and GB/s).
     python benchmarks/run.py --only gpu --out /tmp/g  # on a GPU machine; then, on a CPU one,
     python benchmarks/run.py --merge-from /tmp/g/results.json  # the rest beside its figures
     python benchmarks/run.py --render OUT/results.json --merge-from /tmp/g/results.json
+    python benchmarks/run.py --render OUT/results.json --only scale  # rewrite that section only
     python benchmarks/run.py --quick                  # smoke run, a few minutes
     python benchmarks/run.py --only synthetic --scale 0.1
     make bench                                        # installs the bench extra, then runs this
@@ -64,13 +69,14 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 from measure import REPO, machine_info, machine_line, now_utc, versions  # noqa: E402
-from render import render  # noqa: E402
+from render import SECTION_MARKDOWN, render  # noqa: E402
 from suite import DATASETS, MODELS, Suite  # noqa: E402
 
-SECTIONS = ("real", "ratings", "peers", "cfgan", "synthetic", "gpu")
+SECTIONS = ("real", "ratings", "peers", "cfgan", "synthetic", "scale", "gpu")
+OPT_IN = {"scale"}  # run only when --only names them (tens of minutes, 100M rows)
 # Where each section keeps its figures in results.json.
 SECTION_KEYS = {"real": "real", "ratings": "autorec", "peers": "peers", "cfgan": "cfgan",
-                "synthetic": "synthetic", "gpu": "gpu"}
+                "synthetic": "synthetic", "scale": "scale", "gpu": "gpu"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -106,6 +112,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "- 0.5), else torch's choice: OpenMP threads that wait on a descheduled "
                         "sibling made small-batch training ~25x slower on a shared 2-core "
                         "machine; 0 = torch's choice always")
+    p.add_argument("--scale-rows", type=float, default=1e8,
+                   help="scale section: ratings.csv rows to prepare (users in proportion, "
+                        "1.37M at the default 100M)")
+    p.add_argument("--scale-users", default="136677,1366770",
+                   help="scale section: user counts of the evaluation and top-100")
+    p.add_argument("--scale-batches", default="1024,4096",
+                   help="scale section: users per scoring batch")
+    p.add_argument("--spark-users", default="5000,20000",
+                   help="scale section: user counts of the local vs Spark engine comparison")
     p.add_argument("--precisions", default="fp32,tf32,bf16",
                    help="Mult-VAE epoch precisions of the gpu section (the CPU runs fp32)")
     p.add_argument("--vae-batches", type=int, default=None,
@@ -121,7 +136,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "run (e.g. the gpu section from a GPU machine); repeatable, later wins")
     p.add_argument("--render", metavar="RESULTS_JSON", default=None,
                    help="only rewrite the Markdown from a saved results.json (no measuring); "
-                        "with --merge-from, the combined results.json goes to --out")
+                        "with --merge-from, the combined results.json goes to --out; with "
+                        "--only, only those sections of an existing --results file are "
+                        "replaced (or added), the rest of it is kept as it is")
     p.add_argument("--results", default=None,
                    help="the Markdown to write (default benchmarks/RESULTS.md for a full run, "
                         "OUT/RESULTS.md with --quick or --only)")
@@ -135,7 +152,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         p.error(f"unknown section(s) {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
     args.partial = bool(only)
-    args.sections = [s for s in SECTIONS if not only or s in only]
+    args.sections = [s for s in SECTIONS if s in only or (not only and s not in OPT_IN)]
     if "gpu" in args.sections and not cuda:
         if "gpu" in only:
             p.error("--only gpu needs a CUDA device, and torch sees none here")
@@ -199,6 +216,31 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         Path(tmp).write_text(text)
 
 
+def splice_markdown(results: dict[str, Any], path: Path, sections: list[str]) -> None:
+    """Replace (or add, before the GPU section or at the end) in ``path`` the Markdown of
+    ``sections`` only, each a block from its ``## `` heading to the next: rows measured
+    elsewhere (a GPU machine's) stay as they were written."""
+    from recsys.data.io import atomic_path
+
+    text = path.read_text() if path.is_file() else render(results, results["run"]["command"])
+    for section in sections:
+        block = SECTION_MARKDOWN[section](results)
+        if not block:
+            raise SystemExit(f"--only {section}: the results hold no figures for it")
+        new = "\n".join(block).rstrip("\n") + "\n\n"
+        heading = block[0]
+        start = text.find(heading + "\n")
+        if start < 0:
+            gpu = text.find("\n## Synthetic ML-20M shape, GPU")
+            start = end = gpu + 1 if gpu >= 0 else len(text)
+        else:
+            nxt = text.find("\n## ", start + len(heading))
+            end = nxt + 1 if nxt >= 0 else len(text)
+        text = text[:start] + new + text[end:]
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text)
+
+
 def merge_sections(results: dict[str, Any], provenance: dict[str, Any], sources: list[Path],
                    keep: list[str]) -> None:
     """Copy into ``results`` every section of the saved runs ``sources`` (later files win)
@@ -230,7 +272,10 @@ def main(argv: list[str] | None = None) -> int:
             merge_sections(results, provenance, [Path(x) for x in args.merge_from], keep=[])
             write_json(Path(args.out) / "results.json", results)
             print(f"wrote {Path(args.out) / 'results.json'}")
-        write_markdown(results, Path(args.results))
+        if args.partial:
+            splice_markdown(results, Path(args.results), args.sections)
+        else:
+            write_markdown(results, Path(args.results))
         print(f"wrote {args.results}")
         return 0
 

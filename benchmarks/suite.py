@@ -315,6 +315,32 @@ class Suite:
                                   "ml-20m")
             syn["prepare_full"] = data if data is not None else self.fail("prepare x1", m)
 
+    def scale(self) -> None:
+        """10x ML-20M's users on the CPU (issue 21): prepare of a 100M-row ratings.csv, then
+        evaluation and top-100 of every user at --scale-users (bench_scale.py), and `recsys
+        recommend` with the local and the Spark engine at --spark-users."""
+        a = self.args
+        rows = int(a.scale_rows)
+        users = round(rows * 1_366_770 / 100_000_000)
+        self.say(f"scale: prepare of a {rows:,}-row ratings.csv, {users:,} users")
+        m, data = self.script("scale-prepare", "bench_prepare.py", "--rows", str(rows),
+                              "--users", str(users), "--items", "20108", "--sources", "ml-20m",
+                              "--no-recbole")
+        out: dict[str, Any] = {"prepare": [data] if data is not None else [],
+                               "measured": "by benchmarks/run.py --only scale"}
+        if data is None:
+            out["note"] = f"prepare: {self.fail('scale prepare', m)['error']}"
+        self.say(f"scale: evaluation and top-100 at {a.scale_users} users; engines at "
+                 f"{a.spark_users}")
+        m, data = self.script("scale", "bench_scale.py", "--users", a.scale_users,
+                              "--batch-sizes", a.scale_batches, "--engines", "local,spark",
+                              "--spark-users", a.spark_users)
+        if data is None:
+            out["note"] = (out.get("note", "") + " bench_scale.py: "
+                           + self.fail("bench_scale.py", m)["error"]).strip()
+        out.update(data or {})
+        self.results["scale"] = out
+
     def gpu(self) -> None:
         """ML-20M shape on the GPU at ``--gpu-scale`` (full size by default): evaluation, top-100,
         a Mult-VAE epoch per precision. Its machine is recorded with it, since ``--merge-from``

@@ -146,3 +146,49 @@ def test_the_mult_dae_study_is_judged_on_its_whole_wall_time(tmp_path, trials, w
 def test_results_without_a_study_have_no_study_row(rendered):
     _, markdown = rendered
     assert "(issue 18)" not in markdown and "### Mult-DAE: a" not in markdown
+
+
+def _scale_results() -> dict:
+    prepare = {"rows": 99_293_290, "users_drawn": 1_366_770, "runs": {"ml-20m --path": {
+        "nnz": 50_334_287, "seconds": 50.3, "cpu_s": 49.6, "peak_rss_mb": 3949.0,
+        "peak_minus_baseline_over_csr_and_timestamps": 4.56}}}
+    rows = [{"users": u, "batch_size": 1024, "eval_s": s, "eval_s_per_1k": s / u * 1e3,
+             "topk_s": t, "topk_s_per_1k": t / u * 1e3, "peak_rss_mb": 900, "added_mb": 300}
+            for u, s, t in ((13_000, 2.0, 2.6), (130_000, 22.0, 26.0))]
+    engines = [{"engine": e, "master": m, "users": u, "rows": u * 100, "seconds": s,
+                "cpu_s": s, "users_per_s": round(u / s)}
+               for e, m, u, s in (("local", "-", 5000, 10.0), ("spark", "local[2]", 5000, 40.0))]
+    return {"scale": {"prepare": [prepare], "rows": rows, "engines": engines,
+                      "marginal_users_per_s": {"local": 1500}}}
+
+
+def test_only_scale_rewrites_that_section_and_keeps_the_rest(tmp_path):
+    """`--render --only scale` splices the scale section into an existing RESULTS.md: every
+    other line (the GPU rows a device wrote) stays as it was, and a second run replaces the
+    section instead of adding another."""
+    source = tmp_path / "scale.json"
+    source.write_text(json.dumps(_scale_results()))
+    target = tmp_path / "RESULTS.md"
+    original = (REPO / "benchmarks" / "RESULTS.md").read_text()
+    heading = "## 10x ML-20M's users, CPU (issue 21)"
+    # A file without the section (the committed one may already hold it)
+    start = original.find(heading)
+    if start >= 0:
+        end = original.find("\n## ", start + len(heading))
+        original = original[:start] + original[end + 1:]
+    target.write_text(original)
+    for _ in range(2):
+        subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--render",
+                        str(source), "--only", "scale", "--results", str(target)],
+                       check=True, capture_output=True)
+    text = target.read_text()
+    assert text.count(heading) == 1
+    start = text.index(heading)
+    end = text.index("\n## ", start + len(heading)) + 1
+    assert text[:start] + text[end:] == original
+    section = text[start:end]
+    assert "| 99,293,290 | 1,366,770 | 50,334,287 | 50.3 | 49.6 | 3,949 | 4.56 |" in section
+    # seconds per 1k users at 130k over 13k: (22/130) / (2/13) = 1.10, (26/130) / (2.6/13) = 1.00
+    assert "evaluation 1.10, top-100 1.00" in section
+    assert "| spark | local[2] | 5,000 | 500,000 | 40.000 | 40.000 | 125 |" in section
+    assert "Marginal users/s: local 1,500." in section
