@@ -90,6 +90,9 @@ def fit(model: str, data: Path, run: Path, sets: dict[str, Any], *, refit: bool,
 def per_user(run: Path, part: str, metrics: str) -> pd.DataFrame:
     """``recsys evaluate RUN --part PART --per-user``: the per-user table, sorted by user."""
     path = run / f"per_user_{part}.csv"
+    # Ours from an earlier run of this benchmark (`train --overwrite` leaves it, and `evaluate`
+    # will not write over a file it cannot tell is its own).
+    path.unlink(missing_ok=True)
     recsys("evaluate", str(run), "--part", part, "--metrics", metrics, "--per-user", str(path),
            "--no-ci", "--quiet")
     return pd.read_csv(path).sort_values("user", kind="stable").reset_index(drop=True)
@@ -154,7 +157,10 @@ def choose(model: str, data: Path, out: Path, options: dict[str, list[Any]], met
         per = {0: plain["_values"], **{i + 1: r["_values"] for i, r in enumerate(family)}}
         chosen, record = select(best, 0, per, lower, "one-se")
         best_row = family[best - 1] if best else plain
+        # The option's own best value, even when plain beats it: what the test table shows.
+        top = family[int(np.argmin(scores[1:]) if lower else np.argmax(scores[1:]))]
         choices[option] = {"best": best_row["name"], "best_sets": best_row["sets"],
+                           "best_option": top["name"], "best_option_sets": top["sets"],
                            "chosen": (family[chosen - 1] if chosen else plain)["name"],
                            "kept_plain": chosen == 0,
                            "gain": best_row.get("gain", 0.0), "se": best_row.get("se", 0.0),
@@ -166,11 +172,12 @@ def choose(model: str, data: Path, out: Path, options: dict[str, list[Any]], met
 
 
 def test_configs(selection: dict[str, Any], chosen_only: bool) -> dict[str, dict[str, Any]]:
-    """Plain, and per option its best validation value (or only a value one-SE chose)."""
+    """Plain, and per option its best value on validation other than off (only a value the
+    one-SE rule chose under ``chosen_only``)."""
     configs: dict[str, dict[str, Any]] = {"plain": {}}
     for c in selection["choices"].values():
-        if c["best"] != "plain" and not (chosen_only and c["kept_plain"]):
-            configs[c["best"]] = c["best_sets"]
+        if not (chosen_only and c["kept_plain"]):
+            configs[c["best_option"]] = c["best_option_sets"]
     return configs
 
 
@@ -311,7 +318,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="Mult-DAE contractive weights to try")
     p.add_argument("--chosen-only", action="store_true",
                    help="test only plain and values one-SE chose (default: also each option's "
-                        "best validation value when plain was kept)")
+                        "best value on validation when plain was kept or beat it)")
     p.add_argument("--autorec-set", action="append", default=[], metavar="KEY=VALUE",
                    help="override an AutoRec config key in every AutoRec fit")
     p.add_argument("--dae-set", action="append", default=[], metavar="KEY=VALUE",
@@ -366,6 +373,12 @@ def main(argv: list[str] | None = None) -> int:
                                "threads": args.threads, "base_sets": args.base,
                                "command": " ".join(["bench_family.py", *(argv or sys.argv[1:])]),
                                "load_average": os.getloadavg()}
+    previous = out / "results.json"
+    if args.only and previous.is_file():  # keep the sections not run now from the last run
+        kept = read_json(previous)
+        results.update({s: kept[s] for s in SECTIONS if s in kept and s not in args.only})
+        results["kept_from_earlier"] = {s: kept.get("date") for s in SECTIONS
+                                        if s in kept and s not in args.only}
     for section in [s for s in SECTIONS if not args.only or s in args.only]:
         results[section] = autorec(args, out) if section == "autorec" else multdae(args, out)
         results["load_average_after"] = os.getloadavg()
