@@ -462,11 +462,15 @@ def render_synthetic(results: dict[str, Any], key: str) -> list[str]:
 
 
 def _per_1k_spread(rows: list[dict[str, Any]], key: str) -> str:
-    """How far seconds per 1k users moves from the fewest to the most users (1.00 = linear)."""
-    ok = sorted((r for r in rows if r.get(key)), key=lambda r: r["users"])
-    if len(ok) < 2 or ok[0]["users"] == ok[-1]["users"]:
-        return "-"
-    return f"{ok[-1][key] / ok[0][key]:.2f}"
+    """How far seconds per 1k users moves from the fewest to the most users at each batch size
+    (1.00 = linear)."""
+    out = []
+    for batch in sorted({r["batch_size"] for r in rows}):
+        ok = sorted((r for r in rows if r.get(key) and r["batch_size"] == batch),
+                    key=lambda r: r["users"])
+        if len(ok) > 1 and ok[0]["users"] != ok[-1]["users"]:
+            out.append(f"{ok[-1][key] / ok[0][key]:.2f} at batch {batch:,}")
+    return ", ".join(out) or "-"
 
 
 def render_scale(results: dict[str, Any]) -> list[str]:
@@ -505,7 +509,7 @@ def render_scale(results: dict[str, Any]) -> list[str]:
                           r["topk_s"], r["topk_s_per_1k"], r["peak_rss_mb"], r["added_mb"]]
                          for r in ev]), "",
                   f"Seconds per 1k users, most users over fewest (1.00 = linear): evaluation "
-                  f"{_per_1k_spread(ev, 'eval_s_per_1k')}, top-100 "
+                  f"{_per_1k_spread(ev, 'eval_s_per_1k')}; top-100 "
                   f"{_per_1k_spread(ev, 'topk_s_per_1k')}.", ""]
     eng = sc.get("engines") or []
     if eng:

@@ -189,6 +189,6 @@ def test_only_scale_rewrites_that_section_and_keeps_the_rest(tmp_path):
     section = text[start:end]
     assert "| 99,293,290 | 1,366,770 | 50,334,287 | 50.3 | 49.6 | 3,949 | 4.56 |" in section
     # seconds per 1k users at 130k over 13k: (22/130) / (2/13) = 1.10, (26/130) / (2.6/13) = 1.00
-    assert "evaluation 1.10, top-100 1.00" in section
+    assert "evaluation 1.10 at batch 1,024; top-100 1.00 at batch 1,024" in section
     assert "| spark | local[2] | 5,000 | 500,000 | 40.000 | 40.000 | 125 |" in section
     assert "Marginal users/s: local 1,500." in section
