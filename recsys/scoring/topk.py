@@ -81,8 +81,8 @@ def _rows_take(matrix: np.ndarray, columns: np.ndarray) -> np.ndarray:
 
 def _best_first(values: np.ndarray, columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(values, columns)`` reordered best first, equal values by column, for ``columns``
-    given in column order: one stable argsort of the values (a lexsort on two keys was 13x
-    slower, 4.6 vs 0.35 ms at 920 x 100)."""
+    given in column order: one stable argsort of the values (with the two takes 1.6x faster
+    than a lexsort on two keys and take_along_axis: 3.9 vs 6.4 ms at 920 x 100, one thread)."""
     order = np.argsort(-values, axis=1, kind="stable")
     return _rows_take(values, order), _rows_take(columns, order)
 
